@@ -1,0 +1,63 @@
+//! The I/O seam: every write, resize and sync of the segment goes through a [`Backend`].
+//!
+//! Reads go through the memory map instead (that is the point of the design), so the trait is only
+//! what a writer needs. Tests wrap [`FileBackend`] to fail the Nth call or to record writes and
+//! syncs, which is how crash and fault behaviour is checked without pulling a power cord.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// File operations the engine performs on the segment file.
+///
+/// Implementations must behave like a file: a `write_at` that returns `Ok` is visible to every
+/// later read of the file (including through a memory map), and `sync_data` returns `Ok` only once
+/// everything written before it is on stable storage.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// The file's current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Fills `buf` from `offset`; an error if the file ends first.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `data` at `offset`.
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
+    /// Grows or shrinks the file to `len` bytes.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Makes written data (and the metadata needed to read it back, such as the file length)
+    /// durable, like `fdatasync`.
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+/// The real backend: a [`File`] with positional reads and writes.
+#[derive(Debug)]
+pub struct FileBackend {
+    file: File,
+}
+
+impl FileBackend {
+    /// Wraps an open file; it must be open for reading and writing.
+    pub fn new(file: File) -> Self {
+        FileBackend { file }
+    }
+}
+
+impl Backend for FileBackend {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}

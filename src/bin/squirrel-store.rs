@@ -1,0 +1,2 @@
+//! The maintenance binary (filled in by the CLI work).
+fn main() {}

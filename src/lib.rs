@@ -1,0 +1,31 @@
+//! squirrel-store: an embedded key-value store for machine-learning datasets kept as shards.
+//!
+//! Two layers:
+//!
+//! * the **engine** ([`Engine`]): a byte-level key-value store kept in one append-only segment file
+//!   with a memory-mapped hash index. `get` returns a [`ValueRef`] that points straight into the
+//!   mapping (no copy, no syscall); `set` appends under a writer lock while readers keep reading.
+//! * the **squirrel layer** ([`SquirrelStore`], [`MessagepackDriver`]): shards of samples behind
+//!   squirrel's `set` / `get` / `keys`, serialized exactly as Python squirrel's
+//!   `MessagepackSerializer` does and compressed with zstd.
+//!
+//! The on-disk format is specified byte by byte in `format-spec/` of the repository.
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+
+mod backend;
+mod engine;
+mod error;
+mod index;
+mod lock;
+mod record;
+mod recovery;
+mod segment;
+
+pub mod array;
+pub mod serializer;
+pub mod value;
+
+pub use backend::{Backend, FileBackend};
+pub use engine::{Config, Durability, Engine, Stats, ValueRef};
+pub use error::{Error, Result};

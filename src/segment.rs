@@ -1,0 +1,253 @@
+//! The segment file: a 32-byte header followed by records, append-only, and the read-only memory
+//! map through which every read is served.
+//!
+//! ```text
+//! offset size field
+//!  0     8    magic       89 53 51 53 45 47 0D 0A  ("\x89SQSEG\r\n")
+//!  8     4    version     1
+//! 12     4    flags       0
+//! 16     8    segment_id  random; an index file names the segment it was built from
+//! 24     4    reserved    0
+//! 28     4    header_crc  crc32 of bytes 0..28
+//! 32          records (see record.rs), then zero bytes up to the file's length
+//! ```
+//!
+//! The file only ever grows while a store is open: it is extended ahead of the writer in chunks
+//! (so the map is not rebuilt on every append) and a torn tail is zeroed rather than truncated.
+//! A mapping therefore never extends past the end of its file, which would be `SIGBUS`.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use memmap2::{Mmap, MmapOptions};
+
+use crate::error::{Error, IoContext, Result};
+use crate::record::{self, Header, HeaderError};
+
+/// Name of the segment file inside a store directory.
+pub(crate) const SEGMENT_FILE: &str = "segment.sqs";
+/// Magic number at the start of a segment file.
+pub(crate) const MAGIC: [u8; 8] = *b"\x89SQSEG\r\n";
+/// The format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Length of the segment header; the first record starts here.
+pub(crate) const HEADER_LEN: u64 = 32;
+
+/// Encodes a segment header for `segment_id`.
+pub(crate) fn encode_header(segment_id: u64) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[0..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&segment_id.to_le_bytes());
+    let crc = crc32fast::hash(&h[0..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Checks a segment header and returns its segment id.
+pub(crate) fn decode_header(path: &Path, bytes: &[u8]) -> Result<u64> {
+    let h = bytes
+        .get(..HEADER_LEN as usize)
+        .ok_or_else(|| Error::corruption(path, 0, None, "segment shorter than its header"))?;
+    if h[0..8] != MAGIC {
+        return Err(Error::BadMagic {
+            path: path.to_owned(),
+            kind: "segment",
+        });
+    }
+    let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if version != FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            path: path.to_owned(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let crc = u32::from_le_bytes([h[28], h[29], h[30], h[31]]);
+    if crc32fast::hash(&h[0..28]) != crc {
+        return Err(Error::corruption(path, 0, None, "segment header checksum mismatch"));
+    }
+    Ok(u64::from_le_bytes([
+        h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23],
+    ]))
+}
+
+/// A read-only map of the whole segment file as it was when mapped.
+///
+/// Readers hold it through an `Arc`, so a map outlives the writer replacing it with a larger one.
+#[derive(Debug)]
+pub(crate) struct SegmentMap {
+    map: Mmap,
+}
+
+impl SegmentMap {
+    /// Maps `len` bytes of `file` (its current length).
+    pub fn new(file: &File, len: u64, path: &Path) -> Result<Arc<SegmentMap>> {
+        let len = usize::try_from(len)
+            .map_err(|_| Error::corruption(path, 0, None, "segment larger than the address space"))?;
+        // SAFETY: the map is read-only and the library never shrinks a segment file while it is
+        // open (torn tails are zeroed, compaction renames a new file over the old one), so every
+        // mapped page stays backed by the file. Another process truncating or rewriting the file
+        // in place breaks this; the documented contract forbids it (see the crate docs on
+        // `Engine`). Writes by our own writer go to bytes past every offset a reader has been
+        // handed, and all reads of records are checked by crc32 before they are served.
+        let map = unsafe { MmapOptions::new().len(len).map(file) }.at(path)?;
+        Ok(Arc::new(SegmentMap { map }))
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
+    /// Number of mapped bytes.
+    pub fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+}
+
+/// What the scanner found at an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// A record with a valid header; `intact` tells whether its full checksum matched too. A record
+    /// whose body is damaged but which is followed by valid data is corruption, not a torn tail.
+    Record { offset: u64, header: Header, intact: bool },
+    /// The end of the valid records: at `offset` only zeros follow, except for `torn` bytes of a
+    /// partial or damaged last record (a torn tail).
+    End { offset: u64, torn: u64 },
+    /// An unreadable record header at `offset` with valid records after it: mid-segment corruption
+    /// whose key cannot be known.
+    Corrupt { offset: u64 },
+}
+
+/// Reads the record at `offset` of `bytes` (a whole mapped segment) and classifies it.
+pub(crate) fn scan_at(bytes: &[u8], offset: u64) -> Step {
+    let n = bytes.len() as u64;
+    let Some(rest) = usize::try_from(offset).ok().and_then(|o| bytes.get(o..)) else {
+        return Step::End { offset, torn: 0 };
+    };
+    match Header::decode(rest) {
+        Ok(header) => {
+            let fits = header
+                .record_len()
+                .and_then(|l| offset.checked_add(l))
+                .is_some_and(|end| end <= n);
+            if fits {
+                // Fits was checked against the mapped length, so the slice is in bounds.
+                let len = header.record_len().unwrap_or(0) as usize;
+                if record::crc_ok(&rest[..len], header.crc) {
+                    return Step::Record {
+                        offset,
+                        header,
+                        intact: true,
+                    };
+                }
+                // The header is trusted, so look for valid data only after this record's end:
+                // its own value may hold bytes that look like records.
+                if valid_record_after(bytes, offset + len as u64) {
+                    return Step::Record {
+                        offset,
+                        header,
+                        intact: false,
+                    };
+                }
+            }
+            Step::End {
+                offset,
+                torn: torn_len(rest),
+            }
+        }
+        Err(HeaderError::Short | HeaderError::Invalid) => {
+            let torn = torn_len(rest);
+            if torn == 0 || !valid_record_after(bytes, offset + 1) {
+                Step::End { offset, torn }
+            } else {
+                Step::Corrupt { offset }
+            }
+        }
+    }
+}
+
+/// Bytes from the start of `rest` up to and including its last non-zero byte.
+fn torn_len(rest: &[u8]) -> u64 {
+    rest.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1)
+}
+
+/// Whether an intact record (valid header and checksum) starts anywhere at or after `from`.
+///
+/// Only runs when something at the tail failed to decode, to tell a torn tail (nothing valid
+/// follows) from damage in the middle (something does). A header's kind byte (offset 8) is 1 or
+/// 2, which skips zero-filled space quickly.
+fn valid_record_after(bytes: &[u8], from: u64) -> bool {
+    let Ok(from) = usize::try_from(from) else {
+        return false;
+    };
+    let mut q = from;
+    while q + record::HEADER_LEN <= bytes.len() {
+        let kind = bytes[q + 8];
+        if kind == 1 || kind == 2 {
+            if let Ok(h) = Header::decode(&bytes[q..]) {
+                let end = h.record_len().and_then(|l| (q as u64).checked_add(l));
+                if let Some(end) = end.filter(|&e| e <= bytes.len() as u64)
+                    && record::crc_ok(&bytes[q..end as usize], h.crc)
+                {
+                    return true;
+                }
+            }
+        }
+        q += 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Kind, encode};
+
+    fn seg(records: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = encode_header(7).to_vec();
+        for (k, v) in records {
+            let (head, _) = encode(Kind::Put, 0, k, v);
+            b.extend_from_slice(&head);
+            b.extend_from_slice(v);
+        }
+        b
+    }
+
+    #[test]
+    fn header_roundtrip_and_errors() {
+        let p = Path::new("x");
+        assert_eq!(decode_header(p, &encode_header(42)).ok(), Some(42));
+        let mut bad = encode_header(42);
+        bad[0] = 0;
+        assert!(matches!(decode_header(p, &bad), Err(Error::BadMagic { .. })));
+        let mut future = encode_header(42);
+        future[8] = 2;
+        assert!(matches!(
+            decode_header(p, &future),
+            Err(Error::UnsupportedVersion { found: 2, .. })
+        ));
+        assert!(decode_header(p, &[0; 5]).is_err());
+    }
+
+    #[test]
+    fn torn_tail_vs_middle_damage() {
+        let mut b = seg(&[("a", b"one"), ("b", b"two")]);
+        let second = HEADER_LEN + 24 + 1 + 3;
+        // A cut inside the last record is a torn tail.
+        let cut = &b[..b.len() - 1];
+        assert_eq!(scan_at(cut, second), Step::End { offset: second, torn: 24 + 1 + 2 });
+        // Zeros after the last record are the clean end.
+        let mut padded = b.clone();
+        padded.extend_from_slice(&[0; 100]);
+        assert_eq!(scan_at(&padded, padded.len() as u64 - 100), Step::End { offset: padded.len() as u64 - 100, torn: 0 });
+        // A damaged value in the first record, followed by a valid one, is a damaged record.
+        b[HEADER_LEN as usize + 25] ^= 0xff;
+        assert!(matches!(scan_at(&b, HEADER_LEN), Step::Record { intact: false, .. }));
+        // A damaged header followed by a valid record is corruption.
+        b[HEADER_LEN as usize + 9] ^= 0xff;
+        assert_eq!(scan_at(&b, HEADER_LEN), Step::Corrupt { offset: HEADER_LEN });
+    }
+}
