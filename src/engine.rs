@@ -680,6 +680,13 @@ impl Engine {
         }
     }
 
+    /// Drops this handle as if its process had been killed: no checkpoint, nothing flushed that
+    /// was not already written. For crash tests; a real program has no reason to call it.
+    #[doc(hidden)]
+    pub fn abandon(self) {
+        self.inner.poisoned.store(true, Ordering::Release);
+    }
+
     /// Checkpoints and closes this handle, reporting any error that dropping it would swallow.
     ///
     /// # Errors
