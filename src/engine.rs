@@ -66,6 +66,7 @@ pub struct Config {
     max_value_len: u64,
     checkpoint_records: usize,
     checkpoint_bytes: u64,
+    auto_compact: Option<f64>,
     backend: Option<BackendWrapper>,
 }
 
@@ -87,6 +88,15 @@ impl fmt::Debug for Config {
 pub const DEFAULT_MAX_VALUE_LEN: u64 = 1 << 40;
 
 impl Config {
+    /// The backend for a segment file, wrapped as configured.
+    pub(crate) fn backend_for(&self, file: std::fs::File) -> Box<dyn Backend> {
+        let fb = FileBackend::new(file);
+        match &self.backend {
+            Some(wrap) => wrap(fb),
+            None => Box::new(fb),
+        }
+    }
+
     /// Options for the store in directory `path`: read-write, created if missing,
     /// [`Durability::Fsync`], values up to [`DEFAULT_MAX_VALUE_LEN`].
     pub fn new(path: impl AsRef<Path>) -> Self {
@@ -98,6 +108,7 @@ impl Config {
             max_value_len: DEFAULT_MAX_VALUE_LEN,
             checkpoint_records: 16_384,
             checkpoint_bytes: 256 << 20,
+            auto_compact: None,
             backend: None,
         }
     }
@@ -133,6 +144,13 @@ impl Config {
     pub fn checkpoint_every(mut self, records: usize, bytes: u64) -> Self {
         self.checkpoint_records = records.max(1);
         self.checkpoint_bytes = bytes.max(1);
+        self
+    }
+
+    /// Compact in a background thread once dead bytes exceed this fraction of all record bytes
+    /// (and at least 64 MiB). Off (`None`) by default: compaction is an operator's decision.
+    pub fn auto_compact(mut self, dead_ratio: Option<f64>) -> Self {
+        self.auto_compact = dead_ratio;
         self
     }
 
@@ -248,31 +266,35 @@ pub(crate) struct View {
 }
 
 /// Writer-side state, behind the writer lock (read-only handles use it to refresh).
-struct State {
-    segment_id: u64,
-    file: std::fs::File,
-    backend: Option<Box<dyn Backend>>,
+pub(crate) struct State {
+    pub(crate) segment_id: u64,
+    pub(crate) file: std::fs::File,
+    pub(crate) backend: Option<Box<dyn Backend>>,
     /// Where the next record goes: the end of the valid records.
-    end: u64,
+    pub(crate) end: u64,
     /// The segment file's length (at least `end`; the rest is preallocated zeros).
-    file_len: u64,
-    covered_len: u64,
-    used_slots: u64,
-    counters: Counters,
-    replayed: u64,
-    torn: u64,
-    index_rebuilt: bool,
+    pub(crate) file_len: u64,
+    pub(crate) covered_len: u64,
+    pub(crate) used_slots: u64,
+    pub(crate) counters: Counters,
+    pub(crate) replayed: u64,
+    pub(crate) torn: u64,
+    pub(crate) index_rebuilt: bool,
 }
 
-struct Inner {
-    dir: PathBuf,
-    seg_path: PathBuf,
-    idx_path: PathBuf,
-    config: Config,
-    view: ArcSwap<View>,
-    live: AtomicU64,
-    poisoned: AtomicBool,
-    state: Mutex<State>,
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
+    pub(crate) seg_path: PathBuf,
+    pub(crate) idx_path: PathBuf,
+    pub(crate) config: Config,
+    pub(crate) view: ArcSwap<View>,
+    pub(crate) live: AtomicU64,
+    pub(crate) poisoned: AtomicBool,
+    pub(crate) state: Mutex<State>,
+    /// Held for the whole of a compaction, so two never run at once.
+    pub(crate) compaction: Mutex<()>,
+    /// Set while an automatic compaction thread runs.
+    pub(crate) auto_compacting: AtomicBool,
     _lock: Option<WriterLock>,
 }
 
@@ -295,6 +317,7 @@ impl fmt::Debug for Engine {
 }
 
 const LOOKUP_RETRIES: usize = 8;
+const AUTO_COMPACT_MIN_DEAD: u64 = 64 << 20;
 
 fn check_key(key: &str) -> Result<()> {
     if key.is_empty() {
@@ -339,7 +362,9 @@ impl Engine {
             return Err(Error::NotFound { path: dir });
         }
         let lock = if writable {
-            Some(WriterLock::acquire(&dir)?)
+            let lock = WriterLock::acquire(&dir)?;
+            crate::compaction::remove_leftovers(&dir)?;
+            Some(lock)
         } else {
             None
         };
@@ -353,6 +378,8 @@ impl Engine {
             view: ArcSwap::from_pointee(view),
             poisoned: AtomicBool::new(false),
             state: Mutex::new(state),
+            compaction: Mutex::new(()),
+            auto_compacting: AtomicBool::new(false),
             config,
             _lock: lock,
         };
@@ -378,7 +405,9 @@ impl Engine {
             (None, segment::HEADER_LEN, Counters::default(), 0, false)
         } else {
             match recovery::open_index(dir, writable, opened.segment_id, file_len)? {
-                IndexState::Usable(map, h) => (Some(map), h.covered_len, h.counters, h.used_slots, false),
+                IndexState::Usable(map, h) => {
+                    (Some(map), h.covered_len, h.counters, h.used_slots, false)
+                }
                 IndexState::Unusable => (None, segment::HEADER_LEN, Counters::default(), 0, true),
             }
         };
@@ -393,11 +422,7 @@ impl Engine {
         )?;
         let backend: Option<Box<dyn Backend>> = if writable {
             let file = opened.file.try_clone().at(&seg_path)?;
-            let fb = FileBackend::new(file);
-            Some(match &config.backend {
-                Some(wrap) => wrap(fb),
-                None => Box::new(fb),
-            })
+            Some(config.backend_for(file))
         } else {
             None
         };
@@ -414,7 +439,11 @@ impl Engine {
             }
             b.sync_data().at(&seg_path)?;
         }
-        let covered_len = if index.is_some() { from } else { segment::HEADER_LEN };
+        let covered_len = if index.is_some() {
+            from
+        } else {
+            segment::HEADER_LEN
+        };
         let state = State {
             segment_id: opened.segment_id,
             file: opened.file,
@@ -514,7 +543,22 @@ impl Engine {
             return Ok(());
         }
         let mut st = self.inner.state.lock();
-        self.inner.append(&mut st, &records)
+        self.inner.append(&mut st, &records)?;
+        let compact = self.inner.config.auto_compact.is_some_and(|t| {
+            st.counters.dead_bytes >= AUTO_COMPACT_MIN_DEAD
+                && st.counters.dead_bytes as f64
+                    > t * (st.counters.dead_bytes + st.counters.live_bytes) as f64
+        });
+        drop(st);
+        if compact && !self.inner.auto_compacting.swap(true, Ordering::AcqRel) {
+            let inner = self.inner.clone();
+            std::thread::spawn(move || {
+                // A failure leaves the store as it was; the next trigger tries again.
+                let _ = inner.compact(&mut |_, _| {}, None);
+                inner.auto_compacting.store(false, Ordering::Release);
+            });
+        }
+        Ok(())
     }
 
     /// Deletes `key` by appending a tombstone. Returns whether the key had a value.
@@ -687,6 +731,37 @@ impl Engine {
         self.inner.poisoned.store(true, Ordering::Release);
     }
 
+    /// Rewrites the store without dead records and switches to the new files atomically.
+    ///
+    /// Readers keep reading during the copy; writers keep writing too, and what they append
+    /// meanwhile is carried into the new segment under the writer lock at the switch (writers wait
+    /// only for that last part). Needs about the live bytes in free space, checked first.
+    ///
+    /// # Errors
+    /// [`Error::NoSpace`] before anything is written, [`Error::Corruption`] if a live record is
+    /// damaged (nothing damaged is copied forward; the old store stays as it was),
+    /// [`Error::Io`] otherwise.
+    pub fn compact(&self) -> Result<crate::CompactionReport> {
+        self.inner.compact(&mut |_, _| {}, None)
+    }
+
+    /// [`Engine::compact`], calling `progress(bytes_copied, bytes_to_copy)` as it goes.
+    ///
+    /// # Errors
+    /// As [`Engine::compact`].
+    pub fn compact_with_progress(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<crate::CompactionReport> {
+        self.inner.compact(progress, None)
+    }
+
+    /// Runs a compaction that stops at `point` as if the process died there. For crash tests.
+    #[doc(hidden)]
+    pub fn compact_crashing_at(&self, point: crate::CrashPoint) -> Result<crate::CompactionReport> {
+        self.inner.compact(&mut |_, _| {}, Some(point))
+    }
+
     /// Checkpoints and closes this handle, reporting any error that dropping it would swallow.
     ///
     /// # Errors
@@ -719,7 +794,7 @@ impl Pending<'_> {
 const COALESCE: usize = 256 << 10;
 
 impl Inner {
-    fn writable(&self) -> Result<()> {
+    pub(crate) fn writable(&self) -> Result<()> {
         if self.config.read_only {
             return Err(Error::ReadOnly {
                 path: self.dir.clone(),
@@ -734,7 +809,7 @@ impl Inner {
     }
 
     /// Runs an I/O call of the writer; a failure poisons the handle.
-    fn io<T>(&self, r: std::io::Result<T>) -> Result<T> {
+    pub(crate) fn io<T>(&self, r: std::io::Result<T>) -> Result<T> {
         r.map_err(|e| {
             self.poisoned.store(true, Ordering::Release);
             Error::io(&self.seg_path, e)
@@ -757,9 +832,9 @@ impl Inner {
         self.writable()?;
         let total: u64 = records.iter().map(Pending::len).sum();
         let start = st.end;
-        let needed = start
-            .checked_add(total)
-            .ok_or_else(|| Error::corruption(&self.seg_path, start, None, "segment would overflow"))?;
+        let needed = start.checked_add(total).ok_or_else(|| {
+            Error::corruption(&self.seg_path, start, None, "segment would overflow")
+        })?;
         self.ensure_capacity(st, needed)?;
         let backend = self.backend(st)?;
         let mut at = start;
@@ -859,10 +934,9 @@ impl Inner {
     /// durable; mark the index header dirty and sync; update slots in place; sync; write the clean
     /// header with the new covered length; sync. A crash in between leaves a dirty header, and the
     /// next open rebuilds the index from the segment.
-    fn checkpoint(&self, st: &mut State, rebuild: bool) -> Result<()> {
+    pub(crate) fn checkpoint(&self, st: &mut State, rebuild: bool) -> Result<()> {
         let view = self.view.load_full();
-        if !rebuild && view.overlay.is_empty() && st.covered_len == st.end && view.index.is_some()
-        {
+        if !rebuild && view.overlay.is_empty() && st.covered_len == st.end && view.index.is_some() {
             return Ok(());
         }
         self.sync(st)?;
@@ -935,7 +1009,7 @@ impl Inner {
         Ok(())
     }
 
-    fn index_io<T>(&self, r: Result<T>) -> Result<T> {
+    pub(crate) fn index_io<T>(&self, r: Result<T>) -> Result<T> {
         if r.is_err() {
             self.poisoned.store(true, Ordering::Release);
         }
@@ -1007,7 +1081,11 @@ impl Inner {
                     }
                 }
             };
-            if loc.offset.checked_add(loc.len).is_none_or(|e| e > view.segment.len()) {
+            if loc
+                .offset
+                .checked_add(loc.len)
+                .is_none_or(|e| e > view.segment.len())
+            {
                 self.remap_for_reader(&view)?;
                 continue;
             }
@@ -1044,7 +1122,13 @@ impl Inner {
     }
 
     /// Checks the record at `loc` is `key`'s and intact, and returns its value.
-    fn read(&self, segment: Arc<SegmentMap>, key: &str, loc: Loc, check_value: bool) -> Result<ValueRef> {
+    fn read(
+        &self,
+        segment: Arc<SegmentMap>,
+        key: &str,
+        loc: Loc,
+        check_value: bool,
+    ) -> Result<ValueRef> {
         let bad = |what: &str| Error::corruption(&self.seg_path, loc.offset, Some(key), what);
         let start = loc.offset as usize;
         let rec = segment
@@ -1071,7 +1155,7 @@ impl Inner {
     }
 
     /// The key of the record at `loc`, its header checked.
-    fn key_of<'a>(&self, segment: &'a [u8], loc: Loc) -> Result<&'a str> {
+    pub(crate) fn key_of<'a>(&self, segment: &'a [u8], loc: Loc) -> Result<&'a str> {
         let bad = |what: &str| Error::corruption(&self.seg_path, loc.offset, None, what);
         let rec = segment
             .get(loc.offset as usize..)

@@ -92,6 +92,16 @@ pub enum Error {
         /// The store directory.
         path: PathBuf,
     },
+    /// Not enough free space for an operation that needs it (checked before starting).
+    #[error("not enough free space in {path}: {needed} bytes needed, {available} available")]
+    NoSpace {
+        /// The directory.
+        path: PathBuf,
+        /// Bytes the operation needs.
+        needed: u64,
+        /// Bytes available to this user.
+        available: u64,
+    },
     /// A shard's bytes could not be decoded.
     #[error("shard {key:?}: {source}")]
     Shard {

@@ -249,18 +249,26 @@ impl IndexMap {
         header: IndexHeader,
         entries: &[(u64, Loc)],
     ) -> Result<Arc<IndexMap>> {
+        let index = Self::build(tmp, header, entries)?;
+        index.sync(tmp)?;
+        std::fs::rename(tmp, path).at(path)?;
+        Ok(Arc::new(index))
+    }
+
+    /// Writes a new index file at `path` holding `entries` (distinct keys), not yet synced.
+    pub fn build(path: &Path, header: IndexHeader, entries: &[(u64, Loc)]) -> Result<IndexMap> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(tmp)
-            .at(tmp)?;
+            .open(path)
+            .at(path)?;
         let len = header
             .file_len()
-            .ok_or_else(|| Error::corruption(tmp, 0, None, "index too large"))?;
-        file.set_len(len).at(tmp)?;
-        let map = Self::map(&file, len, true, tmp)?;
+            .ok_or_else(|| Error::corruption(path, 0, None, "index too large"))?;
+        file.set_len(len).at(path)?;
+        let map = Self::map(&file, len, true, path)?;
         let index = IndexMap {
             map,
             file,
@@ -271,10 +279,13 @@ impl IndexMap {
             index.insert_new(hash, loc);
         }
         index.write_header(&header)?;
-        index.map.flush().at(tmp)?;
-        index.file.sync_all().at(tmp)?;
-        std::fs::rename(tmp, path).at(path)?;
-        Ok(Arc::new(index))
+        Ok(index)
+    }
+
+    /// Flushes the map and fsyncs the file.
+    pub fn sync(&self, path: &Path) -> Result<()> {
+        self.map.flush().at(path)?;
+        self.file.sync_all().at(path)
     }
 
     fn words(&self) -> &[AtomicU64] {
@@ -285,7 +296,11 @@ impl IndexMap {
         // Every access to slot memory, in this process, goes through these atomics, so the
         // writer's in-place updates are not data races; other processes only read the file.
         unsafe {
-            let base = self.map.as_ptr().add(SLOTS_START as usize).cast::<AtomicU64>();
+            let base = self
+                .map
+                .as_ptr()
+                .add(SLOTS_START as usize)
+                .cast::<AtomicU64>();
             std::slice::from_raw_parts(base, n)
         }
     }
@@ -510,4 +525,3 @@ pub(crate) fn header_for(
         counters,
     }
 }
-

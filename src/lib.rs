@@ -14,6 +14,7 @@
 #![warn(clippy::unwrap_used)]
 
 mod backend;
+mod compaction;
 mod engine;
 mod error;
 mod index;
@@ -24,8 +25,10 @@ mod segment;
 
 pub mod array;
 pub mod serializer;
+pub mod squirrel_dir;
 pub mod value;
 
 pub use backend::{Backend, FileBackend};
+pub use compaction::{CompactionReport, CrashPoint};
 pub use engine::{Config, Durability, Engine, Stats, ValueRef};
 pub use error::{Error, Result};

@@ -70,7 +70,8 @@ impl Header {
         let codec = h[9];
         let key_len = u16::from_le_bytes([h[10], h[11]]);
         let reserved = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
-        let value_len = u64::from_le_bytes([h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23]]);
+        let value_len =
+            u64::from_le_bytes([h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23]]);
         let valid = key_len != 0
             && usize::from(key_len) <= MAX_KEY_LEN
             && reserved == 0

@@ -188,7 +188,12 @@ pub(crate) fn open_segment(dir: &Path, writable: bool, create: bool) -> Result<O
         created = true;
     }
     if len < segment::HEADER_LEN {
-        return Err(Error::corruption(&path, 0, None, "segment shorter than its header"));
+        return Err(Error::corruption(
+            &path,
+            0,
+            None,
+            "segment shorter than its header",
+        ));
     }
     let map = SegmentMap::new(&file, len, &path)?;
     let segment_id = segment::decode_header(&path, map.bytes())?;
@@ -207,7 +212,12 @@ pub(crate) enum IndexState {
 }
 
 /// Opens the index and checks that it belongs to this segment and is complete.
-pub(crate) fn open_index(dir: &Path, writable: bool, segment_id: u64, seg_len: u64) -> Result<IndexState> {
+pub(crate) fn open_index(
+    dir: &Path,
+    writable: bool,
+    segment_id: u64,
+    seg_len: u64,
+) -> Result<IndexState> {
     let path = dir.join(index::INDEX_FILE);
     Ok(match IndexMap::open(&path, writable)? {
         None => IndexState::Unusable,

@@ -66,7 +66,12 @@ pub(crate) fn decode_header(path: &Path, bytes: &[u8]) -> Result<u64> {
     }
     let crc = u32::from_le_bytes([h[28], h[29], h[30], h[31]]);
     if crc32fast::hash(&h[0..28]) != crc {
-        return Err(Error::corruption(path, 0, None, "segment header checksum mismatch"));
+        return Err(Error::corruption(
+            path,
+            0,
+            None,
+            "segment header checksum mismatch",
+        ));
     }
     Ok(u64::from_le_bytes([
         h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23],
@@ -84,8 +89,9 @@ pub(crate) struct SegmentMap {
 impl SegmentMap {
     /// Maps `len` bytes of `file` (its current length).
     pub fn new(file: &File, len: u64, path: &Path) -> Result<Arc<SegmentMap>> {
-        let len = usize::try_from(len)
-            .map_err(|_| Error::corruption(path, 0, None, "segment larger than the address space"))?;
+        let len = usize::try_from(len).map_err(|_| {
+            Error::corruption(path, 0, None, "segment larger than the address space")
+        })?;
         // SAFETY: the map is read-only and the library never shrinks a segment file while it is
         // open (torn tails are zeroed, compaction renames a new file over the old one), so every
         // mapped page stays backed by the file. Another process truncating or rewriting the file
@@ -112,7 +118,11 @@ impl SegmentMap {
 pub(crate) enum Step {
     /// A record with a valid header; `intact` tells whether its full checksum matched too. A record
     /// whose body is damaged but which is followed by valid data is corruption, not a torn tail.
-    Record { offset: u64, header: Header, intact: bool },
+    Record {
+        offset: u64,
+        header: Header,
+        intact: bool,
+    },
     /// The end of the valid records: at `offset` only zeros follow, except for `torn` bytes of a
     /// partial or damaged last record (a torn tail).
     End { offset: u64, torn: u64 },
@@ -171,7 +181,9 @@ pub(crate) fn scan_at(bytes: &[u8], offset: u64) -> Step {
 
 /// Bytes from the start of `rest` up to and including its last non-zero byte.
 fn torn_len(rest: &[u8]) -> u64 {
-    rest.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1)
+    rest.iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i as u64 + 1)
 }
 
 /// Whether an intact record (valid header and checksum) starts anywhere at or after `from`.
@@ -222,7 +234,10 @@ mod tests {
         assert_eq!(decode_header(p, &encode_header(42)).ok(), Some(42));
         let mut bad = encode_header(42);
         bad[0] = 0;
-        assert!(matches!(decode_header(p, &bad), Err(Error::BadMagic { .. })));
+        assert!(matches!(
+            decode_header(p, &bad),
+            Err(Error::BadMagic { .. })
+        ));
         let mut future = encode_header(42);
         future[8] = 2;
         assert!(matches!(
@@ -238,16 +253,34 @@ mod tests {
         let second = HEADER_LEN + 24 + 1 + 3;
         // A cut inside the last record is a torn tail.
         let cut = &b[..b.len() - 1];
-        assert_eq!(scan_at(cut, second), Step::End { offset: second, torn: 24 + 1 + 2 });
+        assert_eq!(
+            scan_at(cut, second),
+            Step::End {
+                offset: second,
+                torn: 24 + 1 + 2
+            }
+        );
         // Zeros after the last record are the clean end.
         let mut padded = b.clone();
         padded.extend_from_slice(&[0; 100]);
-        assert_eq!(scan_at(&padded, padded.len() as u64 - 100), Step::End { offset: padded.len() as u64 - 100, torn: 0 });
+        assert_eq!(
+            scan_at(&padded, padded.len() as u64 - 100),
+            Step::End {
+                offset: padded.len() as u64 - 100,
+                torn: 0
+            }
+        );
         // A damaged value in the first record, followed by a valid one, is a damaged record.
         b[HEADER_LEN as usize + 25] ^= 0xff;
-        assert!(matches!(scan_at(&b, HEADER_LEN), Step::Record { intact: false, .. }));
+        assert!(matches!(
+            scan_at(&b, HEADER_LEN),
+            Step::Record { intact: false, .. }
+        ));
         // A damaged header followed by a valid record is corruption.
         b[HEADER_LEN as usize + 9] ^= 0xff;
-        assert_eq!(scan_at(&b, HEADER_LEN), Step::Corrupt { offset: HEADER_LEN });
+        assert_eq!(
+            scan_at(&b, HEADER_LEN),
+            Step::Corrupt { offset: HEADER_LEN }
+        );
     }
 }

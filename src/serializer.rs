@@ -1,5 +1,532 @@
-//! Placeholder: replaced by the serializer work.
+//! Shards of samples to record bytes and back, as Python squirrel's `MessagepackSerializer` does.
+//!
+//! A shard's **payload** is its samples, each packed as one MessagePack value and concatenated with
+//! no count and no framing, exactly what squirrel writes (inside gzip) to `KEY.gz`. A record in the
+//! engine stores that payload under a one-byte [`Codec`]: as it is, or as one zstd frame.
+//!
+//! Two ways to read and write samples:
+//!
+//! * **typed**: any `T: Serialize` / `Deserialize` through rmp-serde, structs as maps with field
+//!   names (as Python dicts are). [`NdArray`](crate::array::NdArray) serializes to msgpack-numpy's
+//!   map, so `#[derive(Serialize, Deserialize)] struct Sample { image: NdArray, label: i64 }`
+//!   reads and writes what Python squirrel does;
+//! * **byte-exact**: [`Value`], which re-encodes any sample to the identical bytes (see
+//!   [`crate::value`]). Re-compressing a Python shard goes through this path, or copies the payload
+//!   untouched.
+//!
+//! Decoding treats every byte as untrusted: a zstd frame may not decompress to more than a
+//! configured limit (checked against the frame header before anything is allocated), a length field
+//! may not claim more than the input holds, and nesting is limited.
 
-/// What was wrong with a shard's bytes.
+use std::borrow::Cow;
+use std::io::{self, Read};
+use std::marker::PhantomData;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::value::{DecodeError, EncodeError, Value, value_len};
+
+/// How a record's value is stored: the byte the engine keeps beside each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Codec {
+    /// Plain bytes, from the engine's raw API; not samples.
+    Raw = 0,
+    /// Concatenated MessagePack samples, uncompressed.
+    Msgpack = 1,
+    /// Concatenated MessagePack samples, as one zstd frame.
+    MsgpackZstd = 2,
+}
+
+impl Codec {
+    /// The codec a stored byte names, if any.
+    #[must_use]
+    pub fn from_u8(byte: u8) -> Option<Codec> {
+        match byte {
+            0 => Some(Codec::Raw),
+            1 => Some(Codec::Msgpack),
+            2 => Some(Codec::MsgpackZstd),
+            _ => None,
+        }
+    }
+
+    /// The byte stored for this codec.
+    #[must_use]
+    pub fn as_u8(self) -> u8 {
+        self as u8
+    }
+}
+
+impl TryFrom<u8> for Codec {
+    type Error = ShardError;
+
+    fn try_from(byte: u8) -> Result<Codec, ShardError> {
+        Codec::from_u8(byte).ok_or(ShardError::UnknownCodec(byte))
+    }
+}
+
+/// What was wrong with a shard's bytes, or with samples to be written.
 #[derive(Debug, thiserror::Error)]
-pub enum ShardError {}
+#[non_exhaustive]
+pub enum ShardError {
+    /// The record's codec byte names no codec this build knows (written by a newer version, or
+    /// corrupt).
+    #[error("unknown codec byte {0}")]
+    UnknownCodec(u8),
+    /// The record holds raw bytes ([`Codec::Raw`]), not samples.
+    #[error("record holds raw bytes, not samples")]
+    NotSamples,
+    /// The zstd frame is truncated or corrupt.
+    #[error("corrupt or truncated zstd frame: {0}")]
+    Decompress(#[source] io::Error),
+    /// The payload would decompress to more bytes than allowed.
+    #[error("shard decompresses to {size} bytes{}; the limit is {limit}", if *.at_least { " or more" } else { "" })]
+    TooLarge {
+        /// The size the frame header claims, or the limit plus one when it claims none.
+        size: u64,
+        /// Whether `size` is only a lower bound (the frame did not say its size).
+        at_least: bool,
+        /// The configured limit.
+        limit: u64,
+    },
+    /// zstd could not compress the payload.
+    #[error("zstd compression failed: {0}")]
+    Compress(#[source] io::Error),
+    /// A sample is not valid MessagePack: truncated (also trailing bytes that start a value but do
+    /// not finish it), a reserved marker, nesting too deep, a str that is not UTF-8.
+    #[error("sample {sample} (payload byte {offset}): {source}")]
+    Msgpack {
+        /// Index of the sample in the shard.
+        sample: usize,
+        /// Where the sample starts in the payload.
+        offset: usize,
+        /// What was wrong; offsets in it count from the sample's start.
+        #[source]
+        source: DecodeError,
+    },
+    /// A sample is valid MessagePack but does not fit the requested type (including an `NdArray`
+    /// whose data length does not match its dtype and shape).
+    #[error("sample {sample} does not fit the requested type: {source}")]
+    Mismatch {
+        /// Index of the sample in the shard.
+        sample: usize,
+        /// rmp-serde's account of it.
+        #[source]
+        source: rmp_serde::decode::Error,
+    },
+    /// A typed sample could not be serialized.
+    #[error("sample {sample} could not be serialized: {source}")]
+    Encode {
+        /// Index of the sample in the shard.
+        sample: usize,
+        /// rmp-serde's account of it.
+        #[source]
+        source: rmp_serde::encode::Error,
+    },
+    /// A [`Value`] sample could not be encoded (an item longer than MessagePack allows).
+    #[error("sample {sample} could not be encoded: {source}")]
+    EncodeValue {
+        /// Index of the sample in the shard.
+        sample: usize,
+        /// What was wrong.
+        #[source]
+        source: EncodeError,
+    },
+}
+
+/// Turns shards of samples into record bytes and back.
+///
+/// Generic methods make this a compile-time interface, not a trait object; the store is generic
+/// over it.
+pub trait Serializer: Send + Sync {
+    /// The codec [`Serializer::encode`] and friends produce.
+    fn codec(&self) -> Codec;
+
+    /// Stores an already-concatenated payload (e.g. the gunzipped content of a squirrel `KEY.gz`)
+    /// as record bytes for [`Serializer::codec`], without touching the samples.
+    ///
+    /// # Errors
+    ///
+    /// [`ShardError::Compress`] when compression fails.
+    fn encode_payload(&self, payload: &[u8]) -> Result<Vec<u8>, ShardError>;
+
+    /// Serializes typed samples (structs as maps with field names) into record bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ShardError::Encode`] when a sample cannot be serialized; [`ShardError::Compress`].
+    fn encode<T: Serialize>(&self, samples: &[T]) -> Result<Vec<u8>, ShardError> {
+        self.encode_payload(&payload_from_samples(samples)?)
+    }
+
+    /// Encodes [`Value`] samples byte-exactly into record bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ShardError::EncodeValue`]; [`ShardError::Compress`].
+    fn encode_values(&self, samples: &[Value]) -> Result<Vec<u8>, ShardError> {
+        self.encode_payload(&encode_values(samples)?)
+    }
+
+    /// The concatenated samples in a record: borrowed when stored uncompressed.
+    ///
+    /// # Errors
+    ///
+    /// [`ShardError::NotSamples`] for [`Codec::Raw`]; [`ShardError::Decompress`] and
+    /// [`ShardError::TooLarge`] for a bad zstd frame.
+    fn decode_payload<'a>(
+        &self,
+        codec: Codec,
+        bytes: &'a [u8],
+    ) -> Result<Cow<'a, [u8]>, ShardError>;
+
+    /// All samples of a record, typed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Serializer::decode_payload`], then [`ShardError::Msgpack`] or
+    /// [`ShardError::Mismatch`] for the first sample that fails.
+    fn decode<T: DeserializeOwned>(
+        &self,
+        codec: Codec,
+        bytes: &[u8],
+    ) -> Result<Vec<T>, ShardError> {
+        let payload = self.decode_payload(codec, bytes)?;
+        Samples::new(&payload).collect()
+    }
+
+    /// All samples of a record as [`Value`]s, which re-encode byte-exactly.
+    ///
+    /// # Errors
+    ///
+    /// As [`Serializer::decode_payload`], then [`ShardError::Msgpack`].
+    fn decode_values(&self, codec: Codec, bytes: &[u8]) -> Result<Vec<Value>, ShardError> {
+        decode_values(&self.decode_payload(codec, bytes)?)
+    }
+}
+
+/// Python squirrel's `MessagepackSerializer`, with zstd in place of gzip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessagepackSerializer {
+    /// zstd level; `None` stores payloads uncompressed ([`Codec::Msgpack`]).
+    level: Option<i32>,
+    /// Largest payload a record may decompress to.
+    max_decompressed: u64,
+}
+
+impl Default for MessagepackSerializer {
+    /// zstd level 3 (zstd's own default: fast, and most of the gain) and a 4 GiB decompression limit.
+    fn default() -> Self {
+        MessagepackSerializer {
+            level: Some(Self::DEFAULT_LEVEL),
+            max_decompressed: Self::DEFAULT_MAX_DECOMPRESSED,
+        }
+    }
+}
+
+impl MessagepackSerializer {
+    /// The zstd level of [`MessagepackSerializer::default`].
+    pub const DEFAULT_LEVEL: i32 = 3;
+    /// The decompression limit of [`MessagepackSerializer::default`]: 4 GiB.
+    pub const DEFAULT_MAX_DECOMPRESSED: u64 = 4 << 30;
+
+    /// The default serializer: zstd level 3, 4 GiB limit.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Compresses with zstd at `level` (1..=22; negative levels are faster still).
+    #[must_use]
+    pub fn level(mut self, level: i32) -> Self {
+        self.level = Some(level);
+        self
+    }
+
+    /// Stores payloads uncompressed.
+    #[must_use]
+    pub fn uncompressed(mut self) -> Self {
+        self.level = None;
+        self
+    }
+
+    /// Refuses records that decompress to more than `bytes`.
+    #[must_use]
+    pub fn max_decompressed(mut self, bytes: u64) -> Self {
+        self.max_decompressed = bytes;
+        self
+    }
+
+    /// The zstd level, or `None` when payloads are stored uncompressed.
+    #[must_use]
+    pub fn compression_level(&self) -> Option<i32> {
+        self.level
+    }
+
+    /// The decompression limit in bytes.
+    #[must_use]
+    pub fn decompressed_limit(&self) -> u64 {
+        self.max_decompressed
+    }
+}
+
+impl Serializer for MessagepackSerializer {
+    fn codec(&self) -> Codec {
+        match self.level {
+            Some(_) => Codec::MsgpackZstd,
+            None => Codec::Msgpack,
+        }
+    }
+
+    fn encode_payload(&self, payload: &[u8]) -> Result<Vec<u8>, ShardError> {
+        match self.level {
+            // bulk compression writes the content size into the frame header, which lets the
+            // reader allocate once and check the limit up front.
+            Some(level) => zstd::bulk::compress(payload, level).map_err(ShardError::Compress),
+            None => Ok(payload.to_vec()),
+        }
+    }
+
+    fn decode_payload<'a>(
+        &self,
+        codec: Codec,
+        bytes: &'a [u8],
+    ) -> Result<Cow<'a, [u8]>, ShardError> {
+        match codec {
+            Codec::Raw => Err(ShardError::NotSamples),
+            Codec::Msgpack => Ok(Cow::Borrowed(bytes)),
+            Codec::MsgpackZstd => decompress(bytes, self.max_decompressed).map(Cow::Owned),
+        }
+    }
+}
+
+/// Decompresses zstd frames into at most `limit` bytes.
+fn decompress(bytes: &[u8], limit: u64) -> Result<Vec<u8>, ShardError> {
+    let corrupt = |what: &str| {
+        ShardError::Decompress(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()))
+    };
+    if bytes.is_empty() {
+        return Err(corrupt("empty input"));
+    }
+    let claimed = zstd::zstd_safe::get_frame_content_size(bytes)
+        .map_err(|_| corrupt("no valid zstd frame header"))?;
+    if let Some(size) = claimed
+        && size > limit
+    {
+        return Err(ShardError::TooLarge {
+            size,
+            at_least: false,
+            limit,
+        });
+    }
+    // The claim (within the limit) sizes the buffer; a frame that lies is caught while decoding.
+    let capacity = usize::try_from(claimed.unwrap_or(0)).unwrap_or(0);
+    let mut out = Vec::with_capacity(capacity);
+    let decoder =
+        zstd::stream::read::Decoder::with_buffer(bytes).map_err(ShardError::Decompress)?;
+    // Reading one byte past the limit tells "exactly at the limit" from "over it" without ever
+    // holding more than limit + 1 bytes.
+    decoder
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(ShardError::Decompress)?;
+    if out.len() as u64 > limit {
+        return Err(ShardError::TooLarge {
+            size: limit.saturating_add(1),
+            at_least: true,
+            limit,
+        });
+    }
+    Ok(out)
+}
+
+/// The payload for typed samples: each written with rmp-serde, structs as maps with field names.
+///
+/// # Errors
+///
+/// [`ShardError::Encode`] when a sample cannot be serialized.
+pub fn payload_from_samples<T: Serialize>(samples: &[T]) -> Result<Vec<u8>, ShardError> {
+    let mut out = Vec::new();
+    for (sample, s) in samples.iter().enumerate() {
+        rmp_serde::encode::write_named(&mut out, s)
+            .map_err(|source| ShardError::Encode { sample, source })?;
+    }
+    Ok(out)
+}
+
+/// The payload for [`Value`] samples, byte-exact.
+///
+/// # Errors
+///
+/// [`ShardError::EncodeValue`] when an item is longer than MessagePack allows.
+pub fn encode_values(samples: &[Value]) -> Result<Vec<u8>, ShardError> {
+    let mut out = Vec::new();
+    for (sample, v) in samples.iter().enumerate() {
+        v.encode(&mut out)
+            .map_err(|source| ShardError::EncodeValue { sample, source })?;
+    }
+    Ok(out)
+}
+
+/// Every sample in a payload as a [`Value`].
+///
+/// # Errors
+///
+/// [`ShardError::Msgpack`] for the first sample that is not valid MessagePack.
+pub fn decode_values(payload: &[u8]) -> Result<Vec<Value>, ShardError> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while let Some(rest) = payload.get(offset..).filter(|r| !r.is_empty()) {
+        let (v, used) = Value::decode(rest).map_err(|source| ShardError::Msgpack {
+            sample: out.len(),
+            offset,
+            source,
+        })?;
+        out.push(v);
+        offset += used;
+    }
+    Ok(out)
+}
+
+/// The bytes of each sample in a payload, without decoding them.
+///
+/// # Errors
+///
+/// [`ShardError::Msgpack`] for the first sample that is not complete, valid MessagePack.
+pub fn split_samples(payload: &[u8]) -> Result<Vec<&[u8]>, ShardError> {
+    SampleBytes::new(payload).collect()
+}
+
+/// An iterator over the bytes of each sample in a payload; stops after the first error.
+#[derive(Debug, Clone)]
+pub struct SampleBytes<'a> {
+    payload: &'a [u8],
+    offset: usize,
+    index: usize,
+    failed: bool,
+}
+
+impl<'a> SampleBytes<'a> {
+    /// Iterates over the samples of `payload`.
+    #[must_use]
+    pub fn new(payload: &'a [u8]) -> Self {
+        SampleBytes {
+            payload,
+            offset: 0,
+            index: 0,
+            failed: false,
+        }
+    }
+}
+
+impl<'a> Iterator for SampleBytes<'a> {
+    type Item = Result<&'a [u8], ShardError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let rest = self.payload.get(self.offset..).filter(|r| !r.is_empty())?;
+        match value_len(rest) {
+            Ok(len) => {
+                self.offset += len;
+                self.index += 1;
+                rest.get(..len).map(Ok)
+            }
+            Err(source) => {
+                self.failed = true;
+                Some(Err(ShardError::Msgpack {
+                    sample: self.index,
+                    offset: self.offset,
+                    source,
+                }))
+            }
+        }
+    }
+}
+
+impl std::iter::FusedIterator for SampleBytes<'_> {}
+
+/// The samples of a payload, deserialized one at a time as `T`; stops after the first error.
+///
+/// `T` may borrow from the payload (e.g. `#[serde(borrow)] data: &[u8]`) to avoid copying.
+#[derive(Debug, Clone)]
+pub struct Samples<'a, T> {
+    bytes: SampleBytes<'a>,
+    failed: bool,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<'a, T: Deserialize<'a>> Samples<'a, T> {
+    /// Iterates over the samples of `payload`.
+    #[must_use]
+    pub fn new(payload: &'a [u8]) -> Self {
+        Samples {
+            bytes: SampleBytes::new(payload),
+            failed: false,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<'a, T: Deserialize<'a>> Iterator for Samples<'a, T> {
+    type Item = Result<T, ShardError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let sample = self.bytes.index;
+        // The sample's extent is found first, so the depth limit and length checks of `value_len`
+        // guard rmp-serde, and a sample is never read past its end.
+        let item = self.bytes.next()?.and_then(|bytes| {
+            rmp_serde::from_slice(bytes).map_err(|source| ShardError::Mismatch { sample, source })
+        });
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
+impl<'a, T: Deserialize<'a>> std::iter::FusedIterator for Samples<'a, T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_bytes() {
+        for c in [Codec::Raw, Codec::Msgpack, Codec::MsgpackZstd] {
+            assert_eq!(Codec::from_u8(c.as_u8()), Some(c));
+        }
+        assert_eq!(Codec::from_u8(3), None);
+        assert!(matches!(
+            Codec::try_from(9),
+            Err(ShardError::UnknownCodec(9))
+        ));
+    }
+
+    #[test]
+    fn limit_is_exact() {
+        let payload = vec![7u8; 1000];
+        let frame = zstd::bulk::compress(&payload, 3).expect("compresses");
+        assert_eq!(decompress(&frame, 1000).expect("fits"), payload);
+        assert!(matches!(
+            decompress(&frame, 999),
+            Err(ShardError::TooLarge { size: 1000, .. })
+        ));
+        // Without a content size in the header the streaming limit catches it.
+        let mut streamed = Vec::new();
+        let mut enc = zstd::stream::write::Encoder::new(&mut streamed, 3).expect("encoder");
+        std::io::Write::write_all(&mut enc, &payload).expect("writes");
+        enc.finish().expect("finishes");
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&streamed).ok(),
+            Some(None)
+        );
+        assert_eq!(decompress(&streamed, 1000).expect("fits"), payload);
+        assert!(matches!(
+            decompress(&streamed, 999),
+            Err(ShardError::TooLarge { at_least: true, .. })
+        ));
+    }
+}

@@ -2,8 +2,8 @@
 //! for that key, never a torn value or another key's. Checkpoints (in-place index updates and
 //! index growth) run during the reads because the checkpoint bound is tiny.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use squirrel_store::{Config, Durability};
@@ -27,15 +27,21 @@ fn value_for(key: &str, version: u32) -> Vec<u8> {
 }
 
 fn xorshift_seed(key: &str, version: u32) -> u64 {
-    key.bytes().fold(0x9E37_79B9_7F4A_7C15u64 ^ u64::from(version), |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
-    }) | 1
+    key.bytes()
+        .fold(0x9E37_79B9_7F4A_7C15u64 ^ u64::from(version), |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
+        })
+        | 1
 }
 
 fn check(key: &str, v: &[u8]) {
     assert!(v.len() >= 8, "short value for {key}");
     let version = u32::from_le_bytes(v[4..8].try_into().unwrap());
-    assert_eq!(v, value_for(key, version).as_slice(), "value for {key} is not one written for it");
+    assert_eq!(
+        v,
+        value_for(key, version).as_slice(),
+        "value for {key} is not one written for it"
+    );
 }
 
 #[test]
@@ -105,7 +111,10 @@ fn writers_and_readers_at_once() {
         if k % 97 == 0 {
             assert!(got.is_none());
         } else {
-            assert_eq!(got.as_deref(), Some(value_for(&key, (ROUNDS - 1) * 1000 + k).as_slice()));
+            assert_eq!(
+                got.as_deref(),
+                Some(value_for(&key, (ROUNDS - 1) * 1000 + k).as_slice())
+            );
         }
     }
     assert!(db.stats().index_file_len > 0);

@@ -74,7 +74,11 @@ fn reopen_keeps_everything_across_checkpoints() {
         // effect by checking the replay on a handle that closes normally.
     }
     let db = buffered(dir.path());
-    assert_eq!(db.stats().replayed_records, 0, "drop checkpointed everything");
+    assert_eq!(
+        db.stats().replayed_records,
+        0,
+        "drop checkpointed everything"
+    );
     let expect = |i: u32| -> Option<Vec<u8>> {
         if i % 7 == 0 {
             Some(b"again".to_vec())
@@ -100,9 +104,16 @@ fn reopen_keeps_everything_across_checkpoints() {
 fn set_many_and_get_many() {
     let dir = tempdir().unwrap();
     let db = Config::new(dir.path()).open().unwrap();
-    let items: Vec<(String, Vec<u8>)> = (0..100).map(|i| (format!("k{i}"), vec![i as u8; i])).collect();
-    db.set_many(items.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
-    let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).chain(["missing"]).collect();
+    let items: Vec<(String, Vec<u8>)> = (0..100)
+        .map(|i| (format!("k{i}"), vec![i as u8; i]))
+        .collect();
+    db.set_many(items.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        .unwrap();
+    let keys: Vec<&str> = items
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .chain(["missing"])
+        .collect();
     let got = db.get_many(&keys).unwrap();
     for (i, (_, v)) in items.iter().enumerate() {
         assert_eq!(got[i].as_deref(), Some(v.as_slice()));
@@ -119,7 +130,10 @@ fn limits_are_typed_errors() {
     assert!(matches!(db.set(&long, b"x"), Err(Error::InvalidKey { .. })));
     assert!(matches!(db.get(&long), Err(Error::InvalidKey { .. })));
     db.set(&"k".repeat(1024), b"x").unwrap();
-    assert!(matches!(db.set("big", &[0; 11]), Err(Error::ValueTooLarge { len: 11, .. })));
+    assert!(matches!(
+        db.set("big", &[0; 11]),
+        Err(Error::ValueTooLarge { len: 11, .. })
+    ));
 }
 
 #[test]
@@ -127,7 +141,10 @@ fn second_writer_is_refused_and_read_only_refuses_writes() {
     let dir = tempdir().unwrap();
     let db = buffered(dir.path());
     db.set("a", b"1").unwrap();
-    assert!(matches!(Engine::open(dir.path()), Err(Error::Locked { .. })));
+    assert!(matches!(
+        Engine::open(dir.path()),
+        Err(Error::Locked { .. })
+    ));
     let ro = Engine::open_read_only(dir.path()).unwrap();
     assert!(matches!(ro.set("b", b"2"), Err(Error::ReadOnly { .. })));
     assert_eq!(&*ro.get("a").unwrap().unwrap(), b"1");
@@ -144,7 +161,10 @@ fn second_writer_is_refused_and_read_only_refuses_writes() {
 fn read_only_open_of_missing_store_is_not_found() {
     let dir = tempdir().unwrap();
     let missing = dir.path().join("nope");
-    assert!(matches!(Engine::open_read_only(&missing), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        Engine::open_read_only(&missing),
+        Err(Error::NotFound { .. })
+    ));
     assert!(matches!(
         Config::new(&missing).create(false).open(),
         Err(Error::NotFound { .. })
@@ -169,7 +189,10 @@ fn torn_tail_is_cut_and_reported() {
     }
     // Simulate a torn write: half a record after the last good one.
     let (head_and_more, _) = (vec![7u8; 20], ());
-    let f = OpenOptions::new().write(true).open(segment_path(dir.path())).unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir.path()))
+        .unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, &head_and_more, end).unwrap();
     drop(f);
     // The forgotten handle still holds the lock in this process: the lock is per open file, so
@@ -192,9 +215,15 @@ fn wrong_magic_and_future_version_are_typed_errors() {
         Err(Error::UnsupportedVersion { found: 9, .. })
     ));
     std::fs::write(&path, b"hello, this is not a store at all, no").unwrap();
-    assert!(matches!(Engine::open(dir.path()), Err(Error::BadMagic { .. })));
+    assert!(matches!(
+        Engine::open(dir.path()),
+        Err(Error::BadMagic { .. })
+    ));
     std::fs::write(&path, b"short").unwrap();
-    assert!(matches!(Engine::open(dir.path()), Err(Error::Corruption { .. })));
+    assert!(matches!(
+        Engine::open(dir.path()),
+        Err(Error::Corruption { .. })
+    ));
 }
 
 #[test]
@@ -203,7 +232,8 @@ fn damaged_or_missing_index_is_rebuilt() {
     {
         let db = buffered(dir.path());
         for i in 0..300 {
-            db.set(&format!("k{i}"), format!("v{i}").as_bytes()).unwrap();
+            db.set(&format!("k{i}"), format!("v{i}").as_bytes())
+                .unwrap();
         }
     }
     let idx = dir.path().join("index.sqi");

@@ -74,7 +74,10 @@ fn regenerate() {
         let _ = std::fs::remove_dir_all(root.join(name));
     }
     let basic = root.join("v1-basic");
-    let db = Config::new(&basic).durability(Durability::Fsync).open().unwrap();
+    let db = Config::new(&basic)
+        .durability(Durability::Fsync)
+        .open()
+        .unwrap();
     for (kind, k, v) in expected_records() {
         if kind == 1 {
             db.set(k, v).unwrap();
@@ -148,10 +151,16 @@ fn index_vector_decodes() {
             continue;
         }
         assert_eq!(u32_at(s, 28), crc32fast::hash(&s[..28]), "slot crc");
-        let rec = recs.iter().find(|r| r.offset == u64_at(s, 8)).expect("slot names a record");
+        let rec = recs
+            .iter()
+            .find(|r| r.offset == u64_at(s, 8))
+            .expect("slot names a record");
         let h = xxhash_rust::xxh3::xxh3_64(rec.key.as_bytes());
         assert_eq!(hash, if h < 2 { h + 2 } else { h });
-        assert_eq!(u64_at(s, 16), 24 + rec.key.len() as u64 + rec.value.len() as u64);
+        assert_eq!(
+            u64_at(s, 16),
+            24 + rec.key.len() as u64 + rec.value.len() as u64
+        );
         live.push((rec.key.clone(), rec.value.clone()));
     }
     live.sort();

@@ -50,7 +50,11 @@ fn check(db: &Engine, model: &BTreeMap<String, Vec<u8>>) {
     assert_eq!(db.keys().expect("keys"), keys);
     assert_eq!(db.len() as usize, model.len());
     for (k, v) in model {
-        assert_eq!(db.get(k).expect("get").as_deref(), Some(v.as_slice()), "{k}");
+        assert_eq!(
+            db.get(k).expect("get").as_deref(),
+            Some(v.as_slice()),
+            "{k}"
+        );
     }
 }
 

@@ -15,7 +15,8 @@ fn open_of_a_million_keys_replays_nothing() {
         let value = [7u8; 16];
         let keys: Vec<String> = (0..n).map(|i| format!("k{i:07}")).collect();
         for chunk in keys.chunks(10_000) {
-            db.set_many(chunk.iter().map(|k| (k.as_str(), &value[..]))).unwrap();
+            db.set_many(chunk.iter().map(|k| (k.as_str(), &value[..])))
+                .unwrap();
         }
         db.close().unwrap();
     }

@@ -23,7 +23,9 @@ fn run_child(mode: &str, dir: &std::path::Path) -> (i32, String) {
 /// Does nothing unless run as a child by the tests below.
 #[test]
 fn child_entry() {
-    let Ok(mode) = std::env::var("SQS_CHILD") else { return };
+    let Ok(mode) = std::env::var("SQS_CHILD") else {
+        return;
+    };
     let dir = std::env::var("SQS_DIR").unwrap();
     match mode.as_str() {
         "try-lock" => match Engine::open(&dir) {
@@ -32,15 +34,26 @@ fn child_entry() {
             Err(e) => println!("RESULT=error {e}"),
         },
         "write" => {
-            let db = Config::new(&dir).durability(Durability::Buffered).open().unwrap();
+            let db = Config::new(&dir)
+                .durability(Durability::Buffered)
+                .open()
+                .unwrap();
             for i in 0..100 {
-                db.set(&format!("child-{i}"), format!("from the child {i}").as_bytes()).unwrap();
+                db.set(
+                    &format!("child-{i}"),
+                    format!("from the child {i}").as_bytes(),
+                )
+                .unwrap();
             }
             db.delete("a").unwrap();
             // Leave without a checkpoint for half the keys: refresh must replay them.
             db.checkpoint().unwrap();
             for i in 100..150 {
-                db.set(&format!("child-{i}"), format!("from the child {i}").as_bytes()).unwrap();
+                db.set(
+                    &format!("child-{i}"),
+                    format!("from the child {i}").as_bytes(),
+                )
+                .unwrap();
             }
             db.abandon();
             println!("RESULT=written");

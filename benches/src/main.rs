@@ -1,2 +1,368 @@
-//! Benchmarks: filled in by the benchmark work.
-fn main() {}
+//! `squirrel-bench`: squirrel-store side by side with LMDB (heed), redb, fjall, sled and one file
+//! per key, on the same pre-generated values, plus reference points (memory bandwidth, one
+//! sequential file + fsync) and, when given, Python squirrel-core's end-to-end seed figures.
+//!
+//! Writes `latest.md` (comfy-table markdown), `latest.svg` (plotters) and `latest.json` to
+//! `--out`, and the same under `quick.*` or `full.*`. See `benches/README.md`.
+
+mod measure;
+mod peers;
+mod plot;
+mod report;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+
+use measure::{Figures, OpenScale, Reference};
+use peers::Kind;
+use report::{Better, Cell, Row, RunInfo, Section};
+use workload::{Which, Workload};
+
+/// Benchmarks squirrel-store against peer embedded stores.
+#[derive(Debug, Parser)]
+#[command(name = "squirrel-bench", version)]
+struct Args {
+    /// Small counts so that the whole run takes about a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Which workload to run.
+    #[arg(long, value_enum, default_value = "all")]
+    workload: Which,
+    /// Directory for the results (created if missing).
+    #[arg(long, default_value = "benches/results")]
+    out: PathBuf,
+    /// Where the stores are created (a temporary directory inside it, removed at the end).
+    /// Defaults to the system temporary directory.
+    #[arg(long)]
+    tmp: Option<PathBuf>,
+    /// Only these engines (comma-separated: squirrel,lmdb,redb,fjall,sled,files).
+    #[arg(long, value_delimiter = ',')]
+    engines: Option<Vec<String>>,
+    /// Skip the open-time-at-scale rows (1M / 10M keys).
+    #[arg(long)]
+    skip_open_scale: bool,
+    /// JSON printed by `benches/python/squirrel_seed.py`, merged into the end-to-end table.
+    #[arg(long)]
+    python_json: Option<PathBuf>,
+}
+
+/// What `benches/python/squirrel_seed.py` prints.
+#[derive(Debug, Deserialize)]
+struct PythonSeed {
+    version: String,
+    shards: usize,
+    samples_per_shard: usize,
+    workers: usize,
+    write_mbps: f64,
+    read_decode_mbps: f64,
+    get_shard_ms: f64,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let started = Instant::now();
+    let mut info = RunInfo::collect(args.quick);
+    let kinds: Vec<Kind> = match &args.engines {
+        None => Kind::ALL.to_vec(),
+        Some(ids) => {
+            let mut kinds = Vec::new();
+            for id in ids {
+                let kind = Kind::ALL
+                    .into_iter()
+                    .find(|k| k.id() == id.as_str())
+                    .with_context(|| format!("unknown engine {id:?}"))?;
+                kinds.push(kind);
+            }
+            kinds.sort();
+            kinds.dedup();
+            kinds
+        }
+    };
+    let which: Vec<Which> = match args.workload {
+        Which::All => vec![Which::Seed, Which::Small, Which::Large],
+        one => vec![one],
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let tmp_parent = args.tmp.clone().unwrap_or_else(std::env::temp_dir);
+    let root = tempfile::Builder::new()
+        .prefix("squirrel-bench")
+        .tempdir_in(&tmp_parent)
+        .with_context(|| format!("creating a temporary directory in {}", tmp_parent.display()))?;
+
+    let mut sections = Vec::new();
+    let mut panels = Vec::new();
+    let mut references = Vec::new();
+    for w in which {
+        eprintln!("generating workload {w:?}…");
+        let w = workload::build(w, args.quick);
+        let mut figures = Vec::new();
+        for &kind in &kinds {
+            eprintln!("  {} on {}…", w.name, kind.name());
+            let t = Instant::now();
+            let f = measure::run_engine(kind, &w, root.path(), threads);
+            eprintln!(
+                "    {:.1} s{}",
+                t.elapsed().as_secs_f64(),
+                f.error.as_ref().map(|e| format!(" — error: {e}")).unwrap_or_default()
+            );
+            figures.push(f);
+        }
+        references.push((w.name, measure::reference(&w, root.path())?));
+        panels.extend(plot_panels(&w, &kinds, &figures));
+        sections.push(workload_section(&w, &kinds, &figures, threads));
+    }
+    sections.push(reference_section(&references));
+
+    if !args.skip_open_scale {
+        let sizes: &[usize] = if args.quick {
+            &[100_000, 1_000_000]
+        } else {
+            &[1_000_000, 10_000_000]
+        };
+        let mut results = Vec::new();
+        for &n in sizes {
+            for kind in [Kind::Squirrel, Kind::Lmdb] {
+                eprintln!("open time: {} with {n} keys…", kind.name());
+                match measure::open_scale(kind, n, root.path()) {
+                    Ok(r) => results.push(r),
+                    Err(e) => eprintln!("    error: {e:#}"),
+                }
+            }
+        }
+        sections.push(open_scale_section(sizes, &results));
+    }
+
+    let python = match &args.python_json {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(serde_json::from_str::<PythonSeed>(&text).context("parsing the Python JSON")?)
+        }
+        None => None,
+    };
+    sections.push(end_to_end_section(python.as_ref()));
+
+    root.close().context("removing the temporary stores")?;
+    info.took_s = started.elapsed().as_secs_f64();
+    write_outputs(&args.out, &info, &sections, &panels)?;
+    Ok(())
+}
+
+fn plot_panels(w: &Workload, kinds: &[Kind], figures: &[Figures]) -> Vec<plot::Panel> {
+    let metrics: [(&str, fn(&Figures) -> Option<f64>); 4] = [
+        ("write, 1 sync at end (MB/s)", |f| f.write_mbps),
+        ("write, fsync per put (MB/s)", |f| f.durable_mbps),
+        ("random get, 1 thread (MB/s)", |f| f.get_mbps_1),
+        ("full scan (MB/s)", |f| f.scan_mbps),
+    ];
+    metrics
+        .iter()
+        .map(|(title, get)| plot::Panel {
+            title: format!("{}: {title}", w.name),
+            bars: kinds
+                .iter()
+                .zip(figures)
+                .map(|(k, f)| (k.id().to_owned(), get(f)))
+                .collect(),
+        })
+        .collect()
+}
+
+fn workload_section(w: &Workload, kinds: &[Kind], figures: &[Figures], threads: usize) -> Section {
+    let durable_n = w.durable_writes.min(w.keys.len());
+    let rows: Vec<(String, Better, fn(&Figures) -> Option<f64>)> = vec![
+        ("write, one put per value + 1 durable commit (MB/s ↑)".into(), Better::Higher, |f| f.write_mbps),
+        (format!("write, durable commit per put, first {durable_n} values (MB/s ↑)"), Better::Higher, |f| f.durable_mbps),
+        ("open existing store + 1 get (ms ↓)".into(), Better::Lower, |f| f.open_ms),
+        ("random get, 1 thread (µs/get ↓)".into(), Better::Lower, |f| f.get_us_1),
+        ("random get, 1 thread (MB/s ↑)".into(), Better::Higher, |f| f.get_mbps_1),
+        (format!("random get, {threads} threads (µs/get per thread ↓)"), Better::Lower, |f| f.get_us_n),
+        (format!("random get, {threads} threads (MB/s, all threads ↑)"), Better::Higher, |f| f.get_mbps_n),
+        ("full scan in key order (MB/s ↑)".into(), Better::Higher, |f| f.scan_mbps),
+        ("size on disk ÷ raw value bytes (↓)".into(), Better::Lower, |f| f.disk_ratio),
+        ("compaction, half the bytes dead (s ↓)".into(), Better::Lower, |f| f.compact_s),
+        ("random get during compaction (µs/get ↓)".into(), Better::Lower, |f| f.compact_get_us),
+    ];
+    let mut notes = vec![
+        format!(
+            "{}; {:.1} MB of values in all (seeded RNG: every engine stores the same bytes).",
+            w.description,
+            w.raw_bytes() as f64 / 1e6
+        ),
+        format!(
+            "Gets: {} random keys per thread. Durable-commit writes: the first {durable_n} values only.",
+            w.gets
+        ),
+    ];
+    if !peers::squirrel::HAS_COMPACT {
+        notes.push(
+            "Compaction rows: n/a until squirrel-store has `Engine::compact` (TODO in benches/src/peers/squirrel.rs); peers are not compacted."
+                .into(),
+        );
+    }
+    for (k, f) in kinds.iter().zip(figures) {
+        if let Some(e) = &f.error {
+            notes.push(format!("**{} failed:** {e}", k.name()));
+        }
+    }
+    Section {
+        title: format!("Workload `{}`", w.name),
+        notes,
+        columns: kinds.iter().map(|k| k.name().to_owned()).collect(),
+        rows: rows
+            .into_iter()
+            .map(|(label, better, get)| Row {
+                label,
+                better,
+                cells: figures
+                    .iter()
+                    .map(|f| match get(f) {
+                        Some(v) => Cell::Num(v),
+                        None if f.error.is_some() => Cell::Failed,
+                        None => Cell::NotApplicable,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        ratio: kinds.first() == Some(&Kind::Squirrel) && kinds.len() > 1,
+    }
+}
+
+fn reference_section(refs: &[(&str, Reference)]) -> Section {
+    Section {
+        title: "Reference points (same values, no engine)".into(),
+        notes: vec![
+            "memory scan: reading every value once from memory after a warm pass, the ceiling for a hot get or scan.".into(),
+            "sequential write: every value appended to one file, then one fsync, the ceiling for a durable bulk write.".into(),
+        ],
+        columns: refs.iter().map(|(name, _)| format!("`{name}`")).collect(),
+        rows: vec![
+            Row {
+                label: "memory scan (MB/s)".into(),
+                better: Better::Neither,
+                cells: refs.iter().map(|(_, r)| Cell::Num(r.memory_scan_mbps)).collect(),
+            },
+            Row {
+                label: "sequential write + 1 fsync (MB/s)".into(),
+                better: Better::Neither,
+                cells: refs.iter().map(|(_, r)| Cell::Num(r.seq_write_mbps)).collect(),
+            },
+        ],
+        ratio: false,
+    }
+}
+
+fn open_scale_section(sizes: &[usize], results: &[OpenScale]) -> Section {
+    let find = |kind: Kind, n: usize| results.iter().find(|r| r.kind == kind && r.keys == n);
+    let kinds = [Kind::Squirrel, Kind::Lmdb];
+    let mut rows = Vec::new();
+    for &n in sizes {
+        let cell = |f: fn(&OpenScale) -> Option<f64>| -> Vec<Cell> {
+            kinds
+                .iter()
+                .map(|&k| find(k, n).map_or(Cell::Failed, |r| f(r).into()))
+                .collect()
+        };
+        rows.push(Row {
+            label: format!("open + 1 get, {n} keys (ms ↓)"),
+            better: Better::Lower,
+            cells: cell(|r| Some(r.open_ms)),
+        });
+        rows.push(Row {
+            label: format!("records replayed at open, {n} keys"),
+            better: Better::Neither,
+            cells: cell(|r| r.replayed.map(|v| v as f64)),
+        });
+        rows.push(Row {
+            label: format!("build: one put per key + close, {n} keys (s ↓)"),
+            better: Better::Lower,
+            cells: cell(|r| Some(r.build_s)),
+        });
+        rows.push(Row {
+            label: format!("size on disk, {n} keys (MB ↓)"),
+            better: Better::Lower,
+            cells: cell(|r| Some(r.disk_bytes as f64 / 1e6)),
+        });
+    }
+    Section {
+        title: "Open time at scale (small keys)".into(),
+        notes: vec![format!(
+            "Stores of N keys with {}-byte values, built with one put per key and closed; then open + one get (median of 3). squirrel-store's open should not grow with N (memory-mapped index, nothing replayed).",
+            measure::OPEN_SCALE_VALUE
+        )],
+        columns: kinds.iter().map(|k| k.name().to_owned()).collect(),
+        rows,
+        ratio: true,
+    }
+}
+
+fn end_to_end_section(python: Option<&PythonSeed>) -> Section {
+    let rust = peers::squirrel::squirrel_layer_seed(workload::SEED_SHARDS, workload::SEED_SAMPLES);
+    let mut notes = vec![format!(
+        "{} shards × {} samples {{image: float32 3×32×32, label, metadata}}, written with `SquirrelStore` + `MessagepackSerializer`, then all shards read and decoded in parallel, then random single-shard gets. MB/s counts raw image bytes.",
+        workload::SEED_SHARDS,
+        workload::SEED_SAMPLES
+    )];
+    if rust.is_none() {
+        notes.push("squirrel-store column: n/a until the crate has its squirrel layer (`SquirrelStore`, `MessagepackSerializer`, `NdArray`); TODO in benches/src/peers/squirrel.rs.".into());
+    }
+    match python {
+        Some(p) => notes.push(format!(
+            "Python: squirrel-core {}, {} shards × {} samples, {} read workers.",
+            p.version, p.shards, p.samples_per_shard, p.workers
+        )),
+        None => notes.push(
+            "Python column: n/a (run `benches/run.sh`, which runs benches/python/squirrel_seed.py when squirrel-core is importable, or pass --python-json).".into(),
+        ),
+    }
+    let cells = |r: Option<f64>, p: Option<f64>| vec![Cell::from(r), Cell::from(p)];
+    Section {
+        title: "End to end: seed workload through the squirrel layer".into(),
+        notes,
+        columns: vec![
+            "squirrel-store (Rust squirrel layer)".into(),
+            "Python squirrel-core".into(),
+        ],
+        rows: vec![
+            Row {
+                label: "write all shards (MB/s ↑)".into(),
+                better: Better::Higher,
+                cells: cells(rust.map(|r| r.write_mbps), python.map(|p| p.write_mbps)),
+            },
+            Row {
+                label: "read + decode all shards, parallel (MB/s ↑)".into(),
+                better: Better::Higher,
+                cells: cells(rust.map(|r| r.read_decode_mbps), python.map(|p| p.read_decode_mbps)),
+            },
+            Row {
+                label: "random shard get + decode (ms ↓)".into(),
+                better: Better::Lower,
+                cells: cells(rust.map(|r| r.get_shard_ms), python.map(|p| p.get_shard_ms)),
+            },
+        ],
+        ratio: true,
+    }
+}
+
+fn write_outputs(out: &Path, info: &RunInfo, sections: &[Section], panels: &[plot::Panel]) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let heading = format!("squirrel-store vs peers — {} run, {}", info.mode, info.date);
+    for stem in ["latest", info.mode.as_str()] {
+        let svg = format!("{stem}.svg");
+        plot::draw(&out.join(&svg), &heading, panels, 4)?;
+        let md = report::document(info, sections, &svg);
+        std::fs::write(out.join(format!("{stem}.md")), &md)?;
+        let json = serde_json::json!({ "run": info, "sections": sections });
+        std::fs::write(out.join(format!("{stem}.json")), serde_json::to_string_pretty(&json)?)?;
+        if stem == "latest" {
+            println!("{md}");
+        }
+    }
+    eprintln!("results written to {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! The measurements: what is timed, and how.
+
+use std::fs::File;
+use std::hint::black_box;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+
+use crate::peers::{self, Kind};
+use crate::workload::{Workload, touch};
+
+/// MB (10^6 bytes) per second.
+pub fn mbps(bytes: u64, took: Duration) -> f64 {
+    bytes as f64 / 1e6 / took.as_secs_f64().max(1e-9)
+}
+
+/// Allocated bytes (`st_blocks`, as `du` counts them) under `path`, recursively: sparse regions
+/// and preallocated-but-unwritten holes count for nothing.
+pub fn disk_usage(path: &Path) -> Result<u64> {
+    let meta = std::fs::symlink_metadata(path)?;
+    let mut total = meta.blocks() * 512;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            total += disk_usage(&entry?.path())?;
+        }
+    }
+    Ok(total)
+}
+
+/// What one engine scored on one workload. `None` means not measured (n/a).
+#[derive(Debug, Default, Clone)]
+pub struct Figures {
+    /// One put per value and one durable commit at the end, MB/s.
+    pub write_mbps: Option<f64>,
+    /// One durable commit per put, MB/s.
+    pub durable_mbps: Option<f64>,
+    /// Reopening the loaded store and reading one key, milliseconds (median of 3).
+    pub open_ms: Option<f64>,
+    /// Hot random get, one thread: microseconds per get.
+    pub get_us_1: Option<f64>,
+    /// Hot random get, one thread: MB/s of values read.
+    pub get_mbps_1: Option<f64>,
+    /// Hot random get, every core: microseconds per get per thread.
+    pub get_us_n: Option<f64>,
+    /// Hot random get, every core: MB/s of values read, all threads together.
+    pub get_mbps_n: Option<f64>,
+    /// Hot full scan in key order, MB/s of values read.
+    pub scan_mbps: Option<f64>,
+    /// Bytes allocated on disk divided by the raw value bytes.
+    pub disk_ratio: Option<f64>,
+    /// Compaction of a store with half its bytes dead, seconds.
+    pub compact_s: Option<f64>,
+    /// Mean get latency while that compaction runs, microseconds.
+    pub compact_get_us: Option<f64>,
+    /// The first error, if the engine failed part-way (later figures are then missing).
+    pub error: Option<String>,
+}
+
+/// Runs every measure of one engine on one workload. Stores live in temporary directories under
+/// `root`, removed before returning.
+pub fn run_engine(kind: Kind, w: &Workload, root: &Path, threads: usize) -> Figures {
+    let mut fig = Figures::default();
+    if let Err(e) = run_engine_inner(kind, w, root, threads, &mut fig) {
+        fig.error = Some(format!("{e:#}"));
+    }
+    if kind == Kind::Squirrel
+        && peers::squirrel::HAS_COMPACT
+        && let Err(e) = compaction(w, root, &mut fig)
+    {
+        fig.error.get_or_insert(format!("compaction: {e:#}"));
+    }
+    fig
+}
+
+fn run_engine_inner(
+    kind: Kind,
+    w: &Workload,
+    root: &Path,
+    threads: usize,
+    fig: &mut Figures,
+) -> Result<()> {
+    let raw = w.raw_bytes();
+    let dir = tempfile::Builder::new()
+        .prefix(kind.id())
+        .tempdir_in(root)?;
+
+    // Write: one put per value, one durable commit at the end.
+    let mut peer = kind.open(dir.path(), false)?;
+    let t = Instant::now();
+    peer.load(&mut w.items(usize::MAX))?;
+    fig.write_mbps = Some(mbps(raw, t.elapsed()));
+    peer.close()?;
+
+    // Open time of the existing store (plus one get, so lazy openers pay their due).
+    let first = [w.keys[0].as_str()];
+    let mut opens = Vec::new();
+    let mut peer = None;
+    for round in 0..3 {
+        let t = Instant::now();
+        let p = kind.open(dir.path(), false)?;
+        p.get_each(&first, &mut |v| {
+            black_box(touch(v));
+        })?;
+        opens.push(t.elapsed());
+        if round == 2 {
+            peer = Some(p);
+        } else {
+            p.close()?;
+        }
+    }
+    opens.sort();
+    fig.open_ms = Some(opens[1].as_secs_f64() * 1e3);
+    let peer = peer.expect("set in the last round");
+
+    // Full scan, hot: one pass to warm the cache, then the timed pass.
+    let mut scanned = 0u64;
+    let mut sum = 0u64;
+    let n = peer.scan(&mut |_, v| sum = sum.wrapping_add(touch(v)))?;
+    ensure!(n == w.keys.len() as u64, "scan saw {n} of {} keys", w.keys.len());
+    let t = Instant::now();
+    peer.scan(&mut |_, v| {
+        scanned += v.len() as u64;
+        sum = sum.wrapping_add(touch(v));
+    })?;
+    fig.scan_mbps = Some(mbps(scanned, t.elapsed()));
+    black_box(sum);
+
+    // Hot random gets, one thread.
+    let keys = w.random_keys(w.gets, 0);
+    let (took, bytes) = timed_gets(&*peer, &keys)?;
+    fig.get_us_1 = Some(took.as_secs_f64() * 1e6 / keys.len() as f64);
+    fig.get_mbps_1 = Some(mbps(bytes, took));
+
+    // Hot random gets, every core at once.
+    let per_thread: Vec<Vec<&str>> = (0..threads)
+        .map(|t| w.random_keys(w.gets, t as u64 + 1))
+        .collect();
+    let barrier = Barrier::new(threads + 1);
+    let (wall, total) = std::thread::scope(|s| -> Result<(Duration, u64)> {
+        let handles: Vec<_> = per_thread
+            .iter()
+            .map(|keys| {
+                let (peer, barrier) = (&*peer, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    timed_gets(peer, keys).map(|(_, b)| b)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t = Instant::now();
+        let mut total = 0;
+        for h in handles {
+            total += h.join().expect("get thread panicked")?;
+        }
+        Ok((t.elapsed(), total))
+    })?;
+    fig.get_us_n = Some(wall.as_secs_f64() * 1e6 / w.gets as f64);
+    fig.get_mbps_n = Some(mbps(total, wall));
+    peer.close()?;
+
+    fig.disk_ratio = Some(disk_usage(dir.path())? as f64 / raw as f64);
+    dir.close()?;
+
+    // Write: one durable commit per put, on a fresh store.
+    let dir = tempfile::Builder::new()
+        .prefix(kind.id())
+        .tempdir_in(root)?;
+    let mut peer = kind.open(dir.path(), true)?;
+    let n = w.durable_writes.min(w.keys.len());
+    let bytes: u64 = w.values[..n].iter().map(|v| v.len() as u64).sum();
+    let t = Instant::now();
+    for (k, v) in w.items(n) {
+        peer.put_durable(k, v)?;
+    }
+    fig.durable_mbps = Some(mbps(bytes, t.elapsed()));
+    peer.close()?;
+    dir.close()?;
+    Ok(())
+}
+
+/// Gets every key of `keys`, reading each value whole; returns the time and the bytes read.
+fn timed_gets(peer: &dyn peers::Peer, keys: &[&str]) -> Result<(Duration, u64)> {
+    let mut bytes = 0u64;
+    let mut sum = 0u64;
+    let t = Instant::now();
+    peer.get_each(keys, &mut |v| {
+        bytes += v.len() as u64;
+        sum = sum.wrapping_add(touch(v));
+    })?;
+    let took = t.elapsed();
+    black_box(sum);
+    Ok((took, bytes))
+}
+
+/// squirrel-store only: every value written twice (half the bytes dead), then compaction timed
+/// while another thread keeps getting random keys.
+fn compaction(w: &Workload, root: &Path, fig: &mut Figures) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("compact")
+        .tempdir_in(root)?;
+    let engine = peers::squirrel::open_engine(dir.path())?;
+    for _ in 0..2 {
+        for (k, v) in w.items(usize::MAX) {
+            engine.set(k, v)?;
+        }
+    }
+    engine.sync()?;
+    let keys = w.random_keys(w.gets.max(1000), 7);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (compact_took, (gets, get_time)) = std::thread::scope(|s| -> Result<_> {
+        let reader = s.spawn(|| -> Result<(u64, Duration)> {
+            let mut n = 0u64;
+            let mut busy = Duration::ZERO;
+            let mut sum = 0u64;
+            for k in keys.iter().cycle() {
+                if done.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
+                let t = Instant::now();
+                if let Some(v) = engine.get(k)? {
+                    sum = sum.wrapping_add(touch(&v));
+                }
+                busy += t.elapsed();
+                n += 1;
+            }
+            black_box(sum);
+            Ok((n, busy))
+        });
+        let t = Instant::now();
+        let r = peers::squirrel::compact(&engine);
+        let took = t.elapsed();
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let gets = reader.join().expect("reader panicked")?;
+        r?;
+        Ok((took, gets))
+    })?;
+    fig.compact_s = Some(compact_took.as_secs_f64());
+    fig.compact_get_us = Some(get_time.as_secs_f64() * 1e6 / gets.max(1) as f64);
+    engine.close()?;
+    dir.close()?;
+    Ok(())
+}
+
+/// The reference points for one workload.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Reference {
+    /// Reading every value once from memory (after a warm pass), MB/s: memory bandwidth.
+    pub memory_scan_mbps: f64,
+    /// Writing every value to one file sequentially, then one fsync, MB/s.
+    pub seq_write_mbps: f64,
+}
+
+/// Measures the reference points of `w`.
+pub fn reference(w: &Workload, root: &Path) -> Result<Reference> {
+    let mut sum = 0u64;
+    for v in &w.values {
+        sum = sum.wrapping_add(touch(v));
+    }
+    let t = Instant::now();
+    for v in &w.values {
+        sum = sum.wrapping_add(touch(v));
+    }
+    let memory_scan_mbps = mbps(w.raw_bytes(), t.elapsed());
+    black_box(sum);
+
+    let file = tempfile::NamedTempFile::new_in(root)?;
+    let t = Instant::now();
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(file.path())?);
+    for v in &w.values {
+        out.write_all(v)?;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+    let seq_write_mbps = mbps(w.raw_bytes(), t.elapsed());
+    file.close()?;
+    Ok(Reference {
+        memory_scan_mbps,
+        seq_write_mbps,
+    })
+}
+
+/// Open time of a big store of small keys.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenScale {
+    /// Keys in the store.
+    pub keys: usize,
+    /// Engine measured.
+    pub kind: Kind,
+    /// Building the store (one put per key, one commit / close), seconds.
+    pub build_s: f64,
+    /// Open plus one get, milliseconds (median of 3).
+    pub open_ms: f64,
+    /// Records replayed by the open (squirrel-store only).
+    pub replayed: Option<u64>,
+    /// Bytes allocated on disk.
+    pub disk_bytes: u64,
+}
+
+/// Bytes of each value in the open-time stores.
+pub const OPEN_SCALE_VALUE: usize = 100;
+
+/// Builds a store of `n` small keys with `kind` (squirrel-store or LMDB) and times opening it.
+pub fn open_scale(kind: Kind, n: usize, root: &Path) -> Result<OpenScale> {
+    let dir = tempfile::Builder::new()
+        .prefix("open-scale")
+        .tempdir_in(root)?;
+    let t = Instant::now();
+    match kind {
+        Kind::Squirrel => peers::squirrel::build_for_open(dir.path(), n, OPEN_SCALE_VALUE)?,
+        Kind::Lmdb => peers::lmdb_build_for_open(dir.path(), n, OPEN_SCALE_VALUE)?,
+        other => anyhow::bail!("no open-scale build for {}", other.name()),
+    }
+    let build_s = t.elapsed().as_secs_f64();
+    let mut opens = Vec::new();
+    let mut replayed = None;
+    for _ in 0..3 {
+        let t = Instant::now();
+        match kind {
+            Kind::Squirrel => replayed = Some(peers::squirrel::open_for_scale(dir.path())?),
+            _ => {
+                let p = kind.open(dir.path(), false)?;
+                let key = crate::workload::scale_key(0);
+                p.get_each(&[key.as_str()], &mut |v| {
+                    black_box(touch(v));
+                })?;
+                p.close()?;
+            }
+        }
+        opens.push(t.elapsed());
+    }
+    opens.sort();
+    let disk_bytes = disk_usage(dir.path())?;
+    dir.close()?;
+    Ok(OpenScale {
+        keys: n,
+        kind,
+        build_s,
+        open_ms: opens[1].as_secs_f64() * 1e3,
+        replayed,
+        disk_bytes,
+    })
+}

@@ -1,0 +1,86 @@
+//! LMDB through `heed`: a copy-on-write B+tree in one memory-mapped file.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use heed::types::{Bytes, Str};
+use heed::{Database, Env, EnvOpenOptions};
+
+/// The map size: the largest the store may grow to. Sparse, so it costs nothing on disk.
+const MAP_SIZE: usize = 256 << 30;
+
+/// An LMDB environment with one unnamed database.
+pub struct LmdbPeer {
+    env: Env,
+    db: Database<Str, Bytes>,
+}
+
+impl LmdbPeer {
+    /// Opens the environment in `dir` with default (fully synchronous) commit flags.
+    pub fn open(dir: &Path) -> Result<Self> {
+        // SAFETY: the directory is private to this benchmark and opened by one handle at a time,
+        // so nothing else maps or truncates the file under us.
+        let env = unsafe { EnvOpenOptions::new().map_size(MAP_SIZE).max_dbs(1).open(dir)? };
+        let mut wtxn = env.write_txn()?;
+        let db = env.create_database::<Str, Bytes>(&mut wtxn, None)?;
+        wtxn.commit()?;
+        Ok(LmdbPeer { env, db })
+    }
+}
+
+impl super::Peer for LmdbPeer {
+    fn load(&mut self, items: &mut dyn Iterator<Item = (&str, &[u8])>) -> Result<()> {
+        let mut wtxn = self.env.write_txn()?;
+        for (k, v) in items {
+            self.db.put(&mut wtxn, k, v)?;
+        }
+        // A commit syncs the data and the meta page.
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    fn put_durable(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        let mut wtxn = self.env.write_txn()?;
+        self.db.put(&mut wtxn, key, value)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    fn get_each(&self, keys: &[&str], sink: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let rtxn = self.env.read_txn()?;
+        for k in keys {
+            let v = self.db.get(&rtxn, k)?.with_context(|| format!("missing {k}"))?;
+            sink(v);
+        }
+        Ok(())
+    }
+
+    fn scan(&self, sink: &mut dyn FnMut(&[u8], &[u8])) -> Result<u64> {
+        let rtxn = self.env.read_txn()?;
+        let mut n = 0;
+        for item in self.db.iter(&rtxn)? {
+            let (k, v) = item?;
+            sink(k.as_bytes(), v);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn close(self: Box<Self>) -> Result<()> {
+        let LmdbPeer { env, .. } = *self;
+        env.prepare_for_closing().wait();
+        Ok(())
+    }
+}
+
+/// Builds an LMDB store of `n` keys with `value_len`-byte values in one transaction.
+pub fn build_for_open(dir: &Path, n: usize, value_len: usize) -> Result<()> {
+    let peer = LmdbPeer::open(dir)?;
+    let value = crate::workload::filler(value_len);
+    let mut wtxn = peer.env.write_txn()?;
+    for i in 0..n {
+        peer.db.put(&mut wtxn, &crate::workload::scale_key(i), &value)?;
+    }
+    wtxn.commit()?;
+    super::Peer::close(Box::new(peer))
+}

@@ -1,0 +1,344 @@
+//! Compaction: rewrite the live records into a new segment and index, then switch to them.
+//!
+//! 1. Under the writer lock: checkpoint, so the index alone names every live record, and note the
+//!    segment end `E0`. Release the lock.
+//! 2. Without the lock: copy every live record, verbatim (its checksum does not depend on its
+//!    offset) and checked, into `segment.sqs.compact` with a new `segment_id`. Writers keep
+//!    appending to the old segment meanwhile; readers keep reading their old map.
+//! 3. Under the lock: copy the records appended since `E0` (puts and tombstones, in order), fsync
+//!    the new segment, build `index.sqi.compact` and fsync it.
+//! 4. Switch: rename the segment over `segment.sqs`, then the index over `index.sqi`, fsync the
+//!    directory, publish the new view.
+//!
+//! A crash before the first rename leaves the old store whole (the `.compact` files are removed at
+//! the next open). A crash between the renames leaves the new, complete segment with the old
+//! index, whose `segment_id` no longer matches: the index is rebuilt from the new segment. The old
+//! segment's inode lives on while a reader still maps it and is freed with the last reference.
+
+use std::fs::OpenOptions;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::engine::{Inner, View};
+use crate::error::{Error, IoContext, Result};
+use crate::index::{self, Counters, IndexMap, Loc};
+use crate::record::{self, Header, Kind};
+use crate::recovery::{self, Overlay};
+use crate::segment::{self, SegmentMap, Step};
+
+/// Suffix of the files a compaction writes before switching to them.
+pub(crate) const COMPACT_SUFFIX: &str = "compact";
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CompactionReport {
+    /// Segment file length before.
+    pub bytes_before: u64,
+    /// Segment file length after.
+    pub bytes_after: u64,
+    /// Live records copied.
+    pub live_records: u64,
+    /// Records appended by writers while the compaction ran, carried into the new segment.
+    pub carried_records: u64,
+}
+
+impl CompactionReport {
+    /// Bytes given back to the file system.
+    pub fn reclaimed(&self) -> u64 {
+        self.bytes_before.saturating_sub(self.bytes_after)
+    }
+}
+
+/// Points at which a test can stop a compaction, as if the process died there.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// After copying the live records, before syncing them.
+    AfterCopy,
+    /// After carrying the tail and syncing the new segment, before the index.
+    AfterSegmentSync,
+    /// After the new index is written and synced, before any rename.
+    AfterIndex,
+    /// After renaming the segment, before renaming the index.
+    BetweenRenames,
+    /// After both renames, before the directory fsync.
+    AfterRenames,
+}
+
+/// Copies records into the new segment, coalescing small ones into larger writes.
+struct Copier<'a> {
+    backend: &'a dyn crate::backend::Backend,
+    at: u64,
+    buf: Vec<u8>,
+    buf_at: u64,
+    inner: &'a Inner,
+}
+
+const COPY_BUF: usize = 4 << 20;
+
+impl Copier<'_> {
+    fn push(&mut self, rec: &[u8]) -> Result<u64> {
+        let offset = self.at;
+        if rec.len() >= COPY_BUF {
+            self.flush()?;
+            self.inner.io(self.backend.write_at(rec, offset))?;
+            self.buf_at = offset + rec.len() as u64;
+        } else {
+            if self.buf.len() + rec.len() > COPY_BUF {
+                self.flush()?;
+            }
+            self.buf.extend_from_slice(rec);
+        }
+        self.at += rec.len() as u64;
+        Ok(offset)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.inner
+                .io(self.backend.write_at(&self.buf, self.buf_at))?;
+        }
+        self.buf_at += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl Inner {
+    /// Runs a compaction; see the module docs.
+    pub(crate) fn compact(
+        &self,
+        progress: &mut dyn FnMut(u64, u64),
+        crash: Option<CrashPoint>,
+    ) -> Result<CompactionReport> {
+        self.writable()?;
+        let _one = self.compaction.lock();
+        let seg_tmp = self
+            .dir
+            .join(format!("{}.{COMPACT_SUFFIX}", segment::SEGMENT_FILE));
+        let idx_tmp = self
+            .dir
+            .join(format!("{}.{COMPACT_SUFFIX}", index::INDEX_FILE));
+
+        // 1. Checkpoint and snapshot.
+        let (view, e0, bytes_before, live_bytes) = {
+            let mut st = self.state.lock();
+            self.checkpoint(&mut st, false)?;
+            (
+                self.view.load_full(),
+                st.end,
+                st.file_len,
+                st.counters.live_bytes,
+            )
+        };
+        let space = rustix::fs::statvfs(&self.dir)
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+            .map_err(|e| Error::io(&self.dir, e.into()))?;
+        let needed = live_bytes + segment::HEADER_LEN + (live_bytes / 64);
+        if space < needed {
+            return Err(Error::NoSpace {
+                path: self.dir.clone(),
+                needed,
+                available: space,
+            });
+        }
+        let old = view.segment.bytes();
+        let mut live: Vec<(u64, Loc)> = match &view.index {
+            Some(idx) => idx.entries(),
+            None => Vec::new(),
+        };
+        // Read the old segment in order: sequential I/O.
+        live.sort_unstable_by_key(|(_, loc)| loc.offset);
+
+        // 2. Copy the live records.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&seg_tmp)
+            .at(&seg_tmp)?;
+        let backend = self.config.backend_for(file.try_clone().at(&seg_tmp)?);
+        let new_id: u64 = rand::random();
+        self.io(backend.write_at(&segment::encode_header(new_id), 0))?;
+        let mut copier = Copier {
+            backend: &*backend,
+            at: segment::HEADER_LEN,
+            buf: Vec::with_capacity(COPY_BUF),
+            buf_at: segment::HEADER_LEN,
+            inner: self,
+        };
+        let total: u64 = live.iter().map(|(_, l)| l.len).sum();
+        let mut done = 0u64;
+        let mut entries = Vec::with_capacity(live.len());
+        for (hash, loc) in &live {
+            let rec = self.checked_record(old, *loc)?;
+            let offset = copier.push(rec)?;
+            entries.push((*hash, Loc { offset, ..*loc }));
+            done += loc.len;
+            progress(done, total);
+        }
+        copier.flush()?;
+        if crash == Some(CrashPoint::AfterCopy) {
+            return Err(simulated());
+        }
+        // An fsync here, outside the lock, makes the one under the lock short.
+        self.io(backend.sync_data())?;
+
+        // 3. Under the lock: carry the tail, sync, build the index.
+        let mut st = self.state.lock();
+        self.writable()?;
+        let current = self.view.load_full();
+        let tail_map = current.segment.clone();
+        let mut tail = Vec::new();
+        let mut at = e0;
+        while at < st.end {
+            match segment::scan_at(tail_map.bytes(), at) {
+                Step::Record {
+                    offset,
+                    header,
+                    intact: true,
+                } => {
+                    let len = header.record_len().unwrap_or(0);
+                    let rec = &tail_map.bytes()[offset as usize..(offset + len) as usize];
+                    let new_offset = copier.push(rec)?;
+                    tail.push((header, new_offset, len));
+                    at = offset + len;
+                }
+                _ => {
+                    return Err(Error::corruption(
+                        &self.seg_path,
+                        at,
+                        None,
+                        "record appended during compaction is damaged",
+                    ));
+                }
+            }
+        }
+        copier.flush()?;
+        let new_end = copier.at;
+        self.io(backend.sync_data())?;
+        if crash == Some(CrashPoint::AfterSegmentSync) {
+            return Err(simulated());
+        }
+        let new_map = SegmentMap::new(&file, new_end, &seg_tmp)?;
+        let tail_puts = tail.iter().filter(|(h, _, _)| h.kind == Kind::Put).count() as u64;
+        let slots = index::slots_for(entries.len() as u64 + tail_puts);
+        let placeholder =
+            index::header_for(new_id, segment::HEADER_LEN, slots, 0, Counters::default());
+        let idx = IndexMap::build(&idx_tmp, placeholder, &entries)?;
+        let mut counters = Counters {
+            live_records: entries.len() as u64,
+            live_bytes: entries.iter().map(|(_, l)| l.len).sum(),
+            ..Counters::default()
+        };
+        let mut used = entries.len() as u64;
+        for (header, offset, len) in &tail {
+            let key = self.key_of(
+                new_map.bytes(),
+                Loc {
+                    offset: *offset,
+                    len: *len,
+                    crc: header.crc,
+                },
+            )?;
+            let hash = index::hash_key(key);
+            let prev = match idx.probe(key, hash, new_map.bytes()) {
+                index::Probe::Found(l) => Some(l),
+                _ => None,
+            };
+            recovery::count(&mut counters, header.kind, prev, *len);
+            let r = match header.kind {
+                Kind::Put => idx
+                    .upsert(
+                        key,
+                        hash,
+                        Loc {
+                            offset: *offset,
+                            len: *len,
+                            crc: header.crc,
+                        },
+                        new_map.bytes(),
+                    )
+                    .map(|new| used += u64::from(new)),
+                Kind::Delete => idx.remove(key, hash, new_map.bytes()),
+            };
+            r.map_err(|()| Error::corruption(&idx_tmp, 0, Some(key), "new index has no room"))?;
+        }
+        idx.write_header(&index::header_for(new_id, new_end, slots, used, counters))?;
+        idx.sync(&idx_tmp)?;
+        if crash == Some(CrashPoint::AfterIndex) {
+            return Err(simulated());
+        }
+
+        // 4. Switch.
+        std::fs::rename(&seg_tmp, &self.seg_path).at(&self.seg_path)?;
+        if crash == Some(CrashPoint::BetweenRenames) {
+            self.poisoned.store(true, Ordering::Release);
+            return Err(simulated());
+        }
+        std::fs::rename(&idx_tmp, &self.idx_path).at(&self.idx_path)?;
+        if crash == Some(CrashPoint::AfterRenames) {
+            self.poisoned.store(true, Ordering::Release);
+            return Err(simulated());
+        }
+        if let Err(e) = recovery::sync_dir(&self.dir) {
+            self.poisoned.store(true, Ordering::Release);
+            return Err(e);
+        }
+        st.segment_id = new_id;
+        st.file = file;
+        st.backend = Some(backend);
+        st.end = new_end;
+        st.file_len = new_end;
+        st.covered_len = new_end;
+        st.used_slots = used;
+        st.counters = counters;
+        self.live.store(counters.live_records, Ordering::Release);
+        self.view.store(Arc::new(View {
+            segment: new_map,
+            index: Some(Arc::new(idx)),
+            overlay: Arc::new(Overlay::new()),
+        }));
+        Ok(CompactionReport {
+            bytes_before,
+            bytes_after: new_end,
+            live_records: counters.live_records,
+            carried_records: tail.len() as u64,
+        })
+    }
+
+    /// The bytes of the record at `loc`, checked: compaction never copies damage forward.
+    fn checked_record<'a>(&self, segment: &'a [u8], loc: Loc) -> Result<&'a [u8]> {
+        let bad = |what: &str| Error::corruption(&self.seg_path, loc.offset, None, what);
+        let rec = segment
+            .get(loc.offset as usize..(loc.offset + loc.len) as usize)
+            .ok_or_else(|| bad("index entry points past the end of the segment"))?;
+        let h = Header::decode(rec).map_err(|_| bad("record header checksum mismatch"))?;
+        if h.record_len() != Some(loc.len) || h.crc != loc.crc || !record::crc_ok(rec, h.crc) {
+            return Err(bad("record checksum mismatch"));
+        }
+        Ok(rec)
+    }
+}
+
+fn simulated() -> Error {
+    Error::io(
+        "compaction",
+        std::io::Error::other("simulated crash (test crash point)"),
+    )
+}
+
+/// Removes what an interrupted compaction left behind; called by a read-write open.
+pub(crate) fn remove_leftovers(dir: &std::path::Path) -> Result<()> {
+    for name in [segment::SEGMENT_FILE, index::INDEX_FILE] {
+        let p = dir.join(format!("{name}.{COMPACT_SUFFIX}"));
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&p, e)),
+        }
+    }
+    Ok(())
+}

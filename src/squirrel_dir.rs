@@ -1,0 +1,402 @@
+//! Python squirrel's directory layout: one gzip file `KEY.gz` per shard.
+//!
+//! This is what squirrel-core 0.20.2's `SquirrelStore` reads and writes:
+//!
+//! * `set(shard, key)` writes `{url}/{key}.gz`, a gzip stream of the shard's payload (its samples'
+//!   MessagePack, concatenated). A key with `/` in it names a file in a subdirectory; Python only
+//!   writes it when the subdirectory exists, this module creates it.
+//! * `keys()` lists the entries of `{url}` whose names end in `.gz`, sorted, minus that suffix
+//!   (`rsplit(".gz", 1)[0]`); `keys(nested=True)` also descends into subdirectories and yields
+//!   `sub/key`. [`SquirrelDir::keys`] does the same with `nested` as a parameter, lists files only
+//!   (not directories that happen to end in `.gz`) and sorts nested keys too.
+//!
+//! Keys are checked before they touch the file system: a key that is empty, absolute, has an empty,
+//! `.` or `..` component, a NUL or a backslash could land outside the directory, and is refused.
+//!
+//! Writes go to a hidden temporary file in the target directory (its name does not end in `.gz`,
+//! so neither squirrel nor this module ever lists it), are synced, then renamed over `KEY.gz`: a
+//! crash leaves the old shard or the new one, never half of one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use flate2::Compression;
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+
+/// The suffix squirrel gives shard files.
+pub const SHARD_SUFFIX: &str = ".gz";
+
+/// Why a squirrel directory operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SquirrelDirError {
+    /// The key cannot name a shard file inside the directory.
+    #[error("invalid shard key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key.
+        key: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A file system call failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A shard file is not a valid gzip stream (corrupt, truncated, or a checksum mismatch).
+    #[error("{path} is not a valid gzip stream: {source}")]
+    Gzip {
+        /// The shard file.
+        path: PathBuf,
+        /// What the decoder reported.
+        #[source]
+        source: io::Error,
+    },
+    /// A shard file decompresses to more bytes than allowed.
+    #[error("{path} decompresses to more than {limit} bytes")]
+    TooLarge {
+        /// The shard file.
+        path: PathBuf,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+impl From<SquirrelDirError> for crate::Error {
+    fn from(e: SquirrelDirError) -> crate::Error {
+        match e {
+            SquirrelDirError::InvalidKey { key, reason } => {
+                crate::Error::InvalidKey { key, reason }
+            }
+            SquirrelDirError::Io { path, source } => crate::Error::io(path, source),
+            SquirrelDirError::Gzip { path, source } => {
+                crate::Error::corruption(path, 0, None, format!("invalid gzip stream: {source}"))
+            }
+            SquirrelDirError::TooLarge { path, limit } => crate::Error::corruption(
+                path,
+                0,
+                None,
+                format!("decompresses to more than {limit} bytes"),
+            ),
+        }
+    }
+}
+
+/// Checks that `key` names a file inside a squirrel directory.
+///
+/// # Errors
+///
+/// [`SquirrelDirError::InvalidKey`] for a key that is empty, absolute, has an empty, `.` or `..`
+/// component, contains NUL or a backslash, or has a directory component ending in `.gz` (which
+/// squirrel's `keys()` would list as a shard).
+pub fn validate_key(key: &str) -> Result<(), SquirrelDirError> {
+    let refuse = |reason| {
+        Err(SquirrelDirError::InvalidKey {
+            key: key.to_owned(),
+            reason,
+        })
+    };
+    if key.is_empty() {
+        return refuse("empty");
+    }
+    if key.contains('\0') {
+        return refuse("contains NUL");
+    }
+    // A path separator on Windows, and never produced by squirrel.
+    if key.contains('\\') {
+        return refuse("contains a backslash");
+    }
+    if key.starts_with('/') {
+        return refuse("absolute");
+    }
+    let mut components = key.split('/').peekable();
+    while let Some(c) = components.next() {
+        match c {
+            "" => return refuse("empty path component"),
+            "." | ".." => return refuse("`.` or `..` path component"),
+            _ if components.peek().is_some() && c.ends_with(SHARD_SUFFIX) => {
+                return refuse("directory component ends in .gz");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A squirrel store directory.
+#[derive(Debug, Clone)]
+pub struct SquirrelDir {
+    root: PathBuf,
+    max_shard_bytes: u64,
+    level: u32,
+}
+
+impl SquirrelDir {
+    /// Largest payload [`SquirrelDir::read`] accepts by default: 4 GiB.
+    pub const DEFAULT_MAX_SHARD_BYTES: u64 = 4 << 30;
+    /// gzip level [`SquirrelDir::write`] uses by default (zlib's default).
+    pub const DEFAULT_LEVEL: u32 = 6;
+
+    /// The squirrel directory at `root` (which need not exist until written to).
+    #[must_use]
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        SquirrelDir {
+            root: root.into(),
+            max_shard_bytes: Self::DEFAULT_MAX_SHARD_BYTES,
+            level: Self::DEFAULT_LEVEL,
+        }
+    }
+
+    /// Refuses shards that decompress to more than `bytes`.
+    #[must_use]
+    pub fn max_shard_bytes(mut self, bytes: u64) -> Self {
+        self.max_shard_bytes = bytes;
+        self
+    }
+
+    /// Writes with gzip level `level` (0..=9; higher values are taken as 9).
+    #[must_use]
+    pub fn level(mut self, level: u32) -> Self {
+        self.level = level.min(9);
+        self
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file that holds shard `key`: `root/key.gz`.
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::InvalidKey`], see [`validate_key`].
+    pub fn path(&self, key: &str) -> Result<PathBuf, SquirrelDirError> {
+        validate_key(key)?;
+        let mut path = self.root.clone();
+        path.extend(key.split('/'));
+        let mut name = path.into_os_string();
+        name.push(SHARD_SUFFIX);
+        Ok(PathBuf::from(name))
+    }
+
+    /// The shard keys, sorted. With `nested`, keys in subdirectories too, as `sub/key`.
+    ///
+    /// A missing directory has no keys, as in squirrel. Entries whose names are not UTF-8 or do not
+    /// make valid keys are skipped, and so are symbolic links to directories (which could loop).
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::Io`] when a directory cannot be read.
+    pub fn keys(&self, nested: bool) -> Result<Vec<String>, SquirrelDirError> {
+        let mut keys = Vec::new();
+        if !self.root.exists() {
+            return Ok(keys);
+        }
+        let mut dirs = vec![(self.root.clone(), String::new())];
+        while let Some((dir, prefix)) = dirs.pop() {
+            let io = |source| SquirrelDirError::Io {
+                path: dir.clone(),
+                source,
+            };
+            for entry in fs::read_dir(&dir).map_err(io)? {
+                let entry = entry.map_err(io)?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                let file_type = entry.file_type().map_err(io)?;
+                // Follow a link only to see whether it is a file: Python opens links to files.
+                let is_file = file_type.is_file()
+                    || (file_type.is_symlink()
+                        && entry.path().metadata().is_ok_and(|m| m.is_file()));
+                if file_type.is_dir() {
+                    if nested {
+                        dirs.push((entry.path(), format!("{prefix}{name}/")));
+                    }
+                } else if is_file && let Some(stem) = name.strip_suffix(SHARD_SUFFIX) {
+                    let key = format!("{prefix}{stem}");
+                    if validate_key(&key).is_ok() {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Whether shard `key` exists.
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::InvalidKey`].
+    pub fn contains(&self, key: &str) -> Result<bool, SquirrelDirError> {
+        Ok(self.path(key)?.is_file())
+    }
+
+    /// The payload of shard `key`: its gunzipped bytes, the concatenated samples.
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::InvalidKey`]; [`SquirrelDirError::Io`] (`NotFound` for a missing
+    /// shard); [`SquirrelDirError::Gzip`] for a corrupt file; [`SquirrelDirError::TooLarge`].
+    pub fn read(&self, key: &str) -> Result<Vec<u8>, SquirrelDirError> {
+        read_shard_file(&self.path(key)?, self.max_shard_bytes)
+    }
+
+    /// Writes `payload` (concatenated samples) as shard `key`, replacing any shard of that key.
+    /// Creates the directory, and subdirectories for keys with `/`, as needed. Returns the file.
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::InvalidKey`]; [`SquirrelDirError::Io`].
+    pub fn write(&self, key: &str, payload: &[u8]) -> Result<PathBuf, SquirrelDirError> {
+        let path = self.path(key)?;
+        write_shard_file(&path, payload, self.level)?;
+        Ok(path)
+    }
+
+    /// Removes shard `key`; returns whether it existed.
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::InvalidKey`]; [`SquirrelDirError::Io`].
+    pub fn remove(&self, key: &str) -> Result<bool, SquirrelDirError> {
+        let path = self.path(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(SquirrelDirError::Io { path, source }),
+        }
+    }
+}
+
+/// Gunzips a shard file into its payload, refusing more than `max_bytes`.
+///
+/// # Errors
+///
+/// [`SquirrelDirError::Io`]; [`SquirrelDirError::Gzip`]; [`SquirrelDirError::TooLarge`].
+pub fn read_shard_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, SquirrelDirError> {
+    let file = File::open(path).map_err(|source| SquirrelDirError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    // Python's gzip module reads multi-member streams, so this does too.
+    let mut payload = Vec::new();
+    MultiGzDecoder::new(io::BufReader::new(file))
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut payload)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::InvalidData
+            | io::ErrorKind::InvalidInput
+            | io::ErrorKind::UnexpectedEof => SquirrelDirError::Gzip {
+                path: path.to_owned(),
+                source,
+            },
+            _ => SquirrelDirError::Io {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+    if payload.len() as u64 > max_bytes {
+        return Err(SquirrelDirError::TooLarge {
+            path: path.to_owned(),
+            limit: max_bytes,
+        });
+    }
+    Ok(payload)
+}
+
+/// Gzips `payload` into `path` atomically: a synced temporary file renamed into place.
+///
+/// # Errors
+///
+/// [`SquirrelDirError::Io`].
+pub fn write_shard_file(path: &Path, payload: &[u8], level: u32) -> Result<(), SquirrelDirError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SquirrelDirError::Io { path, source }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let (tmp_path, file) = create_temp(dir, path)?;
+    // Removes the temporary file on any early return.
+    let guard = TempGuard(Some(tmp_path.clone()));
+    let mut gz = GzEncoder::new(BufWriter::new(file), Compression::new(level.min(9)));
+    gz.write_all(payload).map_err(io(&tmp_path))?;
+    let file = gz
+        .finish()
+        .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))
+        .map_err(io(&tmp_path))?;
+    // Synced before the rename, or a crash could leave the new name pointing at lost data.
+    file.sync_all().map_err(io(&tmp_path))?;
+    drop(file);
+    fs::rename(&tmp_path, path).map_err(io(path))?;
+    guard.defuse();
+    // Persist the rename itself; not every platform can open a directory, so this is best effort.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Creates a new hidden temporary file beside `target`.
+fn create_temp(dir: &Path, target: &Path) -> Result<(PathBuf, File), SquirrelDirError> {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut last_err = None;
+    for _ in 0..16 {
+        let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+        match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
+            Err(source) => return Err(SquirrelDirError::Io { path: tmp, source }),
+        }
+    }
+    Err(SquirrelDirError::Io {
+        path: dir.to_owned(),
+        source: last_err.unwrap_or_else(|| io::Error::other("could not create a temporary file")),
+    })
+}
+
+struct TempGuard(Option<PathBuf>);
+
+impl TempGuard {
+    fn defuse(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_validated() {
+        for bad in [
+            "", "/abs", "a//b", "a/", "../x", "a/../b", "./a", "a\0b", "a\\b", "d.gz/k",
+        ] {
+            assert!(validate_key(bad).is_err(), "{bad:?}");
+        }
+        for good in ["a", "shard_0", "sub/key", "a.gz", "..a", "x/.y"] {
+            assert!(validate_key(good).is_ok(), "{good:?}");
+        }
+    }
+}
