@@ -22,6 +22,7 @@ mod lock;
 mod record;
 mod recovery;
 mod segment;
+mod verify;
 
 pub mod array;
 pub mod serializer;
@@ -32,3 +33,6 @@ pub use backend::{Backend, FileBackend};
 pub use compaction::{CompactionReport, CrashPoint};
 pub use engine::{Config, Durability, Engine, Stats, ValueRef};
 pub use error::{Error, Result};
+pub use record::MAX_KEY_LEN;
+pub use segment::FORMAT_VERSION;
+pub use verify::{Damage, IndexCheck, VerifyReport, rebuild_index, verify};

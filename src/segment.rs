@@ -187,13 +187,18 @@ fn torn_len(rest: &[u8]) -> u64 {
 }
 
 /// Whether an intact record (valid header and checksum) starts anywhere at or after `from`.
+fn valid_record_after(bytes: &[u8], from: u64) -> bool {
+    next_valid_record(bytes, from).is_some()
+}
+
+/// Where the first intact record (valid header and checksum) at or after `from` starts.
 ///
 /// Only runs when something at the tail failed to decode, to tell a torn tail (nothing valid
 /// follows) from damage in the middle (something does). A header's kind byte (offset 8) is 1 or
 /// 2, which skips zero-filled space quickly.
-fn valid_record_after(bytes: &[u8], from: u64) -> bool {
+pub(crate) fn next_valid_record(bytes: &[u8], from: u64) -> Option<u64> {
     let Ok(from) = usize::try_from(from) else {
-        return false;
+        return None;
     };
     let mut q = from;
     while q + record::HEADER_LEN <= bytes.len() {
@@ -204,13 +209,13 @@ fn valid_record_after(bytes: &[u8], from: u64) -> bool {
                 if let Some(end) = end.filter(|&e| e <= bytes.len() as u64)
                     && record::crc_ok(&bytes[q..end as usize], h.crc)
                 {
-                    return true;
+                    return Some(q as u64);
                 }
             }
         }
         q += 1;
     }
-    false
+    None
 }
 
 #[cfg(test)]

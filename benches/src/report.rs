@@ -27,8 +27,6 @@ pub enum Cell {
     NotApplicable,
     /// The engine failed before this figure.
     Failed,
-    /// Free text.
-    Text(String),
 }
 
 impl From<Option<f64>> for Cell {
@@ -97,7 +95,7 @@ impl Section {
     /// column with squirrel-store's figure divided by the best other column's.
     pub fn markdown(&self) -> String {
         let mut table = Table::new();
-        table.load_preset(ASCII_MARKDOWN);
+        table.load_style(ASCII_MARKDOWN);
         let mut header = vec!["measure".to_owned()];
         header.extend(self.columns.iter().cloned());
         if self.ratio {
@@ -124,7 +122,6 @@ impl Section {
                     }
                     Cell::NotApplicable => "n/a".to_owned(),
                     Cell::Failed => "failed".to_owned(),
-                    Cell::Text(t) => t.clone(),
                 });
             }
             if self.ratio {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use heed::types::{Bytes, Str};
-use heed::{Database, Env, EnvOpenOptions};
+use heed::{CommitOrAbort, Database, Env, EnvOpenOptions};
 
 /// The map size: the largest the store may grow to. Sparse, so it costs nothing on disk.
 const MAP_SIZE: usize = 256 << 30;
@@ -12,7 +12,7 @@ const MAP_SIZE: usize = 256 << 30;
 /// An LMDB environment with one unnamed database.
 pub struct LmdbPeer {
     env: Env,
-    db: Database<Str, Bytes>,
+    db: Database<'static, Str, Bytes>,
 }
 
 impl LmdbPeer {
@@ -21,9 +21,14 @@ impl LmdbPeer {
         // SAFETY: the directory is private to this benchmark and opened by one handle at a time,
         // so nothing else maps or truncates the file under us.
         let env = unsafe { EnvOpenOptions::new().map_size(MAP_SIZE).max_dbs(1).open(dir)? };
-        let mut wtxn = env.write_txn()?;
-        let db = env.create_database::<Str, Bytes>(&mut wtxn, None)?;
-        wtxn.commit()?;
+        let wtxn = env.write_txn()?;
+        let db = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| {
+                opener
+                    .create_database::<Str, Bytes>(wtxn, None)
+                    .map(CommitOrAbort::<_, ()>::Commit)
+            })?
+            .unwrap_commit();
         Ok(LmdbPeer { env, db })
     }
 }
