@@ -13,6 +13,7 @@ use std::os::unix::fs::FileExt;
 /// Implementations must behave like a file: a `write_at` that returns `Ok` is visible to every
 /// later read of the file (including through a memory map), and `sync_data` returns `Ok` only once
 /// everything written before it is on stable storage.
+#[allow(clippy::len_without_is_empty)] // `len` is a file's length, not a collection's
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The file's current length in bytes.
     fn len(&self) -> io::Result<u64>;

@@ -520,8 +520,10 @@ impl Engine {
     ) -> Result<()> {
         self.inner.writable()?;
         // Checksums and headers are built before the lock is taken: that is the pass over the data.
-        let mut records = Vec::new();
-        for (key, codec, value) in items {
+        let items: Vec<(&str, u8, &[u8])> = items.into_iter().collect();
+        let n = items.len();
+        let mut records = Vec::with_capacity(items.len());
+        for (i, (key, codec, value)) in items.into_iter().enumerate() {
             check_key(key)?;
             if value.len() as u64 > self.inner.config.max_value_len {
                 return Err(Error::ValueTooLarge {
@@ -530,7 +532,8 @@ impl Engine {
                     limit: self.inner.config.max_value_len,
                 });
             }
-            let (head, crc) = record::encode(Kind::Put, codec, key, value);
+            let (head, crc) =
+                record::encode(Kind::Put, codec, key, value, record::Batch::nth(i, n));
             records.push(Pending {
                 key,
                 kind: Kind::Put,
@@ -568,7 +571,7 @@ impl Engine {
     pub fn delete(&self, key: &str) -> Result<bool> {
         self.inner.writable()?;
         check_key(key)?;
-        let (head, crc) = record::encode(Kind::Delete, 0, key, &[]);
+        let (head, crc) = record::encode(Kind::Delete, 0, key, &[], record::Batch::ALONE);
         let mut st = self.inner.state.lock();
         let view = self.inner.view.load();
         let prev = recovery::current(

@@ -171,6 +171,9 @@ impl IndexHeader {
     }
 }
 
+/// An index file that was found: mapped with its header, or the reason it cannot be used.
+pub(crate) type Opened = std::result::Result<(Arc<IndexMap>, IndexHeader), &'static str>;
+
 /// What a probe for a key found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Probe {
@@ -193,10 +196,7 @@ pub(crate) struct IndexMap {
 
 impl IndexMap {
     /// Opens and maps an existing index file; `Ok(Err(reason))` when it exists but is unusable.
-    pub fn open(
-        path: &Path,
-        writable: bool,
-    ) -> Result<Option<std::result::Result<(Arc<IndexMap>, IndexHeader), &'static str>>> {
+    pub fn open(path: &Path, writable: bool) -> Result<Option<Opened>> {
         let file = match OpenOptions::new().read(true).write(writable).open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

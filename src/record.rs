@@ -7,7 +7,9 @@
 //!  8     1    kind        1 = put, 2 = delete (tombstone)
 //!  9     1    codec       what the value holds (0 = raw bytes; see serializer::Codec)
 //! 10     2    key_len     1..=MAX_KEY_LEN, UTF-8 key bytes follow the header
-//! 12     4    reserved    0
+//! 12     4    flags       bit 0 CONTINUES: the next record belongs to the same append;
+//!                         bit 1 FOLLOWS: the previous record belongs to the same append
+//!                         (both only inside a `set_many` batch); other bits 0
 //! 16     8    value_len   value bytes after the key (0 for a tombstone)
 //! ```
 //! All integers little-endian. See format-spec/ for the full argument.
@@ -34,7 +36,17 @@ pub(crate) struct Header {
     pub codec: u8,
     pub key_len: u16,
     pub value_len: u64,
+    /// The next record was appended in the same batch (see [`FLAG_CONTINUES`]).
+    pub continues: bool,
+    /// The previous record was appended in the same batch (see [`FLAG_FOLLOWS`]).
+    pub follows: bool,
 }
+
+/// Flag bit: the record is not the last of its append. Recovery uses it to tell a batch torn by a
+/// power cut (whose sectors may land in any order) from damage to data that was already synced.
+pub(crate) const FLAG_CONTINUES: u32 = 1;
+/// Flag bit: the record is not the first of its append.
+pub(crate) const FLAG_FOLLOWS: u32 = 2;
 
 /// Why a header could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +81,12 @@ impl Header {
         };
         let codec = h[9];
         let key_len = u16::from_le_bytes([h[10], h[11]]);
-        let reserved = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+        let flags = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
         let value_len =
             u64::from_le_bytes([h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23]]);
         let valid = key_len != 0
             && usize::from(key_len) <= MAX_KEY_LEN
-            && reserved == 0
+            && flags & !(FLAG_CONTINUES | FLAG_FOLLOWS) == 0
             && (kind == Kind::Put || (value_len == 0 && codec == 0));
         if !valid {
             return Err(HeaderError::Invalid);
@@ -85,21 +97,54 @@ impl Header {
             codec,
             key_len,
             value_len,
+            continues: flags & FLAG_CONTINUES != 0,
+            follows: flags & FLAG_FOLLOWS != 0,
         })
+    }
+}
+
+/// Where a record sits in its append: see [`FLAG_CONTINUES`] and [`FLAG_FOLLOWS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Batch {
+    pub continues: bool,
+    pub follows: bool,
+}
+
+impl Batch {
+    /// A record appended on its own.
+    pub const ALONE: Batch = Batch {
+        continues: false,
+        follows: false,
+    };
+
+    /// Record `i` of a batch of `n`.
+    pub fn nth(i: usize, n: usize) -> Batch {
+        Batch {
+            continues: i + 1 < n,
+            follows: i > 0,
+        }
     }
 }
 
 /// Builds the header and key bytes of a record (the value is written after them unchanged).
 ///
 /// The checksum is computed here, outside any lock, because it is the one pass over the value.
-pub(crate) fn encode(kind: Kind, codec: u8, key: &str, value: &[u8]) -> (Vec<u8>, u32) {
+pub(crate) fn encode(
+    kind: Kind,
+    codec: u8,
+    key: &str,
+    value: &[u8],
+    batch: Batch,
+) -> (Vec<u8>, u32) {
     let mut head = Vec::with_capacity(HEADER_LEN + key.len());
     head.extend_from_slice(&[0; 8]);
     head.push(kind as u8);
     head.push(codec);
     // Callers validate the key length against MAX_KEY_LEN first, which fits a u16.
     head.extend_from_slice(&(key.len() as u16).to_le_bytes());
-    head.extend_from_slice(&0u32.to_le_bytes());
+    let flags = if batch.continues { FLAG_CONTINUES } else { 0 }
+        | if batch.follows { FLAG_FOLLOWS } else { 0 };
+    head.extend_from_slice(&flags.to_le_bytes());
     head.extend_from_slice(&(value.len() as u64).to_le_bytes());
     let header_crc = crc32fast::hash(&head[8..HEADER_LEN]);
     head[4..8].copy_from_slice(&header_crc.to_le_bytes());
@@ -123,7 +168,7 @@ mod tests {
 
     #[test]
     fn roundtrip_header() {
-        let (head, crc) = encode(Kind::Put, 2, "key", b"value");
+        let (head, crc) = encode(Kind::Put, 2, "key", b"value", Batch::ALONE);
         let h = Header::decode(&head).expect("valid");
         assert_eq!(h.kind, Kind::Put);
         assert_eq!(h.codec, 2);

@@ -223,14 +223,14 @@ pub(crate) fn open_index(
         None => IndexState::Unusable,
         Some(Err(_)) => IndexState::Unusable,
         Some(Ok((map, header))) => {
-            if header.dirty {
-                IndexState::Unusable
-            } else if header.segment_id != segment_id {
-                IndexState::Unusable
-            } else if header.covered_len < segment::HEADER_LEN || header.covered_len > seg_len {
-                IndexState::Unusable
-            } else {
+            let trusted = !header.dirty
+                && header.segment_id == segment_id
+                && header.covered_len >= segment::HEADER_LEN
+                && header.covered_len <= seg_len;
+            if trusted {
                 IndexState::Usable(map, header)
+            } else {
+                IndexState::Unusable
             }
         }
     })

@@ -155,7 +155,11 @@ pub(crate) fn scan_at(bytes: &[u8], offset: u64) -> Step {
                 }
                 // The header is trusted, so look for valid data only after this record's end:
                 // its own value may hold bytes that look like records.
-                if valid_record_after(bytes, offset + len as u64) {
+                // A damaged record is a torn tail only if its own append goes on after it and
+                // everything intact after it is the rest of that append.
+                if let Some(next) = next_valid_record(bytes, offset + len as u64)
+                    && !(header.continues && in_final_append(bytes, next))
+                {
                     return Step::Record {
                         offset,
                         header,
@@ -170,10 +174,9 @@ pub(crate) fn scan_at(bytes: &[u8], offset: u64) -> Step {
         }
         Err(HeaderError::Short | HeaderError::Invalid) => {
             let torn = torn_len(rest);
-            if torn == 0 || !valid_record_after(bytes, offset + 1) {
-                Step::End { offset, torn }
-            } else {
-                Step::Corrupt { offset }
+            match next_valid_record(bytes, offset + 1) {
+                Some(next) if torn > 0 && !in_final_append(bytes, next) => Step::Corrupt { offset },
+                _ => Step::End { offset, torn },
             }
         }
     }
@@ -186,9 +189,41 @@ fn torn_len(rest: &[u8]) -> u64 {
         .map_or(0, |i| i as u64 + 1)
 }
 
-/// Whether an intact record (valid header and checksum) starts anywhere at or after `from`.
-fn valid_record_after(bytes: &[u8], from: u64) -> bool {
-    next_valid_record(bytes, from).is_some()
+/// Whether the intact records from `from` on can all belong to the append that damage before
+/// them interrupted: a power cut during an unsynced append may land its sectors in any order, so
+/// a hole can precede intact records of the same batch. They can if the first of them continues
+/// an append (flag FOLLOWS), no record closes an append (flag CONTINUES clear) before the last
+/// one, and nothing intact follows. Otherwise an append began after the damaged bytes, so they
+/// had been written (and, with fsync, synced) before it: that is corruption, never silently cut.
+fn in_final_append(bytes: &[u8], from: u64) -> bool {
+    let first_follows = usize::try_from(from)
+        .ok()
+        .and_then(|o| bytes.get(o..))
+        .and_then(|rest| Header::decode(rest).ok())
+        .is_some_and(|h| h.follows);
+    if !first_follows {
+        return false;
+    }
+    let mut at = from;
+    loop {
+        let Some(rest) = usize::try_from(at).ok().and_then(|o| bytes.get(o..)) else {
+            return true;
+        };
+        let intact = Header::decode(rest).ok().and_then(|h| {
+            let len = usize::try_from(h.record_len()?).ok()?;
+            (len <= rest.len() && record::crc_ok(&rest[..len], h.crc)).then_some((h, len))
+        });
+        match intact {
+            Some((h, len)) => {
+                at += len as u64;
+                if !h.continues {
+                    // The batch closes here: it must be the last thing written.
+                    return next_valid_record(bytes, at).is_none();
+                }
+            }
+            None => return next_valid_record(bytes, at + 1).is_none(),
+        }
+    }
 }
 
 /// Where the first intact record (valid header and checksum) at or after `from` starts.
@@ -203,8 +238,10 @@ pub(crate) fn next_valid_record(bytes: &[u8], from: u64) -> Option<u64> {
     let mut q = from;
     while q + record::HEADER_LEN <= bytes.len() {
         let kind = bytes[q + 8];
-        if kind == 1 || kind == 2 {
-            if let Ok(h) = Header::decode(&bytes[q..]) {
+        if (kind == 1 || kind == 2)
+            && let Ok(h) = Header::decode(&bytes[q..])
+        {
+            {
                 let end = h.record_len().and_then(|l| (q as u64).checked_add(l));
                 if let Some(end) = end.filter(|&e| e <= bytes.len() as u64)
                     && record::crc_ok(&bytes[q..end as usize], h.crc)
@@ -221,16 +258,60 @@ pub(crate) fn next_valid_record(bytes: &[u8], from: u64) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Kind, encode};
+    use crate::record::{Batch, Kind, encode};
 
     fn seg(records: &[(&str, &[u8])]) -> Vec<u8> {
         let mut b = encode_header(7).to_vec();
         for (k, v) in records {
-            let (head, _) = encode(Kind::Put, 0, k, v);
+            let (head, _) = encode(Kind::Put, 0, k, v, Batch::ALONE);
             b.extend_from_slice(&head);
             b.extend_from_slice(v);
         }
         b
+    }
+
+    fn batch(records: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = Vec::new();
+        for (i, (k, v)) in records.iter().enumerate() {
+            let (head, _) = encode(Kind::Put, 0, k, v, Batch::nth(i, records.len()));
+            b.extend_from_slice(&head);
+            b.extend_from_slice(v);
+        }
+        b
+    }
+
+    #[test]
+    fn a_hole_inside_the_last_batch_is_torn_but_not_before_a_later_append() {
+        let mut b = seg(&[("a", b"synced")]);
+        let batch_start = b.len();
+        b.extend_from_slice(&batch(&[("x", b"one"), ("y", b"two"), ("z", b"three")]));
+        // A power cut lost the sector holding "x": zeros, then intact "y" and "z" of the same batch.
+        let mut cut = b.clone();
+        cut[batch_start..batch_start + 28].fill(0);
+        assert_eq!(
+            scan_at(&cut, batch_start as u64),
+            Step::End {
+                offset: batch_start as u64,
+                torn: torn_len(&cut[batch_start..])
+            }
+        );
+        // The same hole followed by a later append (a lone record): the batch had been written
+        // before it, so this is corruption.
+        let mut later = cut.clone();
+        later.extend_from_slice(&seg(&[("w", b"later")])[HEADER_LEN as usize..]);
+        assert_eq!(
+            scan_at(&later, batch_start as u64),
+            Step::Corrupt {
+                offset: batch_start as u64
+            }
+        );
+        // Damage to a lone record followed by another lone record is corruption too.
+        let mut lone = seg(&[("a", b"one"), ("b", b"two")]);
+        lone[HEADER_LEN as usize..HEADER_LEN as usize + 24].fill(0);
+        assert_eq!(
+            scan_at(&lone, HEADER_LEN),
+            Step::Corrupt { offset: HEADER_LEN }
+        );
     }
 
     #[test]

@@ -310,9 +310,7 @@ fn decompress(bytes: &[u8], limit: u64) -> Result<Vec<u8>, ShardError> {
     }
     let claimed = zstd::zstd_safe::get_frame_content_size(bytes)
         .map_err(|_| corrupt("no valid zstd frame header"))?;
-    if let Some(size) = claimed
-        && size > limit
-    {
+    if let Some(size) = claimed.filter(|s| *s > limit) {
         return Err(ShardError::TooLarge {
             size,
             at_least: false,

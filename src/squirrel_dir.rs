@@ -220,7 +220,7 @@ impl SquirrelDir {
                     if nested {
                         dirs.push((entry.path(), format!("{prefix}{name}/")));
                     }
-                } else if is_file && let Some(stem) = name.strip_suffix(SHARD_SUFFIX) {
+                } else if let Some(stem) = name.strip_suffix(SHARD_SUFFIX).filter(|_| is_file) {
                     let key = format!("{prefix}{stem}");
                     if validate_key(&key).is_ok() {
                         keys.push(key);

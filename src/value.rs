@@ -562,19 +562,21 @@ pub fn value_len(bytes: &[u8]) -> Result<usize, DecodeError> {
             Header::Map(n, _) => u64::from(n) * 2,
             Header::Str(n, _) | Header::Bin(n, _) | Header::Ext(_, n, _) => {
                 r.take(n as usize)?;
-                0
+                continue;
             }
-            Header::Scalar(_) => 0,
+            Header::Scalar(_) => continue,
         };
+        // A container: the open levels (finished ones are popped before each read) are its
+        // depth, counted as `Value::decode` counts it, empty containers included.
+        if pending.len() > MAX_DEPTH {
+            return Err(DecodeError::TooDeep {
+                offset,
+                limit: MAX_DEPTH,
+            });
+        }
+        // Each item takes at least one byte: a count beyond the input is a lie.
+        r.check_remaining(children)?;
         if children > 0 {
-            // Each item takes at least one byte: a count beyond the input is a lie.
-            r.check_remaining(children)?;
-            if pending.len() > MAX_DEPTH {
-                return Err(DecodeError::TooDeep {
-                    offset,
-                    limit: MAX_DEPTH,
-                });
-            }
             pending.push(children);
         }
     }
@@ -1273,5 +1275,18 @@ mod tests {
         let mut ok = vec![0x91; MAX_DEPTH];
         ok.push(0xc0);
         roundtrip(&ok);
+        // An empty container one level too deep counts too, in both.
+        let mut empty = vec![0x91; MAX_DEPTH];
+        empty.push(0x90);
+        assert!(matches!(
+            Value::decode(&empty),
+            Err(DecodeError::TooDeep { .. })
+        ));
+        assert!(matches!(
+            value_len(&empty),
+            Err(DecodeError::TooDeep { .. })
+        ));
+        empty.remove(0);
+        roundtrip(&empty);
     }
 }

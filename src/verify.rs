@@ -180,7 +180,9 @@ fn check_index(
         .filter(|l| l.is_some_and(|l| l.offset < covered))
         .count() as u64;
     if indexed < expected {
-        problems.push(format!("index has {indexed} entries, expected at least {expected}"));
+        problems.push(format!(
+            "index has {indexed} entries, expected at least {expected}"
+        ));
     }
     Ok(if problems.is_empty() {
         IndexCheck::Consistent

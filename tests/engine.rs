@@ -80,9 +80,9 @@ fn reopen_keeps_everything_across_checkpoints() {
         "drop checkpointed everything"
     );
     let expect = |i: u32| -> Option<Vec<u8>> {
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             Some(b"again".to_vec())
-        } else if i % 3 == 0 {
+        } else if i.is_multiple_of(3) {
             None
         } else {
             Some(i.to_le_bytes().to_vec())

@@ -463,7 +463,14 @@ fn arb_value() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+    // A fixed seed keeps runs deterministic; failures print their minimal input instead of
+    // writing a regression file.
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x5e7a_11ed),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn values_reencode_byte_identically(v in arb_value()) {
@@ -484,13 +491,34 @@ proptest! {
     }
 
     #[test]
+    fn damaged_values_fail_cleanly(v in arb_value(), at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<bool>()) {
+        let mut bytes = v.to_bytes().expect("encodes");
+        let i = at.index(bytes.len());
+        if cut { bytes.truncate(i) } else { bytes[i] = byte }
+        let decoded = Value::decode(&bytes);
+        let len = value_len(&bytes);
+        match (&decoded, &len) {
+            (Ok((v, used)), Ok(n)) => {
+                prop_assert_eq!(used, n);
+                prop_assert_eq!(v.to_bytes().expect("encodes"), bytes[..*used].to_vec());
+            }
+            (Err(DecodeError::InvalidUtf8 { .. }), Ok(_)) | (Err(_), Err(_)) => {}
+            (d, l) => prop_assert!(false, "decoder {:?} but skipper {:?}", d, l),
+        }
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let decoded = Value::decode(&bytes);
         let len = value_len(&bytes);
         // The skipper and the decoder agree on where a valid value ends.
         if let Ok((v, used)) = &decoded {
-            prop_assert_eq!(len, Ok(*used));
+            prop_assert_eq!(&len, &Ok(*used));
             prop_assert_eq!(v.to_bytes().expect("encodes"), bytes[..*used].to_vec());
+        }
+        // The skipper does not check UTF-8; otherwise it fails exactly when the decoder does.
+        if let (Ok(_), Err(e)) = (&len, &decoded) {
+            prop_assert!(matches!(e, DecodeError::InvalidUtf8 { .. }), "{:?}", e);
         }
         let _ = decode_values(&bytes);
         let _ = Samples::<Sample>::new(&bytes).count();

@@ -4,9 +4,16 @@
 use squirrel_store::{Config, Durability, Engine, IndexCheck, rebuild_index, verify};
 
 fn make(dir: &std::path::Path) {
-    let db = Config::new(dir).durability(Durability::Buffered).open().unwrap();
+    let db = Config::new(dir)
+        .durability(Durability::Buffered)
+        .open()
+        .unwrap();
     for i in 0..50 {
-        db.set(&format!("key-{i:02}"), format!("value number {i:02}").as_bytes()).unwrap();
+        db.set(
+            &format!("key-{i:02}"),
+            format!("value number {i:02}").as_bytes(),
+        )
+        .unwrap();
     }
     db.set("key-07", b"overwritten").unwrap();
     db.delete("key-08").unwrap();
@@ -35,7 +42,10 @@ fn damaged_value_and_header_are_found_and_named() {
     make(dir.path());
     let seg = dir.path().join("segment.sqs");
     let mut bytes = std::fs::read(&seg).unwrap();
-    let v = bytes.windows(15).position(|w| w == b"value number 13").unwrap();
+    let v = bytes
+        .windows(15)
+        .position(|w| w == b"value number 13")
+        .unwrap();
     bytes[v + 3] ^= 0x20;
     let k = bytes.windows(6).position(|w| w == b"key-30").unwrap();
     bytes[k - 10] ^= 0xff; // inside key-30's record header
