@@ -144,9 +144,15 @@ impl Inner {
             });
         }
         let old = view.segment.bytes();
-        let mut live: Vec<(u64, Loc)> = match &view.index {
-            Some(idx) => idx.entries(),
+        let mut live: Vec<(u64, Loc)> = match view.index.as_ref().map(|i| i.entries()) {
+            Some(Some(entries)) => entries,
             None => Vec::new(),
+            Some(None) => {
+                // A damaged slot: rebuild the index from the segment and start over.
+                drop(view);
+                self.repair_index(&mut self.state.lock())?;
+                return self.compact(progress, crash);
+            }
         };
         // Read the old segment in order: sequential I/O.
         live.sort_unstable_by_key(|(_, loc)| loc.offset);

@@ -650,7 +650,13 @@ impl Engine {
             .collect();
         if let Some(index) = &view.index {
             let bytes = view.segment.bytes();
-            for (_, loc) in index.entries() {
+            let Some(entries) = index.entries() else {
+                // A damaged slot: rebuild the index from the segment, then list again.
+                drop(view);
+                self.inner.repair_index(&mut self.inner.state.lock())?;
+                return self.keys();
+            };
+            for (_, loc) in entries {
                 let key = self.inner.key_of(bytes, loc)?;
                 if !recent.contains_key(key) {
                     keys.push(key.to_owned());
@@ -968,7 +974,6 @@ impl Inner {
                 idx.write_header(&header)?;
                 self.index_io(idx.flush(&self.idx_path))?;
                 let mut used = st.used_slots;
-                let mut ok = true;
                 for e in view.overlay.iter() {
                     let key: &str = e.key();
                     let hash = index::hash_key(key);
@@ -979,27 +984,18 @@ impl Inner {
                         Entry::Tombstone => idx.remove(key, hash, seg),
                     };
                     if r.is_err() {
-                        ok = false;
-                        break;
+                        // A damaged slot: the table cannot be trusted; rebuild it from the segment.
+                        drop(e);
+                        return self.repair_index(st);
                     }
                 }
-                if ok {
-                    self.index_io(idx.flush(&self.idx_path))?;
-                    let header = index::header_for(
-                        st.segment_id,
-                        st.end,
-                        idx.slot_count(),
-                        used,
-                        st.counters,
-                    );
-                    idx.write_header(&header)?;
-                    self.index_io(idx.flush(&self.idx_path))?;
-                    st.used_slots = used;
-                    idx
-                } else {
-                    // A damaged slot: the table cannot be updated in place, so rebuild it.
-                    self.rebuild_index(st, &view)?
-                }
+                self.index_io(idx.flush(&self.idx_path))?;
+                let header =
+                    index::header_for(st.segment_id, st.end, idx.slot_count(), used, st.counters);
+                idx.write_header(&header)?;
+                self.index_io(idx.flush(&self.idx_path))?;
+                st.used_slots = used;
+                idx
             }
             None => self.rebuild_index(st, &view)?,
         };
@@ -1032,7 +1028,14 @@ impl Inner {
             }
         }
         if let Some(old) = &view.index {
-            for (hash, loc) in old.entries() {
+            let Some(old_entries) = old.entries() else {
+                return self.repair_index(st).and_then(|()| {
+                    self.view.load().index.clone().ok_or_else(|| {
+                        Error::corruption(&self.idx_path, 0, None, "index rebuild failed")
+                    })
+                });
+            };
+            for (hash, loc) in old_entries {
                 if let Some(keys) = by_hash.get(&hash) {
                     let key = self.key_of(seg, loc)?;
                     if keys.iter().any(|k| &**k == key) {
@@ -1057,11 +1060,54 @@ impl Inner {
         Ok(map)
     }
 
+    /// Rebuilds the index from a full scan of the segment, because a slot was found damaged.
+    /// A read-write handle writes the new index; a read-only one keeps it in memory.
+    pub(crate) fn repair_index(&self, st: &mut State) -> Result<()> {
+        let view = self.view.load_full();
+        let overlay = Overlay::new();
+        let mut counters = Counters::default();
+        let (ScanEnd { end, .. }, replayed) = recovery::replay(
+            view.segment.bytes(),
+            segment::HEADER_LEN,
+            None,
+            &overlay,
+            &mut counters,
+            &self.seg_path,
+        )?;
+        st.counters = counters;
+        st.end = end;
+        st.replayed = replayed;
+        st.covered_len = segment::HEADER_LEN;
+        st.used_slots = 0;
+        st.index_rebuilt = true;
+        self.live.store(counters.live_records, Ordering::Release);
+        self.view.store(Arc::new(View {
+            segment: view.segment.clone(),
+            index: None,
+            overlay: Arc::new(overlay),
+        }));
+        if self.config.read_only {
+            Ok(())
+        } else {
+            self.checkpoint(st, true)
+        }
+    }
+
     /// Finds the record for `key`: overlay, then index. Retries a lookup that raced an in-place
-    /// index update (seen as a slot failing its crc) or a segment that grew under the reader.
+    /// index update (seen as a slot failing its crc) or a segment that grew under the reader; a
+    /// slot that stays damaged makes the index be rebuilt from the segment, once.
     fn locate(&self, key: &str) -> Result<Option<(Arc<SegmentMap>, Loc)>> {
         let hash = index::hash_key(key);
-        for _ in 0..LOOKUP_RETRIES {
+        let mut repaired = false;
+        for attempt in 0..LOOKUP_RETRIES * 2 {
+            if attempt == LOOKUP_RETRIES {
+                if repaired {
+                    break;
+                }
+                repaired = true;
+                let mut st = self.state.lock();
+                self.repair_index(&mut st)?;
+            }
             let view = self.view.load();
             let loc = match view.overlay.get(key).map(|e| *e) {
                 Some(Entry::Put(loc)) => loc,
@@ -1074,7 +1120,10 @@ impl Inner {
                         Probe::Found(loc) => loc,
                         Probe::NotFound => return Ok(None),
                         Probe::BadSlot => {
-                            std::thread::yield_now();
+                            // Most likely an in-place update seen half-done: give it a moment.
+                            std::thread::sleep(std::time::Duration::from_micros(
+                                20 << attempt.min(6),
+                            ));
                             continue;
                         }
                         Probe::PastSegment => {

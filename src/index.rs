@@ -369,10 +369,16 @@ impl IndexMap {
             }
             if h == DELETED {
                 first_deleted.get_or_insert(i);
-            } else if h == hash {
-                let Some(loc) = self.read_slot(i, hash) else {
+            } else {
+                // Every live slot on the path is checked, not only the one whose hash matches:
+                // a damaged hash would otherwise make its key silently vanish.
+                let Some(loc) = self.read_slot(i, h) else {
                     return Find::BadSlot;
                 };
+                if h != hash {
+                    i = (i + 1) & mask;
+                    continue;
+                }
                 match key_at(segment, loc.offset) {
                     KeyAt::Key(k) if k == key.as_bytes() => return Find::Found(i, loc),
                     KeyAt::Key(_) => {}
@@ -426,19 +432,16 @@ impl IndexMap {
         }
     }
 
-    /// Every live slot's hash and location, in slot order.
-    pub fn entries(&self) -> Vec<(u64, Loc)> {
+    /// Every live slot's hash and location, in slot order; `None` if a live slot is damaged.
+    pub fn entries(&self) -> Option<Vec<(u64, Loc)>> {
         let mut out = Vec::new();
         for i in 0..self.slot_count {
             let h = self.slot(i)[0].load(Ordering::Acquire);
-            if h != EMPTY
-                && h != DELETED
-                && let Some(loc) = self.read_slot(i, h)
-            {
-                out.push((h, loc));
+            if h != EMPTY && h != DELETED {
+                out.push((h, self.read_slot(i, h)?));
             }
         }
-        out
+        Some(out)
     }
 
     /// Number of slots.

@@ -174,7 +174,10 @@ fn check_index(
             ));
         }
     }
-    let indexed = IndexMap::entries(&idx).len() as u64;
+    let Some(indexed) = IndexMap::entries(&idx).map(|e| e.len() as u64) else {
+        problems.push("the index has damaged slots".to_string());
+        return Ok(IndexCheck::Inconsistent(problems));
+    };
     let expected = latest
         .values()
         .filter(|l| l.is_some_and(|l| l.offset < covered))
