@@ -361,6 +361,10 @@ impl Engine {
         if !dir.is_dir() {
             return Err(Error::NotFound { path: dir });
         }
+        if !(writable && config.create) && !dir.join(segment::SEGMENT_FILE).exists() {
+            // Checked before taking the lock, so a directory without a store gets no LOCK file.
+            return Err(Error::NotFound { path: dir });
+        }
         let lock = if writable {
             let lock = WriterLock::acquire(&dir)?;
             crate::compaction::remove_leftovers(&dir)?;

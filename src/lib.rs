@@ -27,6 +27,7 @@ mod verify;
 pub mod array;
 pub mod serializer;
 pub mod squirrel_dir;
+pub mod transfer;
 pub mod value;
 
 pub use backend::{Backend, FileBackend};

@@ -182,6 +182,26 @@ pub(crate) fn scan_at(bytes: &[u8], offset: u64) -> Step {
     }
 }
 
+/// Classifies the record at `offset` in bytes known to have been synced (below a checkpoint):
+/// anything that is not intact there is damage, never a torn tail.
+pub(crate) fn scan_synced(bytes: &[u8], offset: u64) -> Step {
+    let Some(rest) = usize::try_from(offset).ok().and_then(|o| bytes.get(o..)) else {
+        return Step::End { offset, torn: 0 };
+    };
+    match Header::decode(rest) {
+        Ok(header) if header.record_len().is_some_and(|l| l <= rest.len() as u64) => {
+            let len = header.record_len().unwrap_or(0) as usize;
+            Step::Record {
+                offset,
+                header,
+                intact: record::crc_ok(&rest[..len], header.crc),
+            }
+        }
+        _ if torn_len(rest) == 0 => Step::End { offset, torn: 0 },
+        _ => Step::Corrupt { offset },
+    }
+}
+
 /// Bytes from the start of `rest` up to and including its last non-zero byte.
 fn torn_len(rest: &[u8]) -> u64 {
     rest.iter()

@@ -80,11 +80,23 @@ pub fn verify(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyRe
     };
     // key -> newest intact record; None once deleted.
     let mut latest: HashMap<String, Option<Loc>> = HashMap::new();
+    // Below the index's checkpoint the segment was fsynced before the index said so: damage
+    // there is never a torn write, whatever follows it.
+    let synced = match recovery::open_index(dir, false, seg.segment_id, total)? {
+        IndexState::Usable(_, h) => h.covered_len,
+        IndexState::Unusable => segment::HEADER_LEN,
+    };
     let mut at = segment::HEADER_LEN;
     let mut end = at;
     loop {
         progress(at.min(total), total);
-        match segment::scan_at(bytes, at) {
+        let step = match segment::scan_at(bytes, at) {
+            Step::End { offset, torn } if torn > 0 && offset < synced => {
+                segment::scan_synced(bytes, offset)
+            }
+            step => step,
+        };
+        match step {
             Step::Record {
                 offset,
                 header,

@@ -86,3 +86,33 @@ fn torn_tail_is_not_corruption_and_index_rebuilds() {
     assert_eq!(r.index, IndexCheck::Consistent);
     assert_eq!(r.torn_tail, None, "the read-write open cut the tail");
 }
+
+#[test]
+fn damage_inside_a_synced_last_batch_is_corruption_not_a_torn_tail() {
+    // Found by the CLI work: one set_many, then a clean close; a flipped value byte in the
+    // batch's middle record must be reported as damage (the checkpoint proves the batch was
+    // synced), and a read-write open must not cut the intact records after it.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Config::new(dir.path()).open().unwrap();
+        let items: Vec<(String, Vec<u8>)> =
+            (0..4).map(|i| (format!("b{i}"), format!("batch value {i}").into_bytes())).collect();
+        db.set_many(items.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+        db.close().unwrap();
+    }
+    let seg = dir.path().join("segment.sqs");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let v = bytes.windows(13).position(|w| w == b"batch value 1").unwrap();
+    bytes[v] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    let r = verify(dir.path(), &mut no_progress()).unwrap();
+    assert_eq!(r.torn_tail, None);
+    assert_eq!(r.damaged.len(), 1);
+    assert_eq!(r.damaged[0].key.as_deref(), Some("b1"));
+    drop(Engine::open(dir.path()).unwrap());
+    let db = Engine::open_read_only(dir.path()).unwrap();
+    assert!(db.get("b1").is_err());
+    for k in ["b0", "b2", "b3"] {
+        assert!(db.get(k).unwrap().is_some(), "{k} survives a read-write open");
+    }
+}
