@@ -21,7 +21,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `data` at `offset`.
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
-    /// Grows or shrinks the file to `len` bytes.
+    /// Grows or shrinks the file to `len` bytes. Growth must allocate the space (not leave a
+    /// hole): the engine maps the file, and a page that cannot be allocated when touched through
+    /// a map is a `SIGBUS`, where a full disk here is a clean error.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes written data (and the metadata needed to read it back, such as the file length)
     /// durable, like `fdatasync`.
@@ -55,10 +57,30 @@ impl Backend for FileBackend {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.file.set_len(len)
+        allocate(&self.file, len)
     }
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+}
+
+/// Sets `file`'s length to `len`, allocating the blocks of any growth (`fallocate`) so that a full
+/// disk is reported here rather than when a mapped page is first touched. Falls back to a sparse
+/// `set_len` on file systems without `fallocate`.
+pub(crate) fn allocate(file: &File, len: u64) -> io::Result<()> {
+    let current = file.metadata()?.len();
+    if len > current {
+        match rustix::fs::fallocate(
+            file,
+            rustix::fs::FallocateFlags::empty(),
+            current,
+            len - current,
+        ) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    file.set_len(len)
 }

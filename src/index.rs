@@ -267,7 +267,7 @@ impl IndexMap {
         let len = header
             .file_len()
             .ok_or_else(|| Error::corruption(path, 0, None, "index too large"))?;
-        file.set_len(len).at(path)?;
+        crate::backend::allocate(&file, len).at(path)?;
         let map = Self::map(&file, len, true, path)?;
         let index = IndexMap {
             map,
