@@ -9,9 +9,15 @@ use common::{Rng, value_for};
 use squirrel_store::{Config, Durability, Engine, Error, verify};
 
 /// A closed store of 120 keys (some overwritten); returns the model and the records' extents.
-fn build(dir: &std::path::Path, seed: u64) -> (BTreeMap<String, Vec<u8>>, Vec<(u64, u64, String, bool)>) {
+fn build(
+    dir: &std::path::Path,
+    seed: u64,
+) -> (BTreeMap<String, Vec<u8>>, Vec<(u64, u64, String, bool)>) {
     let mut rng = Rng(seed);
-    let db = Config::new(dir).durability(Durability::Buffered).open().unwrap();
+    let db = Config::new(dir)
+        .durability(Durability::Buffered)
+        .open()
+        .unwrap();
     let mut model = BTreeMap::new();
     let mut extents = Vec::new(); // (offset, len, key, is_latest)
     for i in 0..150u64 {
@@ -20,7 +26,10 @@ fn build(dir: &std::path::Path, seed: u64) -> (BTreeMap<String, Vec<u8>>, Vec<(u
         let offset = db.stats().segment_len;
         db.set(&key, &value).unwrap();
         let len = db.stats().segment_len - offset;
-        for e in extents.iter_mut().filter(|e: &&mut (u64, u64, String, bool)| e.2 == key) {
+        for e in extents
+            .iter_mut()
+            .filter(|e: &&mut (u64, u64, String, bool)| e.2 == key)
+        {
             e.3 = false;
         }
         extents.push((offset, len, key.clone(), true));
@@ -44,35 +53,61 @@ fn flipped_segment_bytes_are_all_found_and_never_served() {
         for _ in 0..1 + rng.below(3) {
             let at = 32 + rng.below(end - 32);
             bytes[at as usize] ^= 1 << rng.below(8);
-            let rec = extents.iter().position(|e| e.0 <= at && at < e.0 + e.1).unwrap();
+            let rec = extents
+                .iter()
+                .position(|e| e.0 <= at && at < e.0 + e.1)
+                .unwrap();
             hit.insert(rec);
             flips_total += 1;
         }
         std::fs::write(&seg, &bytes).unwrap();
         let report = verify(dir.path(), &mut |_, _| {}).unwrap();
-        let damaged: std::collections::BTreeSet<u64> = report.damaged.iter().map(|d| d.offset).collect();
+        let damaged: std::collections::BTreeSet<u64> =
+            report.damaged.iter().map(|d| d.offset).collect();
         for &r in &hit {
-            assert!(damaged.contains(&extents[r].0), "seed {seed}: record at {} not reported", extents[r].0);
+            assert!(
+                damaged.contains(&extents[r].0),
+                "seed {seed}: record at {} not reported",
+                extents[r].0
+            );
         }
-        assert_eq!(damaged.len(), hit.len(), "seed {seed}: only damaged records are reported");
-        assert_eq!(report.torn_tail, None, "checkpointed bytes are never a torn tail");
+        assert_eq!(
+            damaged.len(),
+            hit.len(),
+            "seed {seed}: only damaged records are reported"
+        );
+        assert_eq!(
+            report.torn_tail, None,
+            "checkpointed bytes are never a torn tail"
+        );
         found_total += damaged.len();
         let db = Engine::open_read_only(dir.path()).unwrap();
         for (key, value) in &model {
             let latest_damaged = hit.iter().any(|&r| extents[r].2 == *key && extents[r].3);
             match db.get(key) {
                 Ok(Some(v)) => {
-                    assert!(!latest_damaged, "seed {seed}: {key} served from a damaged record");
-                    assert_eq!(&*v, value.as_slice(), "seed {seed}: {key} served wrong bytes");
+                    assert!(
+                        !latest_damaged,
+                        "seed {seed}: {key} served from a damaged record"
+                    );
+                    assert_eq!(
+                        &*v,
+                        value.as_slice(),
+                        "seed {seed}: {key} served wrong bytes"
+                    );
                 }
-                Err(Error::Corruption { .. }) => assert!(latest_damaged, "seed {seed}: {key} errored"),
+                Err(Error::Corruption { .. }) => {
+                    assert!(latest_damaged, "seed {seed}: {key} errored")
+                }
                 Ok(None) => panic!("seed {seed}: {key} vanished"),
                 Err(e) => panic!("seed {seed}: {key}: unexpected {e}"),
             }
         }
         trials += 1;
     }
-    println!("segment flips: {trials} stores, {flips_total} flips, {found_total} damaged records found");
+    println!(
+        "segment flips: {trials} stores, {flips_total} flips, {found_total} damaged records found"
+    );
 }
 
 #[test]
@@ -86,7 +121,11 @@ fn flipped_index_bytes_are_detected_and_rebuilt() {
         let mut rng = Rng(seed + 2000);
         for _ in 0..1 + rng.below(4) {
             // Half the flips in the header page, half in the slots.
-            let at = if rng.chance(50) { rng.below(128) } else { 4096 + rng.below(bytes.len() as u64 - 4096) };
+            let at = if rng.chance(50) {
+                rng.below(128)
+            } else {
+                4096 + rng.below(bytes.len() as u64 - 4096)
+            };
             bytes[at as usize] ^= 1 << rng.below(8);
             flips_total += 1;
         }
@@ -94,10 +133,15 @@ fn flipped_index_bytes_are_detected_and_rebuilt() {
         for read_only in [true, false] {
             let db = Config::new(dir.path()).read_only(read_only).open().unwrap();
             for (key, value) in &model {
-                let v = db.get(key).unwrap_or_else(|e| panic!("seed {seed}: {key}: {e}"));
+                let v = db
+                    .get(key)
+                    .unwrap_or_else(|e| panic!("seed {seed}: {key}: {e}"));
                 assert_eq!(v.as_deref(), Some(value.as_slice()), "seed {seed}: {key}");
             }
-            assert_eq!(db.keys().unwrap(), model.keys().cloned().collect::<Vec<_>>());
+            assert_eq!(
+                db.keys().unwrap(),
+                model.keys().cloned().collect::<Vec<_>>()
+            );
             assert_eq!(db.len() as usize, model.len());
         }
     }

@@ -86,13 +86,13 @@ fn cycles(default: usize) -> usize {
 
 fn kill_loop(mode: &str, cycles: usize, seed: u64) {
     let mut rng = Rng(seed);
-    let mut dir = tempfile::tempdir().unwrap();
+    let mut dir = common::fast_tempdir();
     // key -> newest acknowledged version
     let mut acked: HashMap<String, u64> = HashMap::new();
     let (mut checked, mut lost) = (0u64, 0u64);
     for cycle in 0..cycles {
         if cycle % 25 == 0 {
-            dir = tempfile::tempdir().unwrap();
+            dir = common::fast_tempdir();
             acked.clear();
         }
         let mut child = Command::new(std::env::current_exe().unwrap())
@@ -201,6 +201,6 @@ fn kill_loop_buffered() {
 
 #[test]
 fn read_only_open_of_an_uncreated_store_fails_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::fast_tempdir();
     assert!(Engine::open_read_only(dir.path()).is_err());
 }

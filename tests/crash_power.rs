@@ -33,7 +33,10 @@ impl Backend for Recorder {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        self.log.lock().unwrap().push(Ev::Write(offset, data.to_vec()));
+        self.log
+            .lock()
+            .unwrap()
+            .push(Ev::Write(offset, data.to_vec()));
         self.inner.write_at(data, offset)
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
@@ -61,13 +64,18 @@ struct History {
 }
 
 fn record_history(seed: u64) -> History {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::fast_tempdir();
     let log = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
     let db = Config::new(dir.path())
         .durability(Durability::Fsync)
         .checkpoint_every(1_000_000, u64::MAX)
-        .wrap_backend(move |fb| Box::new(Recorder { inner: fb, log: l.clone() }))
+        .wrap_backend(move |fb| {
+            Box::new(Recorder {
+                inner: fb,
+                log: l.clone(),
+            })
+        })
         .open()
         .unwrap();
     let base = std::fs::read(dir.path().join("segment.sqs")).unwrap();
@@ -76,7 +84,11 @@ fn record_history(seed: u64) -> History {
     let mut ops = Vec::new();
     for i in 0..25u64 {
         let key = format!("key-{}", rng.below(8));
-        let len = if rng.chance(8) { 300_000 } else { rng.below(2000) as usize };
+        let len = if rng.chance(8) {
+            300_000
+        } else {
+            rng.below(2000) as usize
+        };
         let value: Vec<u8> = (0..len).map(|j| (j as u64 ^ i ^ seed) as u8).collect();
         match rng.below(10) {
             0..=5 => {
@@ -85,7 +97,8 @@ fn record_history(seed: u64) -> History {
             }
             6..=7 => {
                 let keys: Vec<String> = (0..3).map(|j| format!("batch-{}", (i + j) % 5)).collect();
-                db.set_many(keys.iter().map(|k| (k.as_str(), value.as_slice()))).unwrap();
+                db.set_many(keys.iter().map(|k| (k.as_str(), value.as_slice())))
+                    .unwrap();
                 for k in keys {
                     model.insert(k, value.clone());
                 }
@@ -96,7 +109,10 @@ fn record_history(seed: u64) -> History {
                 }
             }
         }
-        ops.push(Op { end_ev: log.lock().unwrap().len(), model: model.clone() });
+        ops.push(Op {
+            end_ev: log.lock().unwrap().len(),
+            model: model.clone(),
+        });
     }
     db.abandon();
     let log = log.lock().unwrap().clone();
@@ -167,7 +183,7 @@ fn every_power_cut_image_recovers_every_synced_record() {
                 let durable_model = durable.map(|i| h.ops[i].model.clone()).unwrap_or_default();
                 // The operation in flight when the power went: its records may or may not be there.
                 let inflight = h.ops.get(durable.map_or(0, |i| i + 1)).map(|op| &op.model);
-                let dir = tempfile::tempdir().unwrap();
+                let dir = common::fast_tempdir();
                 std::fs::write(dir.path().join("segment.sqs"), &img).unwrap();
                 for read_only in [true, false] {
                     let db = Config::new(dir.path())
@@ -187,7 +203,10 @@ fn every_power_cut_image_recovers_every_synced_record() {
                             .map(|v| v.to_vec());
                         let ok = got.as_ref() == durable_model.get(key)
                             || inflight.is_some_and(|m| got.as_ref() == m.get(key));
-                        assert!(ok, "seed {seed} crash {crash}: {key} has a value never synced or acknowledged");
+                        assert!(
+                            ok,
+                            "seed {seed} crash {crash}: {key} has a value never synced or acknowledged"
+                        );
                         records_checked += 1;
                     }
                 }
@@ -196,13 +215,15 @@ fn every_power_cut_image_recovers_every_synced_record() {
         }
     }
     assert!(growth_cuts > 0, "the histories grew the file");
-    println!("power-cut images: {images} images, {growth_cuts} cuts right after growth, {records_checked} records checked, 0 lost");
+    println!(
+        "power-cut images: {images} images, {growth_cuts} cuts right after growth, {records_checked} records checked, 0 lost"
+    );
 }
 
 #[test]
 fn engine_opens_image_of_an_empty_history() {
     let h = record_history(99);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::fast_tempdir();
     std::fs::write(dir.path().join("segment.sqs"), &h.base).unwrap();
     assert_eq!(Engine::open(dir.path()).unwrap().len(), 0);
 }

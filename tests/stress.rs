@@ -58,9 +58,15 @@ fn writers_readers_and_compactions() {
                     match db.get(&key(k)).unwrap() {
                         Some(v) => {
                             let got = version_of(&key(k), &v).expect("a whole value for this key");
-                            assert!(got >= floor, "{}: read version {got} after {floor} was acknowledged", key(k));
+                            assert!(
+                                got >= floor,
+                                "{}: read version {got} after {floor} was acknowledged",
+                                key(k)
+                            );
                         }
-                        None => assert_eq!(floor, 0, "{} vanished after being acknowledged", key(k)),
+                        None => {
+                            assert_eq!(floor, 0, "{} vanished after being acknowledged", key(k))
+                        }
                     }
                     reads.fetch_add(1, Ordering::Relaxed);
                 }
@@ -83,7 +89,10 @@ fn writers_readers_and_compactions() {
     let check = |db: &Engine| {
         for k in 0..total_keys {
             let want = acked[k as usize].load(Ordering::Acquire);
-            let got = db.get(&key(k)).unwrap().map(|v| version_of(&key(k), &v).unwrap());
+            let got = db
+                .get(&key(k))
+                .unwrap()
+                .map(|v| version_of(&key(k), &v).unwrap());
             assert_eq!(got, (want > 0).then_some(want), "{}", key(k));
         }
     };

@@ -95,14 +95,19 @@ fn damage_inside_a_synced_last_batch_is_corruption_not_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = Config::new(dir.path()).open().unwrap();
-        let items: Vec<(String, Vec<u8>)> =
-            (0..4).map(|i| (format!("b{i}"), format!("batch value {i}").into_bytes())).collect();
-        db.set_many(items.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+        let items: Vec<(String, Vec<u8>)> = (0..4)
+            .map(|i| (format!("b{i}"), format!("batch value {i}").into_bytes()))
+            .collect();
+        db.set_many(items.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .unwrap();
         db.close().unwrap();
     }
     let seg = dir.path().join("segment.sqs");
     let mut bytes = std::fs::read(&seg).unwrap();
-    let v = bytes.windows(13).position(|w| w == b"batch value 1").unwrap();
+    let v = bytes
+        .windows(13)
+        .position(|w| w == b"batch value 1")
+        .unwrap();
     bytes[v] ^= 1;
     std::fs::write(&seg, &bytes).unwrap();
     let r = verify(dir.path(), &mut no_progress()).unwrap();
@@ -113,6 +118,9 @@ fn damage_inside_a_synced_last_batch_is_corruption_not_a_torn_tail() {
     let db = Engine::open_read_only(dir.path()).unwrap();
     assert!(db.get("b1").is_err());
     for k in ["b0", "b2", "b3"] {
-        assert!(db.get(k).unwrap().is_some(), "{k} survives a read-write open");
+        assert!(
+            db.get(k).unwrap().is_some(),
+            "{k} survives a read-write open"
+        );
     }
 }

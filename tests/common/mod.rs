@@ -54,3 +54,16 @@ impl Rng {
         self.below(100) < percent
     }
 }
+
+/// A temporary directory in memory (`/dev/shm`) when there is one: these tests check the
+/// engine's logic under crashes and images built by hand, not the disk, and fsync-heavy runs are
+/// many times faster there. Falls back to the system temp dir.
+pub fn fast_tempdir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().expect("tempdir")
+}
