@@ -217,9 +217,11 @@ fn element_count(shape: &[usize], itemsize: usize) -> Result<(usize, usize), Arr
     Ok((count, bytes))
 }
 
-/// Checks that `data` fits `dtype` and `shape`; opaque dtypes are not checked.
+/// Checks that `data` fits `dtype` and `shape`. For opaque dtypes only the element count is
+/// checked (it must fit a `usize`, so `len()` cannot overflow); their item size is unknown.
 fn check_len(dtype: &str, shape: &[usize], data_len: usize) -> Result<(), ArrayError> {
     let Some(d) = parse_dtype(dtype) else {
+        element_count(shape, 1)?;
         return Ok(());
     };
     let (_, expected) = element_count(shape, d.itemsize)?;

@@ -361,7 +361,8 @@ impl Engine {
         if !dir.is_dir() {
             return Err(Error::NotFound { path: dir });
         }
-        if !(writable && config.create) && !dir.join(segment::SEGMENT_FILE).exists() {
+        let may_create = writable && config.create;
+        if !may_create && !dir.join(segment::SEGMENT_FILE).exists() {
             // Checked before taking the lock, so a directory without a store gets no LOCK file.
             return Err(Error::NotFound { path: dir });
         }

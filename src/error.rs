@@ -61,6 +61,12 @@ pub enum Error {
         /// What check failed.
         what: String,
     },
+    /// A key that was asked for explicitly (e.g. in a loader's key list) has no value.
+    #[error("no value for key {key:?}")]
+    KeyNotFound {
+        /// The key.
+        key: String,
+    },
     /// A key is empty, too long, or otherwise not accepted.
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey {

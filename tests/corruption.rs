@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use common::{Rng, value_for};
 use squirrel_store::{Config, Durability, Engine, Error, verify};
 
+/// Where each record lies: (offset, length, key, whether it is the key's latest record).
+type Extent = (u64, u64, String, bool);
+
 /// A closed store of 120 keys (some overwritten); returns the model and the records' extents.
-fn build(
-    dir: &std::path::Path,
-    seed: u64,
-) -> (BTreeMap<String, Vec<u8>>, Vec<(u64, u64, String, bool)>) {
+fn build(dir: &std::path::Path, seed: u64) -> (BTreeMap<String, Vec<u8>>, Vec<Extent>) {
     let mut rng = Rng(seed);
     let db = Config::new(dir)
         .durability(Durability::Buffered)
@@ -26,10 +26,7 @@ fn build(
         let offset = db.stats().segment_len;
         db.set(&key, &value).unwrap();
         let len = db.stats().segment_len - offset;
-        for e in extents
-            .iter_mut()
-            .filter(|e: &&mut (u64, u64, String, bool)| e.2 == key)
-        {
+        for e in extents.iter_mut().filter(|e: &&mut Extent| e.2 == key) {
             e.3 = false;
         }
         extents.push((offset, len, key.clone(), true));

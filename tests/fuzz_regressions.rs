@@ -1,9 +1,7 @@
 //! Regression tests for what the fuzz targets in `fuzz/` found (issue 5).
 //!
 //! Each test is the minimal reproducer of one finding, written against the behaviour the crate
-//! promises. Tests of findings the engine does not fix yet are `#[ignore]`d with the reason; the
-//! matching entry in `fuzz/src/known.rs` lets the fuzzers look past the same finding meanwhile.
-//! When fixing one: remove the `#[ignore]` here and the entry there.
+//! promises, and each finding's cause is fixed in the crate.
 
 use squirrel_store::array::{ArrayError, NdArray};
 use squirrel_store::serializer::Samples;
@@ -17,7 +15,6 @@ use squirrel_store::value::Value;
 /// panics with "attempt to multiply with overflow" (debug, or any build with overflow checks) or
 /// silently wraps (release: `[1 << 32, 1 << 32]` has `len() == 0` and `is_empty()`).
 #[test]
-#[ignore = "fuzz finding ndarray-len-overflow: fails until src/array.rs check_len checks the element count for opaque dtypes too"]
 fn ndarray_len_of_opaque_dtype_with_huge_shape_does_not_overflow() {
     // Built directly.
     let built = NdArray::new("|O", vec![1 << 40, 1 << 40], Vec::new());
@@ -37,10 +34,7 @@ fn ndarray_len_of_opaque_dtype_with_huge_shape_does_not_overflow() {
         (Value::Bin(b"data".to_vec()), Value::Bin(Vec::new())),
     ]);
     assert!(
-        matches!(
-            map.to_ndarray(),
-            Err(ArrayError::ShapeOverflow { .. })
-        ),
+        matches!(map.to_ndarray(), Err(ArrayError::ShapeOverflow { .. })),
         "Value::to_ndarray must refuse the shape"
     );
     let payload = map.to_bytes().expect("encode");

@@ -1,0 +1,601 @@
+//! Reading many shards as a training loop reads them: [`Loader`].
+//!
+//! A loader lists the keys (all of the store's, or the caller's), optionally shuffles them with a
+//! seed, keeps this rank's share, and decodes the shards on a pool of worker threads while the
+//! caller consumes them. It yields shards ([`ShardIter`]) or samples ([`SampleIter`]), in key
+//! order by default, optionally mixed through a seeded shuffle buffer.
+//!
+//! # Memory
+//! At most [`Loader::prefetch`] decoded shards are held at once (decoding, or done and waiting
+//! for their turn), plus, for samples, the shard being handed out and the shuffle buffer.
+//!
+//! # Determinism
+//! Given the same keys, seed and options the output order is the same on every run and machine,
+//! whatever the number of workers: shards are handed out in the planned order however fast each
+//! one decodes, and the shuffles use a generator defined here (SplitMix64) rather than `rand`,
+//! whose sequences may change between releases.
+//!
+//! # Errors and threads
+//! A shard that cannot be read comes out as an `Err` item naming its key, and iteration goes on
+//! with the next shard. Dropping an iterator early stops the workers: each finishes the shard it
+//! is decoding and exits, and the drop waits for them, so no thread outlives the iterator. A
+//! panic in a caller's `map` function is re-raised on the consuming thread.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// Which share of the keys a process reads: every `world_size`-th key of the (shuffled) key list,
+/// starting at `rank`.
+///
+/// Every rank must plan with the same keys and seed; then the shares are disjoint and together
+/// cover every key. Shares differ in size by at most one shard, so ranks that must step in lock
+/// (distributed data parallel) should stop at the smallest share's length. To split further among data-loading processes of one rank, use
+/// `Split::new(rank * workers + worker, world_size * workers)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split {
+    rank: usize,
+    world_size: usize,
+}
+
+/// A rank that is not below the world size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rank {rank} is not below world size {world_size}")]
+pub struct SplitError {
+    /// The rank asked for.
+    pub rank: usize,
+    /// The world size asked for.
+    pub world_size: usize,
+}
+
+impl Split {
+    /// Share `rank` of `world_size`.
+    ///
+    /// # Errors
+    ///
+    /// [`SplitError`] unless `rank < world_size`.
+    pub fn new(rank: usize, world_size: usize) -> std::result::Result<Split, SplitError> {
+        if rank < world_size {
+            Ok(Split { rank, world_size })
+        } else {
+            Err(SplitError { rank, world_size })
+        }
+    }
+
+    /// This share's rank.
+    #[must_use]
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The number of shares.
+    #[must_use]
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+}
+
+/// A configured read of many shards, as a consuming builder; [`Loader::shards`] or
+/// [`Loader::samples`] starts it.
+///
+/// ```
+/// use squirrel_store::loader::Split;
+/// use squirrel_store::{SquirrelStore, Store};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = SquirrelStore::open(dir.path())?;
+/// for i in 0..8u32 {
+///     store.set(&[i * 10, i * 10 + 1], Some(&format!("shard_{i}")))?;
+/// }
+///
+/// // In key order, decoded on 4 threads.
+/// let all: Vec<u32> = store.loader().workers(4).samples()?.collect::<Result<_, _>>()?;
+/// assert_eq!(all[..4], [0, 1, 10, 11]);
+///
+/// // Rank 1 of 2, keys shuffled and samples mixed, reproducibly.
+/// let mine: Vec<u32> = store
+///     .loader()
+///     .shuffle_keys(true)
+///     .shuffle_samples(16)
+///     .seed(7)
+///     .split(Split::new(1, 2)?)
+///     .samples()?
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(mine.len(), 8);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use]
+pub struct Loader<St> {
+    store: St,
+    keys: Option<Vec<String>>,
+    workers: usize,
+    prefetch: Option<usize>,
+    shuffle_keys: bool,
+    item_buffer: usize,
+    seed: u64,
+    split: Option<Split>,
+}
+
+impl<St> fmt::Debug for Loader<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loader")
+            .field("keys", &self.keys.as_ref().map(Vec::len))
+            .field("workers", &self.workers)
+            .field("prefetch", &self.prefetch_shards())
+            .field("shuffle_keys", &self.shuffle_keys)
+            .field("item_buffer", &self.item_buffer)
+            .field("seed", &self.seed)
+            .field("split", &self.split)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St> Loader<St> {
+    fn prefetch_shards(&self) -> usize {
+        self.prefetch.unwrap_or(2 * self.workers).max(1)
+    }
+}
+
+impl<St: Store + Clone + 'static> Loader<St> {
+    /// A loader over every key of `store`, in key order, with one worker per core, no shuffling,
+    /// seed 0 and no split.
+    pub fn new(store: St) -> Self {
+        Loader {
+            store,
+            keys: None,
+            workers: thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            prefetch: None,
+            shuffle_keys: false,
+            item_buffer: 1,
+            seed: 0,
+            split: None,
+        }
+    }
+
+    /// Reads these keys, in this order, instead of all of the store's. A key without a shard
+    /// comes out as an [`Error::KeyNotFound`] item.
+    pub fn keys(mut self, keys: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.keys = Some(keys.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Decodes on `n` worker threads (default: one per core). `0` decodes on the consuming
+    /// thread, with no threads at all.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Holds at most `shards` decoded shards ahead of the consumer (default: twice the
+    /// workers; at least 1). Fewer than the workers leaves some of them idle.
+    pub fn prefetch(mut self, shards: usize) -> Self {
+        self.prefetch = Some(shards);
+        self
+    }
+
+    /// Shuffles the whole key list with the seed before splitting it (squirrel shuffles keys
+    /// through a buffer; the list is known here, so this is a full permutation).
+    pub fn shuffle_keys(mut self, yes: bool) -> Self {
+        self.shuffle_keys = yes;
+        self
+    }
+
+    /// Mixes samples through a buffer of `items` (squirrel's `shuffle_item_buffer`): the buffer
+    /// fills, then each sample handed out is drawn at random from it and replaced by the next.
+    /// `0` or `1` keeps samples in order. Applies to [`Loader::samples`].
+    pub fn shuffle_samples(mut self, items: usize) -> Self {
+        self.item_buffer = items.max(1);
+        self
+    }
+
+    /// The seed of both shuffles (default 0). Vary it per epoch, e.g. `base_seed + epoch`.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Reads only this share of the keys; see [`Split`].
+    pub fn split(mut self, split: Split) -> Self {
+        self.split = Some(split);
+        self
+    }
+
+    /// The keys this loader will read, in order: listed, shuffled, then split.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::keys`] when no keys were given.
+    pub fn plan(&self) -> Result<Vec<String>> {
+        let mut keys = match &self.keys {
+            Some(keys) => keys.clone(),
+            None => self.store.keys()?,
+        };
+        if self.shuffle_keys {
+            shuffle(&mut keys, &mut Rng::new(self.seed, Stream::Keys));
+        }
+        Ok(match self.split {
+            Some(Split { rank, world_size }) => {
+                keys.into_iter().skip(rank).step_by(world_size).collect()
+            }
+            None => keys,
+        })
+    }
+
+    /// The shards, typed, in the planned order.
+    ///
+    /// # Errors
+    ///
+    /// As [`Loader::plan`]. Each shard then comes as a `Result`: [`Error::Shard`] naming the key
+    /// of a shard that does not decode, [`Error::KeyNotFound`] for a key without a shard, or the
+    /// engine's error for that key.
+    pub fn shards<T>(self) -> Result<ShardIter<T>>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        self.shards_map(|sample: T| sample)
+    }
+
+    /// [`Loader::shards`], each sample passed through `f` on the worker thread that decoded it
+    /// (for per-sample preprocessing that should use the cores too).
+    ///
+    /// # Errors
+    ///
+    /// As [`Loader::shards`].
+    pub fn shards_map<T, U, F>(self, f: F) -> Result<ShardIter<U>>
+    where
+        T: DeserializeOwned + 'static,
+        U: Send + 'static,
+        F: Fn(T) -> U + Send + Sync + 'static,
+    {
+        let keys = self.plan()?;
+        let prefetch = self.prefetch_shards();
+        let store = self.store;
+        let job = move |key: &str| -> Result<Vec<U>> {
+            match store.get::<T>(key)? {
+                Some(samples) => Ok(samples.into_iter().map(&f).collect()),
+                None => Err(Error::KeyNotFound {
+                    key: key.to_owned(),
+                }),
+            }
+        };
+        Ok(ShardIter::start(
+            keys,
+            Arc::new(job),
+            self.workers,
+            prefetch,
+        ))
+    }
+
+    /// The samples of the planned shards, typed, in order or through the shuffle buffer.
+    ///
+    /// # Errors
+    ///
+    /// As [`Loader::shards`]; a shard's error comes out in place of its samples.
+    pub fn samples<T>(self) -> Result<SampleIter<T>>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        self.samples_map(|sample: T| sample)
+    }
+
+    /// [`Loader::samples`], each sample passed through `f` on a worker thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`Loader::shards`].
+    pub fn samples_map<T, U, F>(self, f: F) -> Result<SampleIter<U>>
+    where
+        T: DeserializeOwned + 'static,
+        U: Send + 'static,
+        F: Fn(T) -> U + Send + Sync + 'static,
+    {
+        let buffer = self.item_buffer;
+        // Ranks draw different sample orders from one seed; keys are shuffled identically.
+        let rank = self.split.map_or(0, |s| s.rank) as u64;
+        let rng = Rng::new(
+            self.seed.wrapping_add(rank.wrapping_mul(Rng::GAMMA)),
+            Stream::Samples,
+        );
+        let shards = self.shards_map(f)?;
+        Ok(SampleIter {
+            shards,
+            current: Vec::new().into_iter(),
+            buffer: Vec::with_capacity(buffer.min(1 << 16)),
+            capacity: buffer,
+            rng,
+        })
+    }
+}
+
+/// One decoded shard and its key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shard<T> {
+    /// The shard's key.
+    pub key: String,
+    /// Its samples, in stored order.
+    pub samples: Vec<T>,
+}
+
+type Job<U> = Arc<dyn Fn(&str) -> Result<Vec<U>> + Send + Sync>;
+
+/// What a worker sends back for shard number `.0`.
+type Outcome<U> = (usize, thread::Result<Result<Shard<U>>>);
+
+/// The shards of a [`Loader`], decoded on worker threads and handed out in the planned order.
+///
+/// Yields `Result<Shard<T>>`; an `Err` names the key it concerns and iteration goes on after it.
+/// Dropping the iterator stops and joins the workers.
+pub struct ShardIter<T> {
+    /// Keys not yet handed to a worker, with their position in the plan.
+    pending: std::iter::Enumerate<std::vec::IntoIter<String>>,
+    /// `None` once the iterator is being dropped, which tells idle workers to exit.
+    jobs: Option<Sender<(usize, String)>>,
+    results: Receiver<Outcome<T>>,
+    /// Shards that finished before their turn, by position.
+    ready: HashMap<usize, Result<Shard<T>>>,
+    /// Position of the next shard to hand out.
+    next: usize,
+    /// How many shards have been handed to workers.
+    sent: usize,
+    prefetch: usize,
+    /// Decodes on the consuming thread when there are no workers.
+    inline: Option<Job<T>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl<T> fmt::Debug for ShardIter<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardIter")
+            .field("next", &self.next)
+            .field("remaining", &(self.pending.len() + self.sent - self.next))
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> ShardIter<T> {
+    fn start(keys: Vec<String>, job: Job<T>, workers: usize, prefetch: usize) -> Self {
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<(usize, String)>();
+        // Unbounded, but never holding more than `prefetch` results: that many jobs at most are
+        // out at once.
+        let (result_tx, result_rx) = crossbeam_channel::unbounded::<Outcome<T>>();
+        let mut handles = Vec::new();
+        for id in 0..workers.min(keys.len()) {
+            let (jobs, results, job) = (job_rx.clone(), result_tx.clone(), job.clone());
+            let spawned = thread::Builder::new()
+                .name(format!("squirrel-loader-{id}"))
+                .spawn(move || {
+                    for (index, key) in jobs {
+                        // A panic in the caller's function must reach the consumer, or it would
+                        // wait forever for this shard.
+                        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+                            job(&key).map(|samples| Shard { key, samples })
+                        }));
+                        if results.send((index, outcome)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            // Out of threads: carry on with the workers there are (or on this thread).
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(_) => break,
+            }
+        }
+        ShardIter {
+            pending: keys.into_iter().enumerate(),
+            jobs: Some(job_tx),
+            results: result_rx,
+            ready: HashMap::new(),
+            next: 0,
+            sent: 0,
+            prefetch,
+            inline: handles.is_empty().then_some(job),
+            workers: handles,
+        }
+    }
+
+    /// Hands out jobs until `prefetch` shards are in flight or waiting.
+    fn top_up(&mut self) {
+        let Some(jobs) = &self.jobs else { return };
+        while self.sent - self.next < self.prefetch {
+            let Some(job) = self.pending.next() else {
+                return;
+            };
+            if jobs.send(job).is_err() {
+                return;
+            }
+            self.sent += 1;
+        }
+    }
+}
+
+impl<T: Send + 'static> Iterator for ShardIter<T> {
+    type Item = Result<Shard<T>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(job) = &self.inline {
+            let (_, key) = self.pending.next()?;
+            return Some(job(&key).map(|samples| Shard { key, samples }));
+        }
+        self.top_up();
+        while self.next < self.sent {
+            if let Some(shard) = self.ready.remove(&self.next) {
+                self.next += 1;
+                self.top_up();
+                return Some(shard);
+            }
+            match self.results.recv() {
+                Ok((index, Ok(shard))) => {
+                    self.ready.insert(index, shard);
+                }
+                Ok((_, Err(panicked))) => panic::resume_unwind(panicked),
+                // Every worker is gone, which only a failure outside the job can cause: stop
+                // rather than wait for results that cannot come.
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.pending.len() + self.sent - self.next;
+        (left, Some(left))
+    }
+}
+
+impl<T> Drop for ShardIter<T> {
+    fn drop(&mut self) {
+        // Closing the job channel ends each worker's loop once its current shard is done.
+        self.jobs = None;
+        for handle in self.workers.drain(..) {
+            // A worker's own panic was already caught and sent; nothing is left to report.
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The samples of a [`Loader`]'s shards, in order or through its shuffle buffer.
+///
+/// Yields `Result<T>`; a shard that cannot be read comes out as one `Err` naming its key, in
+/// place of its samples, and iteration goes on after it.
+pub struct SampleIter<T> {
+    shards: ShardIter<T>,
+    current: std::vec::IntoIter<T>,
+    buffer: Vec<T>,
+    capacity: usize,
+    rng: Rng,
+}
+
+impl<T> fmt::Debug for SampleIter<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SampleIter")
+            .field("shards", &self.shards)
+            .field("buffered", &self.buffer.len())
+            .field("buffer_capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Send + 'static> Iterator for SampleIter<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        while self.buffer.len() < self.capacity {
+            if let Some(sample) = self.current.next() {
+                self.buffer.push(sample);
+                continue;
+            }
+            match self.shards.next() {
+                Some(Ok(shard)) => self.current = shard.samples.into_iter(),
+                // Errors pass the buffer: they are not samples to mix.
+                Some(Err(e)) => return Some(Err(e)),
+                None => break,
+            }
+        }
+        if self.buffer.is_empty() {
+            return None;
+        }
+        let pick = self.rng.below(self.buffer.len());
+        Some(Ok(self.buffer.swap_remove(pick)))
+    }
+}
+
+/// Fisher–Yates with [`Rng`], so a seed gives the same order whatever `rand` version is in use.
+fn shuffle<T>(items: &mut [T], rng: &mut Rng) {
+    for i in (1..items.len()).rev() {
+        items.swap(i, rng.below(i + 1));
+    }
+}
+
+/// Which shuffle a generator is for, so the two draw independent sequences from one seed.
+#[derive(Clone, Copy)]
+enum Stream {
+    Keys = 1,
+    Samples = 2,
+}
+
+/// SplitMix64 (Steele, Lea and Flood, 2014): tiny, fast, and fixed here so shuffles are stable.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+    fn new(seed: u64, stream: Stream) -> Rng {
+        let mut rng = Rng(seed);
+        // Offsetting by a scrambled stream number keeps the streams apart for every seed.
+        rng.0 = rng.0.wrapping_add(Rng(stream as u64).next_u64());
+        rng
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(Self::GAMMA);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`0` when `n` is 0), by Lemire's multiply-and-reject: no modulo bias.
+    fn below(&mut self, n: usize) -> usize {
+        let n = n as u64;
+        if n == 0 {
+            return 0;
+        }
+        let threshold = n.wrapping_neg() % n;
+        loop {
+            let m = u128::from(self.next_u64()) * u128::from(n);
+            if (m as u64) >= threshold {
+                return (m >> 64) as usize;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn below_is_in_range_and_covers_it() {
+        let mut rng = Rng::new(42, Stream::Keys);
+        let mut seen = [0u32; 7];
+        for _ in 0..7000 {
+            let v = rng.below(7);
+            seen[v] += 1;
+        }
+        assert!(seen.iter().all(|&c| c > 800), "{seen:?}");
+        assert_eq!(rng.below(0), 0);
+        assert_eq!(rng.below(1), 0);
+    }
+
+    #[test]
+    fn streams_differ() {
+        let a = Rng::new(5, Stream::Keys).next_u64();
+        let b = Rng::new(5, Stream::Samples).next_u64();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn shuffle_is_a_seeded_permutation() {
+        let orig: Vec<u32> = (0..100).collect();
+        let mut a = orig.clone();
+        let mut b = orig.clone();
+        shuffle(&mut a, &mut Rng::new(9, Stream::Keys));
+        shuffle(&mut b, &mut Rng::new(9, Stream::Keys));
+        assert_eq!(a, b);
+        assert_ne!(a, orig);
+        a.sort_unstable();
+        assert_eq!(a, orig);
+    }
+}

@@ -1,0 +1,494 @@
+//! Python squirrel's Store API (`set`, `get`, `keys`) over shards of samples, and
+//! [`SquirrelStore`], which keeps the shards in an [`Engine`].
+//!
+//! A **shard** is a list of samples; on the wire it is its **payload**, the samples packed as
+//! MessagePack values one after the other (see [`crate::serializer`]). The [`Store`] trait asks an
+//! implementor for payloads only, and builds typed and [`Value`] access on top, so a custom store
+//! (another backend, a cache, a remote service) implements three small methods.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::engine::{Engine, ValueRef};
+use crate::error::{Error, Result};
+use crate::keygen::random_key;
+use crate::loader::Loader;
+use crate::serializer::{
+    Codec, MessagepackSerializer, Samples, Serializer, ShardError, decode_values, encode_values,
+    payload_from_samples,
+};
+use crate::value::Value;
+
+/// A shard's payload: its samples as concatenated MessagePack, read from a [`Store`].
+///
+/// Derefs to the bytes. When the store kept the shard uncompressed they are not copied: the
+/// payload points into the store's memory map and keeps it alive.
+#[derive(Clone)]
+pub struct Payload(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Mapped {
+        value: ValueRef,
+        start: usize,
+        len: usize,
+    },
+    Owned(Vec<u8>),
+}
+
+impl Payload {
+    /// A payload held in memory.
+    #[must_use]
+    pub fn owned(bytes: Vec<u8>) -> Payload {
+        Payload(Repr::Owned(bytes))
+    }
+
+    /// A payload that is all of `value`, inside the store's memory map.
+    #[must_use]
+    pub fn mapped(value: ValueRef) -> Payload {
+        let len = value.len();
+        Payload(Repr::Mapped {
+            value,
+            start: 0,
+            len,
+        })
+    }
+
+    /// `payload` as decoded out of `value`: kept as a window into the map when it borrows from
+    /// it, which is what a serializer does for uncompressed records.
+    fn from_cow(value: &ValueRef, payload: Cow<'_, [u8]>) -> Payload {
+        match payload {
+            Cow::Owned(bytes) => Payload::owned(bytes),
+            Cow::Borrowed(slice) => {
+                // A serializer may borrow any part of the record (after a header, say); find where.
+                let start = slice.as_ptr().addr().wrapping_sub(value.as_ptr().addr());
+                let within = start
+                    .checked_add(slice.len())
+                    .is_some_and(|end| end <= value.len());
+                if within {
+                    Payload(Repr::Mapped {
+                        value: value.clone(),
+                        start,
+                        len: slice.len(),
+                    })
+                } else {
+                    Payload::owned(slice.to_vec())
+                }
+            }
+        }
+    }
+}
+
+impl Deref for Payload {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            // `from_cow` checked the window against the value; an empty slice is the fallback
+            // that can never be reached, not a panic.
+            Repr::Mapped { value, start, len } => value.get(*start..start + len).unwrap_or(&[]),
+            Repr::Owned(bytes) => bytes,
+        }
+    }
+}
+
+impl AsRef<[u8]> for Payload {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Payload")
+            .field("len", &self.len())
+            .field("mapped", &matches!(self.0, Repr::Mapped { .. }))
+            .finish()
+    }
+}
+
+/// The key `set` writes under: the caller's, or a fresh random one as squirrel makes.
+fn key_or_random(key: Option<&str>) -> String {
+    key.map_or_else(random_key, str::to_owned)
+}
+
+/// Names the shard a serializer error is about.
+fn shard_error(key: &str) -> impl FnOnce(ShardError) -> Error + '_ {
+    move |source| Error::Shard {
+        key: key.to_owned(),
+        source,
+    }
+}
+
+/// Python squirrel's Store: shards of samples under string keys.
+///
+/// Implementors provide payload access ([`Store::set_payload`], [`Store::get_payload`]) and
+/// [`Store::keys`]; the typed and [`Value`] methods come with it.
+///
+/// * **Typed** samples are any `T: Serialize` / `DeserializeOwned`, structs written as maps with
+///   field names as Python dicts are (see [`crate::serializer`]).
+/// * **[`Value`]** samples re-encode byte for byte: a shard read from Python squirrel and written
+///   back through [`Store::set_values`] keeps its exact bytes.
+///
+/// A key that holds no shard reads as `Ok(None)`, as [`Engine::get`] does (Python raises
+/// instead).
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use squirrel_store::{SquirrelStore, Store};
+///
+/// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+/// struct Sample {
+///     label: i64,
+///     caption: String,
+/// }
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = SquirrelStore::open(dir.path())?;
+/// let a = Sample { label: 1, caption: "a cat".into() };
+/// let b = Sample { label: 2, caption: "a dog".into() };
+/// store.set(&[a, b], Some("shard_0"))?;
+/// let key = store.set(&[Sample { label: 3, caption: "a bird".into() }], None)?;
+/// assert_eq!(key.len(), 16);
+///
+/// let samples = store.get::<Sample>("shard_0")?.expect("stored above");
+/// assert_eq!(samples[1].caption, "a dog");
+/// assert!(store.get::<Sample>("nope")?.is_none());
+/// assert_eq!(store.keys()?.len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Store: Send + Sync {
+    /// Stores a payload (concatenated MessagePack samples) under `key`, or under a fresh
+    /// [`random_key`] when `key` is `None`, replacing any shard there. Returns the key used.
+    ///
+    /// # Errors
+    ///
+    /// As the implementation says; for [`SquirrelStore`], [`Error::Shard`] when compression
+    /// fails and the errors of [`Engine::put`] ([`Error::InvalidKey`], [`Error::ReadOnly`], ...).
+    fn set_payload(&self, payload: &[u8], key: Option<&str>) -> Result<String>;
+
+    /// The payload stored under `key`, or `None`.
+    ///
+    /// # Errors
+    ///
+    /// As the implementation says; for [`SquirrelStore`], [`Error::Shard`] naming the key when
+    /// the record cannot be decompressed or holds no samples, and the errors of [`Engine::get`].
+    fn get_payload(&self, key: &str) -> Result<Option<Payload>>;
+
+    /// Every key that holds a shard, sorted.
+    ///
+    /// # Errors
+    ///
+    /// As the implementation says; for [`SquirrelStore`], those of [`Engine::keys`].
+    fn keys(&self) -> Result<Vec<String>>;
+
+    /// Stores a shard of typed samples under `key`, or under a fresh random key when `key` is
+    /// `None` (16 characters of `[A-Z0-9]`, as squirrel makes). Returns the key used.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shard`] naming the key when a sample cannot be serialized; then as
+    /// [`Store::set_payload`].
+    fn set<T: Serialize>(&self, shard: &[T], key: Option<&str>) -> Result<String> {
+        let key = key_or_random(key);
+        let payload = payload_from_samples(shard).map_err(shard_error(&key))?;
+        self.set_payload(&payload, Some(&key))
+    }
+
+    /// The samples of the shard under `key`, typed, or `None` when there is no such shard.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::get_payload`]; [`Error::Shard`] naming the key when a sample is not valid
+    /// MessagePack or does not fit `T`.
+    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Vec<T>>> {
+        let Some(payload) = self.get_payload(key)? else {
+            return Ok(None);
+        };
+        Samples::new(&payload)
+            .collect::<Result<Vec<T>, _>>()
+            .map(Some)
+            .map_err(shard_error(key))
+    }
+
+    /// Stores a shard of [`Value`] samples byte-exactly; otherwise as [`Store::set`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shard`] naming the key when a value is longer than MessagePack allows; then as
+    /// [`Store::set_payload`].
+    fn set_values(&self, shard: &[Value], key: Option<&str>) -> Result<String> {
+        let key = key_or_random(key);
+        let payload = encode_values(shard).map_err(shard_error(&key))?;
+        self.set_payload(&payload, Some(&key))
+    }
+
+    /// The samples of the shard under `key` as [`Value`]s, which re-encode byte for byte, or
+    /// `None`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::get_payload`]; [`Error::Shard`] naming the key when a sample is not valid
+    /// MessagePack.
+    fn get_values(&self, key: &str) -> Result<Option<Vec<Value>>> {
+        let Some(payload) = self.get_payload(key)? else {
+            return Ok(None);
+        };
+        decode_values(&payload).map(Some).map_err(shard_error(key))
+    }
+}
+
+/// Python squirrel's `SquirrelStore`: shards kept in an [`Engine`], each record the output of a
+/// [`Serializer`] (by default MessagePack compressed with zstd).
+///
+/// Thread-safe, and cloning is cheap (clones share the engine and the serializer). Samples are
+/// serialized and compressed on the calling thread before the engine's writer lock is taken, so
+/// threads that `set` at once compress in parallel and only take turns to append.
+///
+/// Reading and writing a store go through the [`Store`] trait (`use squirrel_store::Store`); the
+/// engine's byte API stays at hand through [`SquirrelStore::engine`].
+pub struct SquirrelStore<S = MessagepackSerializer> {
+    engine: Engine,
+    serializer: Arc<S>,
+}
+
+impl<S> Clone for SquirrelStore<S> {
+    fn clone(&self) -> Self {
+        SquirrelStore {
+            engine: self.engine.clone(),
+            serializer: self.serializer.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for SquirrelStore<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SquirrelStore")
+            .field("engine", &self.engine)
+            .field("serializer", &self.serializer)
+            .finish()
+    }
+}
+
+impl SquirrelStore {
+    /// Opens (creating if needed) the store in directory `path` with the default engine options
+    /// and [`MessagepackSerializer::default`] (zstd level 3).
+    ///
+    /// # Errors
+    ///
+    /// As [`crate::Config::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<SquirrelStore> {
+        Ok(SquirrelStore::new(
+            Engine::open(path)?,
+            MessagepackSerializer::default(),
+        ))
+    }
+}
+
+impl<S: Serializer> SquirrelStore<S> {
+    /// A store over an engine opened as the caller likes, writing records with `serializer`.
+    ///
+    /// ```
+    /// use squirrel_store::serializer::MessagepackSerializer;
+    /// use squirrel_store::{Config, Durability, SquirrelStore};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let engine = Config::new(dir.path()).durability(Durability::Buffered).open()?;
+    /// let store = SquirrelStore::new(engine, MessagepackSerializer::new().level(9));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new(engine: Engine, serializer: S) -> Self {
+        SquirrelStore {
+            engine,
+            serializer: Arc::new(serializer),
+        }
+    }
+
+    /// The engine underneath, for the raw byte API (`get` of the stored record, `delete`,
+    /// `sync`, `compact`, ...).
+    #[must_use]
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The serializer records are written with.
+    #[must_use]
+    pub fn serializer(&self) -> &S {
+        &self.serializer
+    }
+
+    /// A [`Loader`] over this store: parallel, prefetching, optionally shuffled reading of many
+    /// shards, as a training loop reads.
+    pub fn loader(&self) -> Loader<Self>
+    where
+        S: 'static,
+    {
+        Loader::new(self.clone())
+    }
+
+    /// Stores many `(key, shard)` pairs as one engine batch: the shards are serialized and
+    /// compressed in parallel (on rayon's pool), then appended with one lock acquisition and, in
+    /// [`crate::Durability::Fsync`], one fsync. A key repeated in the batch ends with its last
+    /// shard. For random keys, use [`random_key`].
+    ///
+    /// ```
+    /// use squirrel_store::{SquirrelStore, Store};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let store = SquirrelStore::open(dir.path())?;
+    /// let shards: Vec<(String, Vec<u32>)> =
+    ///     (0..4).map(|i| (format!("shard_{i}"), vec![i, i + 1])).collect();
+    /// store.set_many(&shards)?;
+    /// let back = store.get_many::<u32, _>(&["shard_3", "missing"])?;
+    /// assert_eq!(back, vec![Some(vec![3, 4]), None]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Shard`] naming the first key (in batch order) whose shard cannot be serialized or
+    /// compressed, before anything is written; then as [`Engine::set_many_with_codec`], in which
+    /// case none of the batch is acknowledged.
+    pub fn set_many<K, B, T>(&self, shards: &[(K, B)]) -> Result<()>
+    where
+        K: AsRef<str> + Sync,
+        B: AsRef<[T]> + Sync,
+        T: Serialize + Sync,
+    {
+        self.put_batch(shards, |s: &B| self.serializer.encode(s.as_ref()))
+    }
+
+    /// [`SquirrelStore::set_many`] for shards of [`Value`] samples, byte-exact.
+    ///
+    /// # Errors
+    ///
+    /// As [`SquirrelStore::set_many`].
+    pub fn set_many_values<K, B>(&self, shards: &[(K, B)]) -> Result<()>
+    where
+        K: AsRef<str> + Sync,
+        B: AsRef<[Value]> + Sync,
+    {
+        self.put_batch(shards, |s: &B| self.serializer.encode_values(s.as_ref()))
+    }
+
+    /// The shards under many keys, in the order given (`None` where a key holds no shard),
+    /// decoded in parallel on rayon's pool.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::get`], for the first key in the given order that fails.
+    pub fn get_many<T, K>(&self, keys: &[K]) -> Result<Vec<Option<Vec<T>>>>
+    where
+        T: DeserializeOwned + Send,
+        K: AsRef<str> + Sync,
+    {
+        keys.par_iter().map(|k| self.get(k.as_ref())).collect()
+    }
+
+    fn put_batch<K, B>(
+        &self,
+        shards: &[(K, B)],
+        encode: impl Fn(&B) -> std::result::Result<Vec<u8>, ShardError> + Sync,
+    ) -> Result<()>
+    where
+        K: AsRef<str> + Sync,
+        B: Sync,
+    {
+        let records = shards
+            .par_iter()
+            .map(|(key, shard)| encode(shard).map_err(shard_error(key.as_ref())))
+            .collect::<Result<Vec<Vec<u8>>>>()?;
+        let codec = self.serializer.codec().as_u8();
+        self.engine.set_many_with_codec(
+            shards
+                .iter()
+                .zip(&records)
+                .map(|((key, _), record)| (key.as_ref(), codec, record.as_slice())),
+        )
+    }
+
+    /// The engine's record under `key` and its codec.
+    fn record(&self, key: &str) -> Result<Option<(ValueRef, Codec)>> {
+        let Some(value) = self.engine.get(key)? else {
+            return Ok(None);
+        };
+        let codec = Codec::try_from(value.codec()).map_err(shard_error(key))?;
+        Ok(Some((value, codec)))
+    }
+}
+
+// The typed methods are overridden so that a serializer's own `encode` / `decode` (which may be
+// faster than going through a payload) is what runs.
+impl<S: Serializer> Store for SquirrelStore<S> {
+    fn set_payload(&self, payload: &[u8], key: Option<&str>) -> Result<String> {
+        let key = key_or_random(key);
+        let record = self
+            .serializer
+            .encode_payload(payload)
+            .map_err(shard_error(&key))?;
+        self.engine
+            .put(&key, self.serializer.codec().as_u8(), &record)?;
+        Ok(key)
+    }
+
+    fn get_payload(&self, key: &str) -> Result<Option<Payload>> {
+        let Some((value, codec)) = self.record(key)? else {
+            return Ok(None);
+        };
+        let payload = self
+            .serializer
+            .decode_payload(codec, &value)
+            .map_err(shard_error(key))?;
+        Ok(Some(Payload::from_cow(&value, payload)))
+    }
+
+    fn keys(&self) -> Result<Vec<String>> {
+        self.engine.keys()
+    }
+
+    fn set<T: Serialize>(&self, shard: &[T], key: Option<&str>) -> Result<String> {
+        let key = key_or_random(key);
+        let record = self.serializer.encode(shard).map_err(shard_error(&key))?;
+        self.engine
+            .put(&key, self.serializer.codec().as_u8(), &record)?;
+        Ok(key)
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Vec<T>>> {
+        let Some((value, codec)) = self.record(key)? else {
+            return Ok(None);
+        };
+        self.serializer
+            .decode(codec, &value)
+            .map(Some)
+            .map_err(shard_error(key))
+    }
+
+    fn set_values(&self, shard: &[Value], key: Option<&str>) -> Result<String> {
+        let key = key_or_random(key);
+        let record = self
+            .serializer
+            .encode_values(shard)
+            .map_err(shard_error(&key))?;
+        self.engine
+            .put(&key, self.serializer.codec().as_u8(), &record)?;
+        Ok(key)
+    }
+
+    fn get_values(&self, key: &str) -> Result<Option<Vec<Value>>> {
+        let Some((value, codec)) = self.record(key)? else {
+            return Ok(None);
+        };
+        self.serializer
+            .decode_values(codec, &value)
+            .map(Some)
+            .map_err(shard_error(key))
+    }
+}

@@ -1,0 +1,370 @@
+//! The loader: order, seeded shuffles, rank splits, early drop, real parallelism, errors that name
+//! the key, and a shard of one 120 MiB sample.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, ThreadId};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use squirrel_store::array::NdArray;
+use squirrel_store::loader::Split;
+use squirrel_store::serializer::{Codec, MessagepackSerializer, ShardError};
+use squirrel_store::{Config, Durability, Error, SquirrelStore, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+struct Item {
+    shard: u32,
+    index: u32,
+}
+
+const SHARDS: u32 = 40;
+
+fn open(dir: &Path) -> SquirrelStore {
+    let engine = Config::new(dir)
+        .durability(Durability::Buffered)
+        .open()
+        .expect("opens");
+    SquirrelStore::new(engine, MessagepackSerializer::default())
+}
+
+/// Shards `shard_00` .. `shard_39`; shard `s` holds `1 + s % 5` items.
+fn filled(dir: &Path) -> SquirrelStore {
+    let store = open(dir);
+    let shards: Vec<(String, Vec<Item>)> = (0..SHARDS)
+        .map(|shard| {
+            let items = (0..1 + shard % 5)
+                .map(|index| Item { shard, index })
+                .collect();
+            (format!("shard_{shard:02}"), items)
+        })
+        .collect();
+    store.set_many(&shards).expect("set_many");
+    store
+}
+
+fn all_items() -> Vec<Item> {
+    (0..SHARDS)
+        .flat_map(|shard| (0..1 + shard % 5).map(move |index| Item { shard, index }))
+        .collect()
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+fn keys_of(loader: squirrel_store::Loader<SquirrelStore>) -> Vec<String> {
+    loader
+        .shards::<Item>()
+        .expect("starts")
+        .map(|s| s.expect("shard").key)
+        .collect()
+}
+
+#[test]
+fn order_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = filled(dir.path());
+    for workers in [0, 1, 4] {
+        let shards: Vec<_> = store
+            .loader()
+            .workers(workers)
+            .prefetch(3)
+            .shards::<Item>()
+            .expect("starts")
+            .map(|s| s.expect("shard"))
+            .collect();
+        let keys: Vec<&str> = shards.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, store.keys().expect("keys"), "workers {workers}");
+        let items: Vec<Item> = shards.into_iter().flat_map(|s| s.samples).collect();
+        assert_eq!(items, all_items(), "workers {workers}");
+
+        let samples: Vec<Item> = store
+            .loader()
+            .workers(workers)
+            .samples()
+            .expect("starts")
+            .collect::<Result<_, _>>()
+            .expect("samples");
+        assert_eq!(samples, all_items(), "workers {workers}");
+    }
+    // A given key list is read in its own order.
+    let picked: Vec<Item> = store
+        .loader()
+        .keys(["shard_07", "shard_02"])
+        .samples()
+        .expect("starts")
+        .collect::<Result<_, _>>()
+        .expect("samples");
+    assert_eq!(picked.first(), Some(&Item { shard: 7, index: 0 }));
+    assert_eq!(picked.len(), 3 + 3);
+}
+
+#[test]
+fn key_shuffle_is_seeded_and_a_permutation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = filled(dir.path());
+    let all = store.keys().expect("keys");
+    let run = |seed: u64, workers: usize| {
+        keys_of(
+            store
+                .loader()
+                .shuffle_keys(true)
+                .seed(seed)
+                .workers(workers),
+        )
+    };
+    let a = run(1, 4);
+    assert_eq!(a, run(1, 4), "same seed, same order");
+    assert_eq!(a, run(1, 1), "whatever the number of workers");
+    assert_eq!(
+        a,
+        store
+            .loader()
+            .shuffle_keys(true)
+            .seed(1)
+            .plan()
+            .expect("plan")
+    );
+    assert_ne!(a, all, "shuffled");
+    assert_ne!(a, run(2, 4), "another seed, another order");
+    assert_eq!(sorted(a), all, "a permutation");
+}
+
+#[test]
+fn rank_splits_are_disjoint_and_cover() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = filled(dir.path());
+    let all = store.keys().expect("keys");
+    for world_size in [1, 3, 8] {
+        let mut seen = HashSet::new();
+        for rank in 0..world_size {
+            let split = Split::new(rank, world_size).expect("valid split");
+            let mine = keys_of(store.loader().shuffle_keys(true).seed(11).split(split));
+            assert!(mine.len().abs_diff(all.len() / world_size) <= 1);
+            for key in mine {
+                assert!(seen.insert(key), "a key in two ranks");
+            }
+        }
+        assert_eq!(
+            sorted(seen.into_iter().collect()),
+            all,
+            "world {world_size}"
+        );
+    }
+    assert!(Split::new(3, 3).is_err());
+    assert!(Split::new(0, 0).is_err());
+}
+
+#[test]
+fn item_buffer_shuffle_is_seeded_and_a_permutation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = filled(dir.path());
+    let run = |seed: u64, buffer: usize| -> Vec<Item> {
+        store
+            .loader()
+            .shuffle_samples(buffer)
+            .seed(seed)
+            .samples()
+            .expect("starts")
+            .collect::<Result<_, _>>()
+            .expect("samples")
+    };
+    let a = run(5, 16);
+    assert_eq!(a, run(5, 16));
+    assert_ne!(a, all_items());
+    assert_ne!(a, run(6, 16));
+    assert_eq!(sorted(a.clone()), all_items());
+    // A buffer bigger than the dataset is a full shuffle; a buffer of one keeps the order.
+    assert_eq!(sorted(run(5, 10_000)), all_items());
+    assert_eq!(run(5, 1), all_items());
+    // A buffer of N moves no sample earlier than N - 1 places before its position.
+    for (pos, item) in a.iter().enumerate() {
+        let orig = all_items().iter().position(|x| x == item).expect("present");
+        assert!(orig <= pos + 15, "{item:?} at {pos}, was {orig}");
+    }
+}
+
+#[test]
+fn dropping_early_stops_and_joins_the_workers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = filled(dir.path());
+    // The map function holds a clone of `alive` on every worker; once the iterator is dropped the
+    // count is back to one only if every worker thread has ended.
+    let alive = Arc::new(());
+    let held = alive.clone();
+    let mut samples = store
+        .loader()
+        .workers(4)
+        .prefetch(2)
+        .samples_map(move |item: Item| {
+            let _ = &held;
+            item
+        })
+        .expect("starts");
+    for _ in 0..3 {
+        samples.next().expect("item").expect("decodes");
+    }
+    drop(samples);
+    assert_eq!(
+        Arc::strong_count(&alive),
+        1,
+        "a worker outlived the iterator"
+    );
+
+    // Dropped before the first item, too.
+    let shards = store.loader().workers(4).shards::<Item>().expect("starts");
+    drop(shards);
+}
+
+#[test]
+fn decodes_on_several_threads_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = filled(dir.path());
+    // Each call waits until a second thread has called too: with a serial loader it could only
+    // time out (once; later calls then skip the wait) and the test fails; with a parallel one it
+    // passes without depending on timing.
+    let seen = Arc::new((
+        Mutex::new((HashSet::<ThreadId>::new(), false)),
+        Condvar::new(),
+    ));
+    let shared = seen.clone();
+    let items: Vec<Item> = store
+        .loader()
+        .workers(4)
+        .samples_map(move |item: Item| {
+            let (lock, cond) = &*shared;
+            let mut state = lock.lock().expect("lock");
+            state.0.insert(thread::current().id());
+            cond.notify_all();
+            let (mut state, waited) = cond
+                .wait_timeout_while(state, Duration::from_secs(10), |(ids, gave_up)| {
+                    ids.len() < 2 && !*gave_up
+                })
+                .expect("lock");
+            state.1 |= waited.timed_out();
+            item
+        })
+        .expect("starts")
+        .collect::<Result<_, _>>()
+        .expect("samples");
+    assert_eq!(items, all_items());
+    let state = seen.0.lock().expect("lock");
+    let ids = &state.0;
+    assert!(ids.len() >= 2, "decoded on {} thread(s)", ids.len());
+    assert!(!ids.contains(&thread::current().id()), "not on the caller");
+}
+
+#[test]
+fn errors_name_the_key_and_iteration_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = filled(dir.path());
+    store
+        .engine()
+        .put(
+            "shard_05",
+            Codec::MsgpackZstd.as_u8(),
+            b"\x28\xb5\x2f\xfd garbage",
+        )
+        .expect("put");
+    let out: Vec<_> = store
+        .loader()
+        .workers(4)
+        .shards::<Item>()
+        .expect("starts")
+        .collect();
+    assert_eq!(out.len(), SHARDS as usize);
+    for (i, shard) in out.iter().enumerate() {
+        match shard {
+            Ok(s) => assert_ne!(i, 5, "{}", s.key),
+            Err(Error::Shard {
+                key,
+                source: ShardError::Decompress(_),
+            }) => assert_eq!((i, key.as_str()), (5, "shard_05")),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    // Samples: the error in place of the shard's samples.
+    let samples: Vec<_> = store.loader().samples::<Item>().expect("starts").collect();
+    let errors: Vec<String> = samples
+        .iter()
+        .filter_map(|s| s.as_ref().err().map(ToString::to_string))
+        .collect();
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("shard_05"), "{}", errors[0]);
+    // Shard 5 held one item; its error stands in its place.
+    assert_eq!(samples.len(), all_items().len());
+    // A listed key without a shard.
+    let out: Vec<_> = store
+        .loader()
+        .keys(["shard_01", "no_such_shard"])
+        .shards::<Item>()
+        .expect("starts")
+        .collect();
+    assert!(out[0].is_ok());
+    assert!(
+        matches!(&out[1], Err(Error::KeyNotFound { key }) if key == "no_such_shard"),
+        "{:?}",
+        out[1]
+    );
+}
+
+#[test]
+#[should_panic(expected = "boom in map")]
+fn a_panic_in_map_reaches_the_consumer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = filled(dir.path());
+    let samples = store
+        .loader()
+        .workers(2)
+        .samples_map(|item: Item| {
+            assert!(item.shard != 3, "boom in map");
+            item
+        })
+        .expect("starts");
+    for s in samples {
+        s.expect("decodes");
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Big {
+    data: NdArray,
+}
+
+#[test]
+fn one_sample_of_120_mib() {
+    // Above 100 MiB, so bin32 lengths and the engine's large-record path are real.
+    const LEN: usize = 120 << 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Config::new(dir.path())
+        .durability(Durability::Buffered)
+        .open()
+        .expect("opens");
+    // Level 1: the test is about size, not ratio, and it keeps compression well under a second.
+    let store = SquirrelStore::new(engine, MessagepackSerializer::new().level(1));
+    let data: Vec<u8> = (0..LEN).map(|i| (i / 4096) as u8 ^ (i as u8)).collect();
+    let big = Big {
+        data: NdArray::new("|u1", [LEN], data).expect("valid"),
+    };
+    store
+        .set(std::slice::from_ref(&big), Some("big"))
+        .expect("set");
+
+    let shards: Vec<_> = store
+        .loader()
+        .workers(2)
+        .keys(["big"])
+        .shards::<Big>()
+        .expect("starts")
+        .collect::<Result<_, _>>()
+        .expect("decodes");
+    assert_eq!(shards.len(), 1);
+    assert_eq!(shards[0].samples.len(), 1);
+    assert!(
+        shards[0].samples[0].data == big.data,
+        "120 MiB sample differs"
+    );
+}
