@@ -176,7 +176,10 @@ fn kill_loop(mode: &str, cycles: usize, seed: u64) {
             assert!(!dir.path().join("segment.sqs.compact").exists());
         }
     }
-    assert!(lost.is_empty(), "{mode}: acknowledged records lost: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "{mode}: acknowledged records lost: {lost:?}"
+    );
     println!(
         "kill loop {mode}: {cycles} cycles, {checked} acknowledged records checked, {} lost",
         lost.len()
