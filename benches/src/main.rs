@@ -61,6 +61,7 @@ struct PythonSeed {
     write_mbps: f64,
     read_decode_mbps: f64,
     get_shard_ms: f64,
+    size_on_disk: u64,
 }
 
 fn main() -> Result<()> {
@@ -108,7 +109,10 @@ fn main() -> Result<()> {
             eprintln!(
                 "    {:.1} s{}",
                 t.elapsed().as_secs_f64(),
-                f.error.as_ref().map(|e| format!(" — error: {e}")).unwrap_or_default()
+                f.error
+                    .as_ref()
+                    .map(|e| format!(" — error: {e}"))
+                    .unwrap_or_default()
             );
             figures.push(f);
         }
@@ -145,7 +149,18 @@ fn main() -> Result<()> {
         }
         None => None,
     };
-    sections.push(end_to_end_section(python.as_ref()));
+    eprintln!("end to end: seed workload through the Rust squirrel layer…");
+    let rust = peers::squirrel::squirrel_layer_seed(
+        root.path(),
+        workload::SEED_SHARDS,
+        workload::SEED_SAMPLES,
+        if args.quick { 30 } else { 100 },
+        threads,
+    );
+    if let Err(e) = &rust {
+        eprintln!("    error: {e:#}");
+    }
+    sections.push(end_to_end_section(rust.as_ref().ok(), python.as_ref()));
 
     root.close().context("removing the temporary stores")?;
     info.took_s = started.elapsed().as_secs_f64();
@@ -153,8 +168,11 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Picks one figure out of an engine's [`Figures`].
+type Metric = fn(&Figures) -> Option<f64>;
+
 fn plot_panels(w: &Workload, kinds: &[Kind], figures: &[Figures]) -> Vec<plot::Panel> {
-    let metrics: [(&str, fn(&Figures) -> Option<f64>); 4] = [
+    let metrics: [(&str, Metric); 4] = [
         ("write, 1 sync at end (MB/s)", |f| f.write_mbps),
         ("write, fsync per put (MB/s)", |f| f.durable_mbps),
         ("random get, 1 thread (MB/s)", |f| f.get_mbps_1),
@@ -175,18 +193,62 @@ fn plot_panels(w: &Workload, kinds: &[Kind], figures: &[Figures]) -> Vec<plot::P
 
 fn workload_section(w: &Workload, kinds: &[Kind], figures: &[Figures], threads: usize) -> Section {
     let durable_n = w.durable_writes.min(w.keys.len());
-    let rows: Vec<(String, Better, fn(&Figures) -> Option<f64>)> = vec![
-        ("write, one put per value + 1 durable commit (MB/s ↑)".into(), Better::Higher, |f| f.write_mbps),
-        (format!("write, durable commit per put, first {durable_n} values (MB/s ↑)"), Better::Higher, |f| f.durable_mbps),
-        ("open existing store + 1 get (ms ↓)".into(), Better::Lower, |f| f.open_ms),
-        ("random get, 1 thread (µs/get ↓)".into(), Better::Lower, |f| f.get_us_1),
-        ("random get, 1 thread (MB/s ↑)".into(), Better::Higher, |f| f.get_mbps_1),
-        (format!("random get, {threads} threads (µs/get per thread ↓)"), Better::Lower, |f| f.get_us_n),
-        (format!("random get, {threads} threads (MB/s, all threads ↑)"), Better::Higher, |f| f.get_mbps_n),
-        ("full scan in key order (MB/s ↑)".into(), Better::Higher, |f| f.scan_mbps),
-        ("size on disk ÷ raw value bytes (↓)".into(), Better::Lower, |f| f.disk_ratio),
-        ("compaction, half the bytes dead (s ↓)".into(), Better::Lower, |f| f.compact_s),
-        ("random get during compaction (µs/get ↓)".into(), Better::Lower, |f| f.compact_get_us),
+    let rows: Vec<(String, Better, Metric)> = vec![
+        (
+            "write, one put per value + 1 durable commit (MB/s ↑)".into(),
+            Better::Higher,
+            |f| f.write_mbps,
+        ),
+        (
+            format!("write, durable commit per put, first {durable_n} values (MB/s ↑)"),
+            Better::Higher,
+            |f| f.durable_mbps,
+        ),
+        (
+            "open existing store + 1 get (ms ↓)".into(),
+            Better::Lower,
+            |f| f.open_ms,
+        ),
+        (
+            "random get, 1 thread (µs/get ↓)".into(),
+            Better::Lower,
+            |f| f.get_us_1,
+        ),
+        (
+            "random get, 1 thread (MB/s ↑)".into(),
+            Better::Higher,
+            |f| f.get_mbps_1,
+        ),
+        (
+            format!("random get, {threads} threads (µs/get per thread ↓)"),
+            Better::Lower,
+            |f| f.get_us_n,
+        ),
+        (
+            format!("random get, {threads} threads (MB/s, all threads ↑)"),
+            Better::Higher,
+            |f| f.get_mbps_n,
+        ),
+        (
+            "full scan in key order (MB/s ↑)".into(),
+            Better::Higher,
+            |f| f.scan_mbps,
+        ),
+        (
+            "size on disk ÷ raw value bytes (↓)".into(),
+            Better::Lower,
+            |f| f.disk_ratio,
+        ),
+        (
+            "compaction, half the bytes dead (s ↓)".into(),
+            Better::Lower,
+            |f| f.compact_s,
+        ),
+        (
+            "random get during compaction (µs/get ↓)".into(),
+            Better::Lower,
+            |f| f.compact_get_us,
+        ),
     ];
     let mut notes = vec![
         format!(
@@ -199,12 +261,12 @@ fn workload_section(w: &Workload, kinds: &[Kind], figures: &[Figures], threads: 
             w.gets
         ),
     ];
-    if !peers::squirrel::HAS_COMPACT {
-        notes.push(
-            "Compaction rows: n/a until squirrel-store has `Engine::compact` (TODO in benches/src/peers/squirrel.rs); peers are not compacted."
-                .into(),
-        );
+    if kinds.contains(&Kind::Sled) {
+        notes.push("sled 0.34's `flush` on Linux ends with `sync_file_range`, not fsync/fdatasync: no device-cache flush and no metadata sync, so its durable-write figures are not a like-for-like durable commit.".into());
     }
+    notes.push(
+        "Compaction rows: squirrel-store only (`Engine::compact` on a store where every value was written twice, so half the bytes are dead, while one thread keeps getting random keys); the peers are not compacted.".into(),
+    );
     for (k, f) in kinds.iter().zip(figures) {
         if let Some(e) = &f.error {
             notes.push(format!("**{} failed:** {e}", k.name()));
@@ -279,6 +341,11 @@ fn open_scale_section(sizes: &[usize], results: &[OpenScale]) -> Section {
             cells: cell(|r| r.replayed.map(|v| v as f64)),
         });
         rows.push(Row {
+            label: format!("preallocated zero tail of the segment at open, {n} keys (MB)"),
+            better: Better::Neither,
+            cells: cell(|r| r.zero_tail.map(|v| v as f64 / 1e6)),
+        });
+        rows.push(Row {
             label: format!("build: one put per key + close, {n} keys (s ↓)"),
             better: Better::Lower,
             cells: cell(|r| Some(r.build_s)),
@@ -301,15 +368,18 @@ fn open_scale_section(sizes: &[usize], results: &[OpenScale]) -> Section {
     }
 }
 
-fn end_to_end_section(python: Option<&PythonSeed>) -> Section {
-    let rust = peers::squirrel::squirrel_layer_seed(workload::SEED_SHARDS, workload::SEED_SAMPLES);
+fn end_to_end_section(
+    rust: Option<&peers::squirrel::EndToEnd>,
+    python: Option<&PythonSeed>,
+) -> Section {
     let mut notes = vec![format!(
         "{} shards × {} samples {{image: float32 3×32×32, label, metadata}}, written with `SquirrelStore` + `MessagepackSerializer`, then all shards read and decoded in parallel, then random single-shard gets. MB/s counts raw image bytes.",
         workload::SEED_SHARDS,
         workload::SEED_SAMPLES
     )];
+    notes.push("squirrel-store: typed samples (`NdArray` image) through `SquirrelStore` with the default `MessagepackSerializer` (MessagePack + zstd level 3), engine in `Durability::Buffered` and one `sync` at the end; reads on every core with one thread each. Python: msgpack-numpy + gzip, one `KEY.gz` file per shard, no fsync, reads in a thread pool.".into());
     if rust.is_none() {
-        notes.push("squirrel-store column: n/a until the crate has its squirrel layer (`SquirrelStore`, `MessagepackSerializer`, `NdArray`); TODO in benches/src/peers/squirrel.rs.".into());
+        notes.push("squirrel-store column: the Rust run failed (see the run's stderr).".into());
     }
     match python {
         Some(p) => notes.push(format!(
@@ -337,19 +407,35 @@ fn end_to_end_section(python: Option<&PythonSeed>) -> Section {
             Row {
                 label: "read + decode all shards, parallel (MB/s ↑)".into(),
                 better: Better::Higher,
-                cells: cells(rust.map(|r| r.read_decode_mbps), python.map(|p| p.read_decode_mbps)),
+                cells: cells(
+                    rust.map(|r| r.read_decode_mbps),
+                    python.map(|p| p.read_decode_mbps),
+                ),
             },
             Row {
                 label: "random shard get + decode (ms ↓)".into(),
                 better: Better::Lower,
                 cells: cells(rust.map(|r| r.get_shard_ms), python.map(|p| p.get_shard_ms)),
             },
+            Row {
+                label: "size on disk (MB ↓)".into(),
+                better: Better::Lower,
+                cells: cells(
+                    rust.map(|r| r.disk_bytes as f64 / 1e6),
+                    python.map(|p| p.size_on_disk as f64 / 1e6),
+                ),
+            },
         ],
         ratio: true,
     }
 }
 
-fn write_outputs(out: &Path, info: &RunInfo, sections: &[Section], panels: &[plot::Panel]) -> Result<()> {
+fn write_outputs(
+    out: &Path,
+    info: &RunInfo,
+    sections: &[Section],
+    panels: &[plot::Panel],
+) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let heading = format!("squirrel-store vs peers — {} run, {}", info.mode, info.date);
     for stem in ["latest", info.mode.as_str()] {
@@ -358,7 +444,10 @@ fn write_outputs(out: &Path, info: &RunInfo, sections: &[Section], panels: &[plo
         let md = report::document(info, sections, &svg);
         std::fs::write(out.join(format!("{stem}.md")), &md)?;
         let json = serde_json::json!({ "run": info, "sections": sections });
-        std::fs::write(out.join(format!("{stem}.json")), serde_json::to_string_pretty(&json)?)?;
+        std::fs::write(
+            out.join(format!("{stem}.json")),
+            serde_json::to_string_pretty(&json)?,
+        )?;
         if stem == "latest" {
             println!("{md}");
         }

@@ -64,7 +64,7 @@ pub struct Section {
 /// Formats a figure with about three significant digits.
 pub fn num(v: f64) -> String {
     let a = v.abs();
-    if a >= 100.0 {
+    if a >= 100.0 || v.fract() == 0.0 {
         format!("{v:.0}")
     } else if a >= 10.0 {
         format!("{v:.1}")
@@ -228,7 +228,11 @@ pub fn document(info: &RunInfo, sections: &[Section], svg_name: &str) -> String 
     let mut out = String::from("# squirrel-store benchmark results\n\n");
     let _ = writeln!(out, "- date: {}", info.date);
     let _ = writeln!(out, "- machine: {}", info.machine);
-    let _ = writeln!(out, "- mode: {} (whole run took {:.0} s)", info.mode, info.took_s);
+    let _ = writeln!(
+        out,
+        "- mode: {} (whole run took {:.0} s)",
+        info.mode, info.took_s
+    );
     let _ = writeln!(out, "- command: `{}`", info.command);
     let _ = writeln!(out, "- plot: [{svg_name}]({svg_name})");
     out.push_str(

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -38,16 +39,18 @@ impl FilesPeer {
 
 impl super::Peer for FilesPeer {
     fn load(&mut self, items: &mut dyn Iterator<Item = (&str, &[u8])>) -> Result<()> {
-        let mut keys = Vec::new();
         for (k, v) in items {
             drop(self.write(k, v)?);
-            keys.push(k.to_owned());
         }
-        // The durable commit: every file's data, then the directory entries.
-        for k in &keys {
-            File::open(self.path(k))?.sync_data()?;
+        // The one durable commit: syncfs(2) of the file system holding the directory, which makes
+        // every file and directory entry durable in one call (an fsync per file costs ~2 ms each,
+        // 400 s for 200k files; Python squirrel itself does not sync at all).
+        let dir = File::open(&self.dir)?;
+        // SAFETY: syncfs only reads the descriptor, which `dir` keeps open for the call.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
         }
-        self.sync_dir()
+        Ok(())
     }
 
     fn put_durable(&mut self, key: &str, value: &[u8]) -> Result<()> {

@@ -20,7 +20,12 @@ impl LmdbPeer {
     pub fn open(dir: &Path) -> Result<Self> {
         // SAFETY: the directory is private to this benchmark and opened by one handle at a time,
         // so nothing else maps or truncates the file under us.
-        let env = unsafe { EnvOpenOptions::new().map_size(MAP_SIZE).max_dbs(1).open(dir)? };
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .map_size(MAP_SIZE)
+                .max_dbs(1)
+                .open(dir)?
+        };
         let wtxn = env.write_txn()?;
         let db = env
             .create_databases_and_commit(wtxn, |opener, wtxn| {
@@ -54,7 +59,10 @@ impl super::Peer for LmdbPeer {
     fn get_each(&self, keys: &[&str], sink: &mut dyn FnMut(&[u8])) -> Result<()> {
         let rtxn = self.env.read_txn()?;
         for k in keys {
-            let v = self.db.get(&rtxn, k)?.with_context(|| format!("missing {k}"))?;
+            let v = self
+                .db
+                .get(&rtxn, k)?
+                .with_context(|| format!("missing {k}"))?;
             sink(v);
         }
         Ok(())
@@ -84,7 +92,8 @@ pub fn build_for_open(dir: &Path, n: usize, value_len: usize) -> Result<()> {
     let value = crate::workload::filler(value_len);
     let mut wtxn = peer.env.write_txn()?;
     for i in 0..n {
-        peer.db.put(&mut wtxn, &crate::workload::scale_key(i), &value)?;
+        peer.db
+            .put(&mut wtxn, &crate::workload::scale_key(i), &value)?;
     }
     wtxn.commit()?;
     super::Peer::close(Box::new(peer))
