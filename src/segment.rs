@@ -202,9 +202,41 @@ pub(crate) fn scan_synced(bytes: &[u8], offset: u64) -> Step {
     }
 }
 
-/// Bytes from the start of `rest` up to and including its last non-zero byte.
+/// A run of this many zero bytes ends the written part of a segment for recovery's purposes.
+///
+/// The file is allocated ahead of the writer, so after the last record come zeros up to the end
+/// of the file (up to a GiB). Looking for torn bytes or records beyond a hole only within the
+/// written part keeps opening flat in the file size. A torn append's hole is at most the part of
+/// one append that did not reach the disk; holes of 1 MiB or more of *zeros* followed by records
+/// are treated as the end (a full `verify` still finds such records).
+pub(crate) const ZERO_RUN: usize = 1 << 20;
+
+/// Where the written part of `bytes` from `from` on ends: the start of the first run of
+/// [`ZERO_RUN`] zero bytes (page-aligned), or the end of `bytes`.
+pub(crate) fn written_end(bytes: &[u8], from: usize) -> usize {
+    const PAGE: usize = 4096;
+    let mut at = from.min(bytes.len());
+    let mut run_start = None;
+    while at < bytes.len() {
+        let next = ((at / PAGE) + 1) * PAGE;
+        let chunk = &bytes[at..next.min(bytes.len())];
+        if chunk.iter().all(|&b| b == 0) {
+            let start = *run_start.get_or_insert(at);
+            if next - start >= ZERO_RUN {
+                return start;
+            }
+        } else {
+            run_start = None;
+        }
+        at = next;
+    }
+    run_start.unwrap_or(bytes.len())
+}
+
+/// Bytes from the start of `rest` up to and including its last non-zero byte in its written part.
 fn torn_len(rest: &[u8]) -> u64 {
-    rest.iter()
+    rest[..written_end(rest, 0)]
+        .iter()
         .rposition(|&b| b != 0)
         .map_or(0, |i| i as u64 + 1)
 }
@@ -252,11 +284,14 @@ fn in_final_append(bytes: &[u8], from: u64) -> bool {
 /// follows) from damage in the middle (something does). A header's kind byte (offset 8) is 1 or
 /// 2, which skips zero-filled space quickly.
 pub(crate) fn next_valid_record(bytes: &[u8], from: u64) -> Option<u64> {
-    let Ok(from) = usize::try_from(from) else {
-        return None;
-    };
+    let from = usize::try_from(from).ok()?;
+    next_valid_record_before(bytes, from, written_end(bytes, from))
+}
+
+/// [`next_valid_record`], looking for starts only before `limit`.
+pub(crate) fn next_valid_record_before(bytes: &[u8], from: usize, limit: usize) -> Option<u64> {
     let mut q = from;
-    while q + record::HEADER_LEN <= bytes.len() {
+    while q < limit && q + record::HEADER_LEN <= bytes.len() {
         let kind = bytes[q + 8];
         if (kind == 1 || kind == 2)
             && let Ok(h) = Header::decode(&bytes[q..])
@@ -332,6 +367,20 @@ mod tests {
             scan_at(&lone, HEADER_LEN),
             Step::Corrupt { offset: HEADER_LEN }
         );
+    }
+
+    #[test]
+    fn written_end_stops_at_a_long_zero_run() {
+        let mut b = vec![0u8; 4 * ZERO_RUN];
+        assert_eq!(written_end(&b, 0), 0);
+        b[10] = 1;
+        assert_eq!(written_end(&b, 0), 4096);
+        // A hole shorter than ZERO_RUN does not end the written part.
+        b[ZERO_RUN / 2] = 1;
+        assert_eq!(written_end(&b, 0), ZERO_RUN / 2 + 4096 - (ZERO_RUN / 2) % 4096);
+        b[3 * ZERO_RUN] = 1;
+        assert_eq!(written_end(&b, 0), ZERO_RUN / 2 + 4096);
+        assert_eq!(written_end(&b, 3 * ZERO_RUN), 3 * ZERO_RUN + 4096);
     }
 
     #[test]

@@ -126,10 +126,26 @@ pub fn verify(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyRe
                 end = at;
             }
             Step::End { offset, torn } => {
-                if torn > 0 {
-                    report.torn_tail = Some((offset, torn));
+                // Recovery stops at a long run of zeros; verify reads on, so a zeroed region in
+                // the middle of the records is reported rather than mistaken for the end.
+                let after = offset as usize + torn as usize;
+                match segment::next_valid_record_before(bytes, after, bytes.len()) {
+                    Some(next) => {
+                        report.records += 1;
+                        report.damaged.push(Damage {
+                            offset,
+                            key: None,
+                            what: "zeroed or unreadable region followed by records",
+                        });
+                        at = next;
+                    }
+                    None => {
+                        if torn > 0 {
+                            report.torn_tail = Some((offset, torn));
+                        }
+                        break;
+                    }
                 }
-                break;
             }
             Step::Corrupt { offset } => {
                 report.records += 1;
