@@ -67,6 +67,7 @@ pub struct Config {
     checkpoint_records: usize,
     checkpoint_bytes: u64,
     auto_compact: Option<f64>,
+    verify_values: bool,
     backend: Option<BackendWrapper>,
 }
 
@@ -109,6 +110,7 @@ impl Config {
             checkpoint_records: 16_384,
             checkpoint_bytes: 256 << 20,
             auto_compact: None,
+            verify_values: true,
             backend: None,
         }
     }
@@ -144,6 +146,16 @@ impl Config {
     pub fn checkpoint_every(mut self, records: usize, bytes: u64) -> Self {
         self.checkpoint_records = records.max(1);
         self.checkpoint_bytes = bytes.max(1);
+        self
+    }
+
+    /// Whether `get` checks the CRC-32 over the whole value before returning it (default true).
+    ///
+    /// Turning it off saves one pass over the value (a third of the time of a hot 1 MiB get);
+    /// the header, key and index entry are still checked, but a value damaged on disk is then
+    /// served as it is. `verify` and compaction always check.
+    pub fn verify_values(mut self, yes: bool) -> Self {
+        self.verify_values = yes;
         self
     }
 
@@ -612,7 +624,8 @@ impl Engine {
         let Some((segment, loc)) = self.inner.locate(key)? else {
             return Ok(None);
         };
-        self.inner.read(segment, key, loc, true).map(Some)
+        let check = self.inner.config.verify_values;
+        self.inner.read(segment, key, loc, check).map(Some)
     }
 
     /// Values for many keys, in the order given.
@@ -671,6 +684,44 @@ impl Engine {
         keys.sort_unstable();
         keys.dedup();
         Ok(keys)
+    }
+
+    /// Every live key and its value, in the order the records lie in the segment (the fastest
+    /// order to read them; sort by key yourself if you need that order). The iterator reads the
+    /// store as it was when `iter` was called.
+    ///
+    /// # Errors
+    /// [`Error::Corruption`] if the index is damaged beyond repair; each item is an error if its
+    /// record is damaged.
+    pub fn iter(&self) -> Result<Iter> {
+        let view = self.inner.view.load_full();
+        let recent: HashMap<Box<str>, Entry> = view
+            .overlay
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
+        let mut locs: Vec<(Loc, bool)> = recent
+            .values()
+            .filter_map(|e| match e {
+                Entry::Put(loc) => Some((*loc, true)),
+                Entry::Tombstone => None,
+            })
+            .collect();
+        if let Some(index) = &view.index {
+            let Some(entries) = index.entries() else {
+                drop(view);
+                self.inner.repair_index(&mut self.inner.state.lock())?;
+                return self.iter();
+            };
+            locs.extend(entries.into_iter().map(|(_, loc)| (loc, false)));
+        }
+        locs.sort_unstable_by_key(|(loc, _)| loc.offset);
+        Ok(Iter {
+            engine: self.clone(),
+            segment: view.segment.clone(),
+            recent,
+            locs: locs.into_iter(),
+        })
     }
 
     /// Number of keys with a value.
@@ -786,6 +837,51 @@ impl Engine {
         }
         let mut st = self.inner.state.lock();
         self.inner.checkpoint(&mut st, false)
+    }
+}
+
+/// An iterator over a store's live keys and values; see [`Engine::iter`].
+pub struct Iter {
+    engine: Engine,
+    segment: Arc<SegmentMap>,
+    recent: HashMap<Box<str>, Entry>,
+    locs: std::vec::IntoIter<(Loc, bool)>,
+}
+
+impl fmt::Debug for Iter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Iter")
+            .field("remaining", &self.locs.len())
+            .finish()
+    }
+}
+
+impl Iterator for Iter {
+    type Item = Result<(String, ValueRef)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        for (loc, from_overlay) in self.locs.by_ref() {
+            let inner = &self.engine.inner;
+            let key = match inner.key_of(self.segment.bytes(), loc) {
+                Ok(k) => k.to_owned(),
+                Err(e) => return Some(Err(e)),
+            };
+            // An index entry whose key was written again since the checkpoint is stale.
+            if !from_overlay && self.recent.contains_key(key.as_str()) {
+                continue;
+            }
+            let check = inner.config.verify_values;
+            return Some(
+                inner
+                    .read(self.segment.clone(), &key, loc, check)
+                    .map(|v| (key, v)),
+            );
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.locs.len()))
     }
 }
 

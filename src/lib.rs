@@ -37,7 +37,7 @@ pub mod value;
 pub use backend::{Backend, FileBackend};
 pub use compaction::{CompactionReport, CrashPoint};
 pub use driver::{Driver, MessagepackDriver};
-pub use engine::{Config, Durability, Engine, Stats, ValueRef};
+pub use engine::{Config, Durability, Engine, Iter, Stats, ValueRef};
 pub use error::{Error, Result};
 pub use keygen::{RANDOM_KEY_LEN, random_key};
 pub use loader::Loader;

@@ -377,7 +377,10 @@ mod tests {
         assert_eq!(written_end(&b, 0), 4096);
         // A hole shorter than ZERO_RUN does not end the written part.
         b[ZERO_RUN / 2] = 1;
-        assert_eq!(written_end(&b, 0), ZERO_RUN / 2 + 4096 - (ZERO_RUN / 2) % 4096);
+        assert_eq!(
+            written_end(&b, 0),
+            ZERO_RUN / 2 + 4096 - (ZERO_RUN / 2) % 4096
+        );
         b[3 * ZERO_RUN] = 1;
         assert_eq!(written_end(&b, 0), ZERO_RUN / 2 + 4096);
         assert_eq!(written_end(&b, 3 * ZERO_RUN), 3 * ZERO_RUN + 4096);

@@ -306,3 +306,38 @@ fn engine_is_send_sync_and_clone() {
     fn assert_send<T: Send + Sync>() {}
     assert_send::<squirrel_store::ValueRef>();
 }
+
+#[test]
+fn iter_yields_every_live_pair_once_in_segment_order() {
+    let dir = tempdir().unwrap();
+    let db = Config::new(dir.path())
+        .durability(Durability::Buffered)
+        .checkpoint_every(7, u64::MAX)
+        .open()
+        .unwrap();
+    for i in 0..50 {
+        db.set(&format!("k{i:02}"), format!("v{i}").as_bytes())
+            .unwrap();
+    }
+    for i in (0..50).step_by(4) {
+        db.set(&format!("k{i:02}"), b"again").unwrap();
+    }
+    for i in (1..50).step_by(5) {
+        db.delete(&format!("k{i:02}")).unwrap();
+    }
+    let mut seen: Vec<(String, Vec<u8>)> = db
+        .iter()
+        .unwrap()
+        .map(|r| {
+            let (k, v) = r.unwrap();
+            (k, v.to_vec())
+        })
+        .collect();
+    assert_eq!(seen.len() as u64, db.len());
+    seen.sort();
+    let keys: Vec<String> = seen.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(keys, db.keys().unwrap());
+    for (k, v) in &seen {
+        assert_eq!(db.get(k).unwrap().as_deref(), Some(v.as_slice()));
+    }
+}
