@@ -45,3 +45,8 @@ pub use record::MAX_KEY_LEN;
 pub use segment::FORMAT_VERSION;
 pub use store::{SquirrelStore, Store};
 pub use verify::{Damage, IndexCheck, VerifyReport, rebuild_index, verify};
+
+/// The README's code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
