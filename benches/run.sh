@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 quick=()
 for a in "$@"; do [[ "$a" == --quick ]] && quick=(--quick); done
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-bench}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 nice -n 15 cargo build -p squirrel-store-benches --release
 
 py_args=()

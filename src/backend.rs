@@ -28,6 +28,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Makes written data (and the metadata needed to read it back, such as the file length)
     /// durable, like `fdatasync`.
     fn sync_data(&self) -> io::Result<()>;
+
+    /// Turns `len` bytes from `offset` into zeros without changing the file's length, freeing
+    /// their space where the file system can (`FALLOC_FL_PUNCH_HOLE`). The default writes zeros.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        let zeros = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20)];
+        let mut at = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(zeros.len() as u64) as usize;
+            self.write_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
 }
 
 /// The real backend: a [`File`] with positional reads and writes.
@@ -62,6 +75,46 @@ impl Backend for FileBackend {
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        use rustix::fs::FallocateFlags;
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(&self.file, flags, offset, len) {
+            Ok(()) => Ok(()),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+                // No hole punching here: zero only what can hold data, the written part.
+                let written = self.written_len(offset, len)?;
+                let zeros = vec![0u8; usize::try_from(written).unwrap_or(0).min(1 << 20)];
+                let mut at = offset;
+                while at < offset + written {
+                    let n = (offset + written - at).min(zeros.len() as u64) as usize;
+                    self.file.write_all_at(&zeros[..n], at)?;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl FileBackend {
+    /// How many bytes from `offset` (at most `len`) hold anything but a long run of zeros.
+    fn written_len(&self, offset: u64, len: u64) -> io::Result<u64> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = offset;
+        let mut last_nonzero = offset;
+        while at < offset + len {
+            let n = (offset + len - at).min(buf.len() as u64) as usize;
+            self.file.read_exact_at(&mut buf[..n], at)?;
+            match buf[..n].iter().rposition(|&b| b != 0) {
+                Some(i) => last_nonzero = at + i as u64 + 1,
+                None => break,
+            }
+            at += n as u64;
+        }
+        Ok(last_nonzero - offset)
     }
 }
 

@@ -428,32 +428,45 @@ impl Engine {
                 IndexState::Unusable => (None, segment::HEADER_LEN, Counters::default(), 0, true),
             }
         };
-        let overlay = Overlay::new();
-        let (ScanEnd { end, torn }, replayed) = recovery::replay(
+        let mut overlay = Overlay::new();
+        let mut replay = recovery::replay(
             opened.map.bytes(),
             from,
             index.as_deref(),
             &overlay,
             &mut counters,
             &seg_path,
-        )?;
+        );
+        let (mut index, mut from, mut used_slots, mut rebuilt) = (index, from, used_slots, rebuilt);
+        if replay.is_err() && index.is_some() {
+            // The tail may be fine and a slot damaged: rebuild from a full scan before giving up.
+            (index, from, used_slots, rebuilt) = (None, segment::HEADER_LEN, 0, true);
+            overlay = Overlay::new();
+            counters = Counters::default();
+            replay = recovery::replay(
+                opened.map.bytes(),
+                from,
+                None,
+                &overlay,
+                &mut counters,
+                &seg_path,
+            );
+        }
+        let (ScanEnd { end, torn }, replayed) = replay?;
         let backend: Option<Box<dyn Backend>> = if writable {
             let file = opened.file.try_clone().at(&seg_path)?;
             Some(config.backend_for(file))
         } else {
             None
         };
-        if torn > 0
+        if file_len > end
             && let Some(b) = &backend
         {
-            // Zero the torn bytes rather than truncating: another process may have them mapped.
-            let zeros = vec![0u8; usize::try_from(torn).unwrap_or(usize::MAX).min(1 << 20)];
-            let mut at = end;
-            while at < end + torn {
-                let n = (end + torn - at).min(zeros.len() as u64) as usize;
-                b.write_at(&zeros[..n], at).at(&seg_path)?;
-                at += n as u64;
-            }
+            // Everything after the last record goes: a torn tail, and anything a crash left
+            // further on (records of an interrupted append beyond a long hole must never be
+            // revived by appends that later close the hole). Punched, not truncated: another
+            // process may have those bytes mapped.
+            b.discard(end, file_len - end).at(&seg_path)?;
             b.sync_data().at(&seg_path)?;
         }
         let covered_len = if index.is_some() {
@@ -655,30 +668,18 @@ impl Engine {
     /// # Errors
     /// [`Error::Corruption`] if a record the index names has a damaged header.
     pub fn keys(&self) -> Result<Vec<String>> {
-        let view = self.inner.view.load_full();
-        let recent: HashMap<Box<str>, Entry> = view
-            .overlay
-            .iter()
-            .map(|e| (e.key().clone(), *e.value()))
-            .collect();
-        let mut keys: Vec<String> = recent
+        let snap = self.inner.snapshot()?;
+        let bytes = snap.view.segment.bytes();
+        let mut keys: Vec<String> = snap
+            .recent
             .iter()
             .filter(|(_, e)| matches!(e, Entry::Put(_)))
             .map(|(k, _)| k.to_string())
             .collect();
-        if let Some(index) = &view.index {
-            let bytes = view.segment.bytes();
-            let Some(entries) = index.entries() else {
-                // A damaged slot: rebuild the index from the segment, then list again.
-                drop(view);
-                self.inner.repair_index(&mut self.inner.state.lock())?;
-                return self.keys();
-            };
-            for (_, loc) in entries {
-                let key = self.inner.key_of(bytes, loc)?;
-                if !recent.contains_key(key) {
-                    keys.push(key.to_owned());
-                }
+        for (_, loc) in &snap.indexed {
+            let key = self.inner.key_of(bytes, *loc)?;
+            if !snap.recent.contains_key(key) {
+                keys.push(key.to_owned());
             }
         }
         keys.sort_unstable();
@@ -694,32 +695,21 @@ impl Engine {
     /// [`Error::Corruption`] if the index is damaged beyond repair; each item is an error if its
     /// record is damaged.
     pub fn iter(&self) -> Result<Iter> {
-        let view = self.inner.view.load_full();
-        let recent: HashMap<Box<str>, Entry> = view
-            .overlay
-            .iter()
-            .map(|e| (e.key().clone(), *e.value()))
-            .collect();
-        let mut locs: Vec<(Loc, bool)> = recent
+        let snap = self.inner.snapshot()?;
+        let mut locs: Vec<(Loc, bool)> = snap
+            .recent
             .values()
             .filter_map(|e| match e {
                 Entry::Put(loc) => Some((*loc, true)),
                 Entry::Tombstone => None,
             })
             .collect();
-        if let Some(index) = &view.index {
-            let Some(entries) = index.entries() else {
-                drop(view);
-                self.inner.repair_index(&mut self.inner.state.lock())?;
-                return self.iter();
-            };
-            locs.extend(entries.into_iter().map(|(_, loc)| (loc, false)));
-        }
+        locs.extend(snap.indexed.into_iter().map(|(_, loc)| (loc, false)));
         locs.sort_unstable_by_key(|(loc, _)| loc.offset);
         Ok(Iter {
             engine: self.clone(),
-            segment: view.segment.clone(),
-            recent,
+            segment: snap.view.segment.clone(),
+            recent: snap.recent,
             locs: locs.into_iter(),
         })
     }
@@ -836,8 +826,16 @@ impl Engine {
             return Ok(());
         }
         let mut st = self.inner.state.lock();
-        self.inner.checkpoint(&mut st, false)
+        self.inner.checkpoint(&mut st, false)?;
+        self.inner.release_tail(&st)
     }
+}
+
+/// A consistent picture of every live entry: the view, the overlay's entries and the index's.
+struct Snapshot {
+    view: Arc<View>,
+    recent: HashMap<Box<str>, Entry>,
+    indexed: Vec<(u64, Loc)>,
 }
 
 /// An iterator over a store's live keys and values; see [`Engine::iter`].
@@ -982,6 +980,8 @@ impl Inner {
         let mut at = start;
         for r in records {
             let hash = index::hash_key(r.key);
+            // The record is written: publish it whatever happens. A damaged slot only costs the
+            // statistics here; the next checkpoint meets it, rebuilds and recounts.
             let prev = recovery::current(
                 &view.overlay,
                 view.index.as_deref(),
@@ -989,7 +989,8 @@ impl Inner {
                 r.key,
                 hash,
                 &self.seg_path,
-            )?;
+            )
+            .unwrap_or(None);
             recovery::count(&mut st.counters, r.kind, prev, r.len());
             let entry = match r.kind {
                 Kind::Put => Entry::Put(Loc {
@@ -1159,6 +1160,62 @@ impl Inner {
         self.index_io(recovery::sync_dir(&self.dir))?;
         st.used_slots = entries.len() as u64;
         Ok(map)
+    }
+
+    /// Gives back the space allocated ahead of the writer (the file keeps its length, so no
+    /// reader's map ever extends past it).
+    fn release_tail(&self, st: &State) -> Result<()> {
+        match &st.backend {
+            Some(b) if st.file_len > st.end => self.io(b.discard(st.end, st.file_len - st.end)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every live entry as of now. A read-only handle whose index names records past its map
+    /// (a writer in another process grew the file) maps the file anew; a damaged slot makes the
+    /// index be rebuilt from the segment.
+    fn snapshot(&self) -> Result<Snapshot> {
+        for attempt in 0..3 {
+            let view = self.view.load_full();
+            // The overlay first: an entry leaves it only after its slot is written.
+            let recent: HashMap<Box<str>, Entry> = view
+                .overlay
+                .iter()
+                .map(|e| (e.key().clone(), *e.value()))
+                .collect();
+            let Some(index) = &view.index else {
+                return Ok(Snapshot {
+                    view,
+                    recent,
+                    indexed: Vec::new(),
+                });
+            };
+            let entries = index.entries();
+            let fits = entries.as_ref().is_some_and(|e| {
+                e.iter().all(|(_, l)| {
+                    l.offset
+                        .checked_add(l.len)
+                        .is_some_and(|end| end <= view.segment.len())
+                })
+            });
+            match entries {
+                Some(indexed) if fits => {
+                    return Ok(Snapshot {
+                        view,
+                        recent,
+                        indexed,
+                    });
+                }
+                Some(_) if attempt == 0 => self.remap_for_reader(&view)?,
+                _ => self.repair_index(&mut self.state.lock())?,
+            }
+        }
+        Err(Error::corruption(
+            &self.idx_path,
+            0,
+            None,
+            "the index stays inconsistent with the segment after a rebuild",
+        ))
     }
 
     /// Rebuilds the index from a full scan of the segment, because a slot was found damaged.
@@ -1375,6 +1432,8 @@ impl Drop for Inner {
         let mut st = self.state.lock();
         // Errors cannot be reported from drop; `Engine::close` reports them. The segment is the
         // source of truth, so a failed checkpoint only means a longer replay at the next open.
-        let _ = Inner::checkpoint(self, &mut st, false);
+        if Inner::checkpoint(self, &mut st, false).is_ok() {
+            let _ = self.release_tail(&st);
+        }
     }
 }

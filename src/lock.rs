@@ -28,10 +28,21 @@ impl WriterLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(WriterLock { _file: file }),
-            Err(TryLockError::WouldBlock) => Err(Error::Locked { path }),
-            Err(TryLockError::Error(e)) => Err(Error::io(&path, e)),
+        // A process forked by this one (to exec a command) holds a copy of every descriptor,
+        // and so of the lock, until its exec closes them: a handle dropped and reopened across
+        // such a fork can find its own lock still held for a moment. Retry briefly before
+        // reporting another writer.
+        let mut wait = std::time::Duration::from_millis(1);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(WriterLock { _file: file }),
+                Err(TryLockError::WouldBlock) if wait < std::time::Duration::from_millis(128) => {
+                    std::thread::sleep(wait);
+                    wait *= 2;
+                }
+                Err(TryLockError::WouldBlock) => return Err(Error::Locked { path }),
+                Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+            }
         }
     }
 }

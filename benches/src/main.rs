@@ -230,7 +230,7 @@ fn workload_section(w: &Workload, kinds: &[Kind], figures: &[Figures], threads: 
             |f| f.get_mbps_n,
         ),
         (
-            "full scan in key order (MB/s ↑)".into(),
+            "full scan of all keys (MB/s ↑)".into(),
             Better::Higher,
             |f| f.scan_mbps,
         ),

@@ -48,7 +48,7 @@ pub struct Figures {
     pub get_us_n: Option<f64>,
     /// Hot random get, every core: MB/s of values read, all threads together.
     pub get_mbps_n: Option<f64>,
-    /// Hot full scan in key order, MB/s of values read.
+    /// Hot full scan of every key (each engine in its natural order), MB/s of values read.
     pub scan_mbps: Option<f64>,
     /// Bytes allocated on disk divided by the raw value bytes.
     pub disk_ratio: Option<f64>,
