@@ -301,6 +301,7 @@ impl Inner {
         st.covered_len = new_end;
         st.used_slots = used;
         st.counters = counters;
+        st.closed_mark = false;
         self.live.store(counters.live_records, Ordering::Release);
         self.view.store(Arc::new(View {
             segment: new_map,

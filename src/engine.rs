@@ -292,6 +292,9 @@ pub(crate) struct State {
     pub(crate) replayed: u64,
     pub(crate) torn: u64,
     pub(crate) index_rebuilt: bool,
+    /// The index header on disk says "closed cleanly": it must say otherwise before this session
+    /// appends anything, or a crash could leave records after a header that denies them.
+    pub(crate) closed_mark: bool,
 }
 
 pub(crate) struct Inner {
@@ -418,11 +421,13 @@ impl Engine {
         let seg_path = dir.join(segment::SEGMENT_FILE);
         let opened = recovery::open_segment(dir, writable, config.create)?;
         let file_len = opened.map.len();
+        let mut closed = false;
         let (index, from, mut counters, used_slots, rebuilt) = if opened.created {
             (None, segment::HEADER_LEN, Counters::default(), 0, false)
         } else {
             match recovery::open_index(dir, writable, opened.segment_id, file_len)? {
                 IndexState::Usable(map, h) => {
+                    closed = h.closed;
                     (Some(map), h.covered_len, h.counters, h.used_slots, false)
                 }
                 IndexState::Unusable => (None, segment::HEADER_LEN, Counters::default(), 0, true),
@@ -453,6 +458,9 @@ impl Engine {
             );
         }
         let (ScanEnd { end, torn }, replayed) = replay?;
+        // A clean close left nothing after the checkpoint, and the replay agrees: no tail to
+        // clean up, so no write or sync at open.
+        let closed = closed && index.is_some() && end == from && torn == 0;
         let backend: Option<Box<dyn Backend>> = if writable {
             let file = opened.file.try_clone().at(&seg_path)?;
             Some(config.backend_for(file))
@@ -460,6 +468,7 @@ impl Engine {
             None
         };
         if file_len > end
+            && !closed
             && let Some(b) = &backend
         {
             // Everything after the last record goes: a torn tail, and anything a crash left
@@ -486,6 +495,7 @@ impl Engine {
             replayed,
             torn,
             index_rebuilt: rebuilt,
+            closed_mark: closed && writable,
         };
         let view = View {
             segment: opened.map,
@@ -826,8 +836,7 @@ impl Engine {
             return Ok(());
         }
         let mut st = self.inner.state.lock();
-        self.inner.checkpoint(&mut st, false)?;
-        self.inner.release_tail(&st)
+        self.inner.close_cleanly(&mut st)
     }
 }
 
@@ -938,6 +947,9 @@ impl Inner {
     /// Appends records, makes them as durable as configured, then publishes them.
     fn append(&self, st: &mut State, records: &[Pending<'_>]) -> Result<()> {
         self.writable()?;
+        if st.closed_mark {
+            self.mark_index(st, false)?;
+        }
         let total: u64 = records.iter().map(Pending::len).sum();
         let start = st.end;
         let needed = start.checked_add(total).ok_or_else(|| {
@@ -1160,6 +1172,36 @@ impl Inner {
         self.index_io(recovery::sync_dir(&self.dir))?;
         st.used_slots = entries.len() as u64;
         Ok(map)
+    }
+
+    /// Rewrites the index header's state as of `st`: `closed` after a clean close, else clean.
+    fn mark_index(&self, st: &mut State, closed: bool) -> Result<()> {
+        let Some(idx) = self.view.load().index.clone() else {
+            return Ok(());
+        };
+        let mut header = index::header_for(
+            st.segment_id,
+            st.covered_len,
+            idx.slot_count(),
+            st.used_slots,
+            st.counters,
+        );
+        header.closed = closed;
+        idx.write_header(&header)?;
+        self.index_io(idx.flush_header(&self.idx_path))?;
+        st.closed_mark = closed;
+        Ok(())
+    }
+
+    /// The end of a clean session: checkpoint, give back the preallocated space, and mark the
+    /// index closed so the next open need not clean up after the last record.
+    fn close_cleanly(&self, st: &mut State) -> Result<()> {
+        self.checkpoint(st, false)?;
+        self.release_tail(st)?;
+        if st.covered_len == st.end {
+            self.mark_index(st, true)?;
+        }
+        Ok(())
     }
 
     /// Gives back the space allocated ahead of the writer (the file keeps its length, so no
@@ -1432,8 +1474,6 @@ impl Drop for Inner {
         let mut st = self.state.lock();
         // Errors cannot be reported from drop; `Engine::close` reports them. The segment is the
         // source of truth, so a failed checkpoint only means a longer replay at the next open.
-        if Inner::checkpoint(self, &mut st, false).is_ok() {
-            let _ = self.release_tail(&st);
-        }
+        let _ = self.close_cleanly(&mut st);
     }
 }

@@ -5,7 +5,8 @@
 //! offset size field
 //!   0    8    magic         89 53 51 49 44 58 0D 0A  ("\x89SQIDX\r\n")
 //!   8    4    version       1
-//!  12    4    state         0 = clean, 1 = checkpoint in progress (the slots cannot be trusted)
+//!  12    4    state         0 = clean, 1 = checkpoint in progress (the slots cannot be trusted),
+//!                             2 = closed cleanly (nothing follows covered_len in the segment)
 //!  16    8    segment_id    the segment this index was built from
 //!  24    8    covered_len   segment bytes [0, covered_len) are reflected in the slots
 //!  32    8    slot_count    a power of two
@@ -57,6 +58,7 @@ pub(crate) const MIN_SLOTS: u64 = 1024;
 
 const STATE_CLEAN: u32 = 0;
 const STATE_DIRTY: u32 = 1;
+const STATE_CLOSED: u32 = 2;
 
 /// The hash stored in a slot for `key`.
 pub(crate) fn hash_key(key: &str) -> u64 {
@@ -85,6 +87,8 @@ pub(crate) struct Loc {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct IndexHeader {
     pub dirty: bool,
+    /// Written by a clean close: nothing follows `covered_len` in the segment.
+    pub closed: bool,
     pub segment_id: u64,
     pub covered_len: u64,
     pub slot_count: u64,
@@ -97,7 +101,11 @@ impl IndexHeader {
         let mut h = [0u8; HEADER_LEN];
         h[0..8].copy_from_slice(&MAGIC);
         h[8..12].copy_from_slice(&VERSION.to_le_bytes());
-        let state = if self.dirty { STATE_DIRTY } else { STATE_CLEAN };
+        let state = match (self.dirty, self.closed) {
+            (true, _) => STATE_DIRTY,
+            (false, true) => STATE_CLOSED,
+            (false, false) => STATE_CLEAN,
+        };
         h[12..16].copy_from_slice(&state.to_le_bytes());
         let words = [
             self.segment_id,
@@ -136,13 +144,15 @@ impl IndexHeader {
         if u32_at(8) != VERSION {
             return Err("unsupported index version");
         }
-        let dirty = match u32_at(12) {
-            STATE_CLEAN => false,
-            STATE_DIRTY => true,
+        let (dirty, closed) = match u32_at(12) {
+            STATE_CLEAN => (false, false),
+            STATE_DIRTY => (true, false),
+            STATE_CLOSED => (false, true),
             _ => return Err("unknown state"),
         };
         let header = IndexHeader {
             dirty,
+            closed,
             segment_id: u64_at(16),
             covered_len: u64_at(24),
             slot_count: u64_at(32),
@@ -466,6 +476,11 @@ impl IndexMap {
         Ok(())
     }
 
+    /// Makes the header durable (only its page is flushed).
+    pub fn flush_header(&self, path: &Path) -> Result<()> {
+        self.map.flush_range(0, HEADER_LEN).at(path)
+    }
+
     /// Makes every slot write durable.
     pub fn flush(&self, path: &Path) -> Result<()> {
         self.map.flush().at(path)
@@ -521,6 +536,7 @@ pub(crate) fn header_for(
 ) -> IndexHeader {
     IndexHeader {
         dirty: false,
+        closed: false,
         segment_id,
         covered_len,
         slot_count,

@@ -341,3 +341,80 @@ fn iter_yields_every_live_pair_once_in_segment_order() {
         assert_eq!(db.get(k).unwrap().as_deref(), Some(v.as_slice()));
     }
 }
+
+#[derive(Debug)]
+struct Counting {
+    inner: squirrel_store::FileBackend,
+    syncs: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl squirrel_store::Backend for Counting {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(data, offset)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.sync_data()
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.discard(offset, len)
+    }
+}
+
+#[test]
+fn a_clean_close_makes_the_next_open_write_nothing_and_a_crash_does_not() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempdir().unwrap();
+    let open = |syncs: &Arc<AtomicU64>| {
+        let s = syncs.clone();
+        Config::new(dir.path())
+            .durability(Durability::Buffered)
+            .wrap_backend(move |fb| {
+                Box::new(Counting {
+                    inner: fb,
+                    syncs: s.clone(),
+                })
+            })
+            .open()
+            .unwrap()
+    };
+    let syncs = Arc::new(AtomicU64::new(0));
+    let db = open(&syncs);
+    db.set("a", b"1").unwrap();
+    db.close().unwrap();
+    let syncs = Arc::new(AtomicU64::new(0));
+    let db = open(&syncs);
+    assert_eq!(
+        syncs.load(Ordering::SeqCst),
+        0,
+        "nothing to clean up after a clean close"
+    );
+    // This session appends, then dies: the next open must clean up after the last record.
+    db.set("b", b"2").unwrap();
+    let end = db.stats().segment_len;
+    db.abandon();
+    let seg = dir.path().join("segment.sqs");
+    let f = OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xEE; 40], end).unwrap();
+    drop(f);
+    let syncs = Arc::new(AtomicU64::new(0));
+    let db = open(&syncs);
+    assert!(
+        syncs.load(Ordering::SeqCst) > 0,
+        "the torn tail was cleaned up and synced"
+    );
+    assert_eq!(db.stats().torn_tail_bytes, 40);
+    assert_eq!(&*db.get("b").unwrap().unwrap(), b"2");
+    let bytes = std::fs::read(&seg).unwrap();
+    assert!(bytes[end as usize..].iter().all(|&b| b == 0));
+}
