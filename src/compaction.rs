@@ -121,16 +121,39 @@ impl Inner {
             .dir
             .join(format!("{}.{COMPACT_SUFFIX}", index::INDEX_FILE));
 
-        // 1. Checkpoint and snapshot.
-        let (view, e0, bytes_before, live_bytes) = {
+        // 1. Checkpoint and snapshot. Every slot must name a record of a key with its hash: the
+        // index is derived, and a damaged one is rebuilt from the segment (once) rather than
+        // trusted to say what is live.
+        let mut repaired = false;
+        let (view, e0, bytes_before, live_bytes, mut live) = loop {
             let mut st = self.state.lock();
             self.checkpoint(&mut st, false)?;
-            (
-                self.view.load_full(),
-                st.end,
-                st.file_len,
-                st.counters.live_bytes,
-            )
+            let view = self.view.load_full();
+            let entries = match view.index.as_ref().map(|i| i.entries()) {
+                None => Some(Vec::new()),
+                Some(entries) => entries.filter(|e| {
+                    e.iter()
+                        .all(|(h, loc)| index::slot_matches(view.segment.bytes(), *h, *loc))
+                }),
+            };
+            match entries {
+                Some(live) => {
+                    break (view, st.end, st.file_len, st.counters.live_bytes, live);
+                }
+                None if !repaired => {
+                    repaired = true;
+                    drop(view);
+                    self.repair_index(&mut st)?;
+                }
+                None => {
+                    return Err(Error::corruption(
+                        &self.idx_path,
+                        0,
+                        None,
+                        "the index disagrees with the segment even after a rebuild",
+                    ));
+                }
+            }
         };
         let space = rustix::fs::statvfs(&self.dir)
             .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
@@ -144,16 +167,6 @@ impl Inner {
             });
         }
         let old = view.segment.bytes();
-        let mut live: Vec<(u64, Loc)> = match view.index.as_ref().map(|i| i.entries()) {
-            Some(Some(entries)) => entries,
-            None => Vec::new(),
-            Some(None) => {
-                // A damaged slot: rebuild the index from the segment and start over.
-                drop(view);
-                self.repair_index(&mut self.state.lock())?;
-                return self.compact(progress, crash);
-            }
-        };
         // Read the old segment in order: sequential I/O.
         live.sort_unstable_by_key(|(_, loc)| loc.offset);
 

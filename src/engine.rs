@@ -434,14 +434,28 @@ impl Engine {
             }
         };
         let mut overlay = Overlay::new();
-        let mut replay = recovery::replay(
-            opened.map.bytes(),
-            from,
-            index.as_deref(),
-            &overlay,
-            &mut counters,
-            &seg_path,
-        );
+        let bytes = opened.map.bytes();
+        // A clean close proved nothing follows the checkpoint: check the next header's worth of
+        // bytes is zero rather than scanning the allocated space after it.
+        let closed_end = closed
+            && index.is_some()
+            && usize::try_from(from).is_ok_and(|f| {
+                bytes
+                    .get(f..(f + crate::record::HEADER_LEN).min(bytes.len()))
+                    .is_some_and(|w| w.iter().all(|&b| b == 0))
+            });
+        let mut replay = if closed_end {
+            Ok((ScanEnd { end: from, torn: 0 }, 0))
+        } else {
+            recovery::replay(
+                bytes,
+                from,
+                index.as_deref(),
+                &overlay,
+                &mut counters,
+                &seg_path,
+            )
+        };
         let (mut index, mut from, mut used_slots, mut rebuilt) = (index, from, used_slots, rebuilt);
         if replay.is_err() && index.is_some() {
             // The tail may be fine and a slot damaged: rebuild from a full scan before giving up.
@@ -458,9 +472,24 @@ impl Engine {
             );
         }
         let (ScanEnd { end, torn }, replayed) = replay?;
-        // A clean close left nothing after the checkpoint, and the replay agrees: no tail to
-        // clean up, so no write or sync at open.
-        let closed = closed && index.is_some() && end == from && torn == 0;
+        let closed = closed_end && index.is_some() && end == from;
+        if writable && !closed {
+            // About to clean up everything after the last record: first make sure nothing
+            // there is a record that was ever acknowledged. Intact records after a hole may
+            // only be the rest of the interrupted last append; anything else is corruption,
+            // reported rather than cut. (Reads the whole allocated tail: only after a crash.)
+            let after = usize::try_from(end + torn.max(1)).unwrap_or(usize::MAX);
+            if let Some(q) = segment::next_valid_record_before(bytes, after, bytes.len())
+                && !segment::in_final_append(bytes, q)
+            {
+                return Err(Error::corruption(
+                    &seg_path,
+                    end,
+                    None,
+                    "unreadable bytes followed by intact records further on",
+                ));
+            }
+        }
         let backend: Option<Box<dyn Backend>> = if writable {
             let file = opened.file.try_clone().at(&seg_path)?;
             Some(config.backend_for(file))
@@ -686,8 +715,18 @@ impl Engine {
             .filter(|(_, e)| matches!(e, Entry::Put(_)))
             .map(|(k, _)| k.to_string())
             .collect();
-        for (_, loc) in &snap.indexed {
+        for (hash, loc) in &snap.indexed {
             let key = self.inner.key_of(bytes, *loc)?;
+            if index::hash_key(key) != *hash {
+                // The record's key bytes are damaged (or the slot is): never list a key that
+                // `get` would call absent.
+                return Err(Error::corruption(
+                    &self.inner.seg_path,
+                    loc.offset,
+                    Some(key),
+                    "record key does not match its index slot",
+                ));
+            }
             if !snap.recent.contains_key(key) {
                 keys.push(key.to_owned());
             }
@@ -1196,6 +1235,10 @@ impl Inner {
     /// The end of a clean session: checkpoint, give back the preallocated space, and mark the
     /// index closed so the next open need not clean up after the last record.
     fn close_cleanly(&self, st: &mut State) -> Result<()> {
+        if st.closed_mark {
+            // Closed already, and nothing was appended since.
+            return Ok(());
+        }
         self.checkpoint(st, false)?;
         self.release_tail(st)?;
         if st.covered_len == st.end {

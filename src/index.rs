@@ -391,6 +391,10 @@ impl IndexMap {
                 }
                 match key_at(segment, loc.offset) {
                     KeyAt::Key(k) if k == key.as_bytes() => return Find::Found(i, loc),
+                    // Another key under the same hash: a collision if that record is intact.
+                    // If it is damaged, its key bytes may be this key's, flipped: hand it out,
+                    // so the read reports the damage instead of calling the key absent.
+                    KeyAt::Key(_) if !record_intact(segment, loc) => return Find::Found(i, loc),
                     KeyAt::Key(_) => {}
                     KeyAt::Past => return Find::PastSegment,
                 }
@@ -512,6 +516,37 @@ fn key_at(segment: &[u8], offset: u64) -> KeyAt<'_> {
         Some(k) => KeyAt::Key(k),
         None => KeyAt::Past,
     }
+}
+
+/// Whether the record at `loc` is whole: valid header, the slot's length and crc, and its crc.
+fn record_intact(segment: &[u8], loc: Loc) -> bool {
+    let Some(rec) = usize::try_from(loc.offset)
+        .ok()
+        .zip(usize::try_from(loc.len).ok())
+        .and_then(|(o, l)| segment.get(o..o.checked_add(l)?))
+    else {
+        return false;
+    };
+    crate::record::Header::decode(rec).is_ok_and(|h| {
+        h.record_len() == Some(loc.len) && h.crc == loc.crc && crate::record::crc_ok(rec, h.crc)
+    })
+}
+
+/// Whether the record at `loc` holds a key whose hash is `hash` (header checked, not the value).
+pub(crate) fn slot_matches(segment: &[u8], hash: u64, loc: Loc) -> bool {
+    let Some(rest) = usize::try_from(loc.offset)
+        .ok()
+        .and_then(|o| segment.get(o..))
+    else {
+        return false;
+    };
+    let Ok(h) = crate::record::Header::decode(rest) else {
+        return false;
+    };
+    let key =
+        rest.get(crate::record::HEADER_LEN..crate::record::HEADER_LEN + usize::from(h.key_len));
+    key.and_then(|k| std::str::from_utf8(k).ok())
+        .is_some_and(|k| hash_key(k) == hash)
 }
 
 /// How many slots a table holding `live` keys should have: at most half full after building.

@@ -247,7 +247,7 @@ fn torn_len(rest: &[u8]) -> u64 {
 /// an append (flag FOLLOWS), no record closes an append (flag CONTINUES clear) before the last
 /// one, and nothing intact follows. Otherwise an append began after the damaged bytes, so they
 /// had been written (and, with fsync, synced) before it: that is corruption, never silently cut.
-fn in_final_append(bytes: &[u8], from: u64) -> bool {
+pub(crate) fn in_final_append(bytes: &[u8], from: u64) -> bool {
     let first_follows = usize::try_from(from)
         .ok()
         .and_then(|o| bytes.get(o..))

@@ -44,3 +44,209 @@ fn ndarray_len_of_opaque_dtype_with_huge_shape_does_not_overflow() {
         "a typed read must refuse the shape"
     );
 }
+
+mod engine {
+    //! Findings of `ops_model` (single byte flips after a crash) and `open_segment` (damaged and
+    //! re-sealed index files) about what a damaged store serves.
+
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+
+    use squirrel_store::{Config, Engine, Error};
+
+    fn flip(path: &Path, pos: u64, mask: u8) {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open");
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, pos).expect("read");
+        b[0] ^= mask;
+        f.write_all_at(&b, pos).expect("write");
+    }
+
+    /// Offsets in index.sqi of the occupied slots (hash not 0 = empty, not 1 = deleted).
+    fn occupied_slots(dir: &Path) -> Vec<(u64, u64, u64)> {
+        let idx = std::fs::read(dir.join("index.sqi")).expect("index");
+        let word = |o: usize| u64::from_le_bytes(idx[o..o + 8].try_into().expect("8 bytes"));
+        (4096..idx.len())
+            .step_by(32)
+            .filter(|&s| word(s) > 1)
+            .map(|s| (s as u64, word(s), word(s + 8)))
+            .collect()
+    }
+
+    /// A store holding `b` and `c`, closed cleanly: the index names both records.
+    fn indexed_store(dir: &Path) {
+        let db = Config::new(dir).open().expect("open");
+        db.set("b", b"value of b").expect("set");
+        db.set("c", b"value of c").expect("set");
+        db.close().expect("close");
+    }
+
+    /// Pins: `get` answering `Ok(None)` for a key whose indexed record has a flipped key byte.
+    ///
+    /// Found by `ops_model` (`Flip` of byte 81 = the key byte of an indexed record). The probe
+    /// in `IndexMap::find` finds the slot (hash and slot checksum fine), sees another key at the
+    /// record and takes it for a hash collision, probes on and reaches an empty slot: the key
+    /// holding a value is reported absent, silently. It must be an error naming the damage.
+    #[test]
+    fn flipped_key_byte_of_an_indexed_record_is_an_error_not_absent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        indexed_store(dir.path());
+        // The first record starts at 32; its key byte "b" at 32 + 24. 'b' ^ 4 = 'f'.
+        flip(&dir.path().join("segment.sqs"), 32 + 24, 0x04);
+        for read_only in [true, false] {
+            let db = Config::new(dir.path())
+                .read_only(read_only)
+                .open()
+                .expect("open");
+            let got = db.get("b");
+            assert!(
+                matches!(got, Err(Error::Corruption { .. })),
+                "read_only {read_only}: get(b) over a damaged record returned {got:?}"
+            );
+            assert_eq!(&*db.get("c").expect("get").expect("present"), b"value of c");
+        }
+    }
+
+    /// Pins: `keys()` listing a key that `get` then calls absent.
+    ///
+    /// Found by `open_segment` (mode 4, a slot's hash changed and re-sealed) and by `ops_model`
+    /// (the flipped key byte above): `Engine::keys` reads the key at each slot's location (header
+    /// checked, key bytes not: they are only under the record's full crc) and never checks that
+    /// it hashes to the slot's hash. Here it lists "f", a key that was never written.
+    #[test]
+    fn keys_never_lists_a_key_get_calls_absent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        indexed_store(dir.path());
+        flip(&dir.path().join("segment.sqs"), 32 + 24, 0x04);
+        let db = Engine::open_read_only(dir.path()).expect("open");
+        if let Ok(keys) = db.keys() {
+            for k in &keys {
+                let got = db.get(k);
+                assert!(
+                    !matches!(got, Ok(None)),
+                    "keys() = {keys:?} lists {k:?}, but get({k:?}) says it is absent"
+                );
+            }
+        }
+    }
+
+    /// Pins: `get` answering `Ok(None)` when the hash field of the key's slot is damaged (a
+    /// probe that compared hashes first and checked a slot's checksum only on a match skipped a
+    /// slot whose hash changed like any other key's). Passes on the current engine; kept as a
+    /// regression test for the `ops_model` index flips.
+    #[test]
+    fn flipped_slot_hash_is_an_error_not_absent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        indexed_store(dir.path());
+        // The slot of "b" (its record is at offset 32).
+        let (slot, _, _) = occupied_slots(dir.path())
+            .into_iter()
+            .find(|&(_, _, offset)| offset == 32)
+            .expect("the slot of b");
+        flip(&dir.path().join("index.sqi"), slot, 0x01);
+        for read_only in [true, false] {
+            let db = Config::new(dir.path())
+                .read_only(read_only)
+                .open()
+                .expect("open");
+            let got = db.get("b");
+            assert!(
+                !matches!(got, Ok(None)),
+                "read_only {read_only}: get(b) with a damaged slot says absent"
+            );
+            if let Ok(Some(v)) = got {
+                assert_eq!(&*v, b"value of b");
+            }
+        }
+    }
+
+    /// Pins: compaction over an index with a damaged slot deadlocks (and must not drop the key).
+    ///
+    /// Found while writing these tests, then by `open_segment`: `Inner::compact`
+    /// (src/compaction.rs) holds `self.compaction.lock()` and, when `IndexMap::entries` reports a
+    /// slot failing its checksum, repairs the index and calls `self.compact(..)` again, which
+    /// waits forever for the lock it holds (parking_lot mutexes are not reentrant). The test
+    /// runs the compaction in a thread and fails after 20 s instead of hanging.
+    #[test]
+    fn compaction_over_a_damaged_slot_returns_and_keeps_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        indexed_store(dir.path());
+        let (slot, _, _) = occupied_slots(dir.path())
+            .into_iter()
+            .find(|&(_, _, offset)| offset == 32)
+            .expect("the slot of b");
+        // A byte of the slot's offset field: the slot checksum fails.
+        flip(&dir.path().join("index.sqi"), slot + 8, 0x01);
+        let path = dir.path().to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let db = Config::new(&path).open().expect("open");
+            let r = db.compact().map(|_| ()).map_err(|e| e.to_string());
+            let _ = tx.send(r);
+        });
+        let compacted = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("compact() did not return within 20 s: it deadlocks");
+        squirrel_store::rebuild_index(dir.path()).expect("rebuild the index from the segment");
+        let db = Engine::open(dir.path()).expect("open");
+        assert_eq!(
+            db.get("b").expect("get").as_deref(),
+            Some(&b"value of b"[..]),
+            "after compaction ({compacted:?}), b is gone from the segment"
+        );
+    }
+
+    /// Pins: compaction copying the old record of a deleted key back as live.
+    ///
+    /// Found by `open_segment` (mode 6: two slots' hashes changed, slot checksums re-sealed).
+    /// The tombstone of "b" after the checkpoint is replayed at open; its probe (by b's hash)
+    /// misses the slot whose hash changed, so the checkpoint before compaction removes nothing,
+    /// and compaction copies every slot `IndexMap::entries` returns without checking that the
+    /// record's key hashes to the slot's hash: b's old record lands in the new segment, live.
+    /// The trigger needs a slot with a valid checksum over a wrong hash (a crafted or
+    /// mis-written index, not a random flip), but the index is derived: whatever it says, the
+    /// segment alone must decide what exists.
+    #[test]
+    fn compaction_never_resurrects_a_deleted_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Config::new(dir.path()).open().expect("open");
+        db.set("b", b"value of b").expect("set");
+        db.set("c", b"value of c").expect("set");
+        db.checkpoint().expect("checkpoint");
+        assert!(db.delete("b").expect("delete"));
+        db.abandon(); // the tombstone stays in the tail after the checkpoint
+        let (slot, hash, _) = occupied_slots(dir.path())
+            .into_iter()
+            .find(|&(_, _, offset)| offset == 32)
+            .expect("the slot of b");
+        // Another hash for the slot, re-sealed with a valid slot checksum.
+        let idx = dir.path().join("index.sqi");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&idx)
+            .expect("index");
+        f.write_all_at(&(hash ^ 0x80).to_le_bytes(), slot)
+            .expect("write");
+        let mut body = [0u8; 28];
+        f.read_exact_at(&mut body, slot).expect("read");
+        f.write_all_at(&crc32fast::hash(&body).to_le_bytes(), slot + 28)
+            .expect("write");
+        drop(f);
+        let db = Config::new(dir.path()).open().expect("open");
+        assert!(db.get("b").expect("get").is_none(), "b was deleted");
+        let compacted = db.compact();
+        drop(db);
+        squirrel_store::rebuild_index(dir.path()).expect("rebuild the index from the segment");
+        let db = Engine::open(dir.path()).expect("open");
+        assert_eq!(
+            db.get("b").expect("get").as_deref(),
+            None,
+            "after compaction ({compacted:?}), the deleted key b is back"
+        );
+    }
+}
