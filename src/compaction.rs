@@ -158,7 +158,9 @@ impl Inner {
         let space = rustix::fs::statvfs(&self.dir)
             .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
             .map_err(|e| Error::io(&self.dir, e.into()))?;
-        let needed = live_bytes + segment::HEADER_LEN + (live_bytes / 64);
+        let needed = live_bytes
+            .saturating_add(segment::HEADER_LEN)
+            .saturating_add(live_bytes / 64);
         if space < needed {
             return Err(Error::NoSpace {
                 path: self.dir.clone(),

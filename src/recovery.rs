@@ -66,23 +66,28 @@ pub(crate) fn current(
 pub(crate) fn count(counters: &mut Counters, kind: Kind, prev: Option<Loc>, len: u64) {
     match (kind, prev) {
         (Kind::Put, Some(p)) => {
-            counters.live_bytes = counters.live_bytes.saturating_sub(p.len) + len;
-            counters.dead_records += 1;
-            counters.dead_bytes += p.len;
+            counters.live_bytes = counters
+                .live_bytes
+                .saturating_sub(p.len)
+                .saturating_add(len);
+            counters.dead_records = counters.dead_records.saturating_add(1);
+            counters.dead_bytes = counters.dead_bytes.saturating_add(p.len);
         }
         (Kind::Put, None) => {
-            counters.live_records += 1;
-            counters.live_bytes += len;
+            counters.live_records = counters.live_records.saturating_add(1);
+            counters.live_bytes = counters.live_bytes.saturating_add(len);
         }
         (Kind::Delete, Some(p)) => {
             counters.live_records = counters.live_records.saturating_sub(1);
             counters.live_bytes = counters.live_bytes.saturating_sub(p.len);
-            counters.dead_records += 2;
-            counters.dead_bytes += p.len + len;
+            counters.dead_records = counters.dead_records.saturating_add(2);
+            counters.dead_bytes = counters
+                .dead_bytes
+                .saturating_add(p.len.saturating_add(len));
         }
         (Kind::Delete, None) => {
-            counters.dead_records += 1;
-            counters.dead_bytes += len;
+            counters.dead_records = counters.dead_records.saturating_add(1);
+            counters.dead_bytes = counters.dead_bytes.saturating_add(len);
         }
     }
 }
@@ -223,7 +228,18 @@ pub(crate) fn open_index(
         None => IndexState::Unusable,
         Some(Err(_)) => IndexState::Unusable,
         Some(Ok((map, header))) => {
+            let c = header.counters;
+            // Statistics no segment of this length can have mean a damaged (or forged) header,
+            // even with a valid checksum: never compute with them.
+            let records_room = header.covered_len.saturating_sub(segment::HEADER_LEN);
+            let plausible = c
+                .live_bytes
+                .checked_add(c.dead_bytes)
+                .is_some_and(|b| b <= records_room)
+                && c.live_records.saturating_add(c.dead_records) <= records_room / 24
+                && c.live_records <= header.used_slots;
             let trusted = !header.dirty
+                && plausible
                 && header.segment_id == segment_id
                 && header.covered_len >= segment::HEADER_LEN
                 && header.covered_len <= seg_len;

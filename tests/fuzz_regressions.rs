@@ -249,4 +249,48 @@ mod engine {
             "after compaction ({compacted:?}), the deleted key b is back"
         );
     }
+
+    /// Pins: the index header's statistics trusted in unchecked arithmetic.
+    ///
+    /// Found by `open_segment` (mode 4: header bytes patched, header checksum re-sealed): the
+    /// header's `live_bytes` near `u64::MAX` is adopted at open, then `compact()` computes its
+    /// free-space need as `live_bytes + HEADER_LEN + live_bytes / 64` (src/compaction.rs,
+    /// `Inner::compact`): "attempt to add with overflow" with overflow checks on, a wrapped
+    /// (tiny) need without. `recovery::count` adds to the same counters per record. Statistics
+    /// that no segment of this length can have must make the index unusable (rebuilt from the
+    /// segment), not be computed with.
+    #[test]
+    fn impossible_index_statistics_are_not_trusted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        indexed_store(dir.path());
+        let idx = dir.path().join("index.sqi");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&idx)
+            .expect("index");
+        // live_bytes (header offset 56), re-sealed (header crc over bytes 0..124, at 124).
+        f.write_all_at(&(u64::MAX - 7).to_le_bytes(), 56)
+            .expect("write");
+        let mut head = [0u8; 124];
+        f.read_exact_at(&mut head, 0).expect("read");
+        f.write_all_at(&crc32fast::hash(&head).to_le_bytes(), 124)
+            .expect("write");
+        drop(f);
+        let outcome = std::panic::catch_unwind(|| {
+            let db = Config::new(dir.path()).open().expect("open");
+            let stats = db.stats();
+            db.set("b", b"another value of b").expect("set");
+            let compacted = db.compact().map(|_| ());
+            (stats, compacted)
+        });
+        let (stats, compacted) = outcome.expect("opening, writing and compacting panicked");
+        assert!(
+            stats.live_bytes <= stats.segment_len,
+            "the store reports {} live bytes in a {}-byte segment",
+            stats.live_bytes,
+            stats.segment_len
+        );
+        compacted.expect("compaction");
+    }
 }
