@@ -295,6 +295,8 @@ pub(crate) struct State {
     /// The index header on disk says "closed cleanly": it must say otherwise before this session
     /// appends anything, or a crash could leave records after a header that denies them.
     pub(crate) closed_mark: bool,
+    /// A damaged index slot was met while writing: the next checkpoint rebuilds from the segment.
+    pub(crate) needs_repair: bool,
 }
 
 pub(crate) struct Inner {
@@ -525,6 +527,7 @@ impl Engine {
             torn,
             index_rebuilt: rebuilt,
             closed_mark: closed && writable,
+            needs_repair: false,
         };
         let view = View {
             segment: opened.map,
@@ -1032,7 +1035,7 @@ impl Inner {
         for r in records {
             let hash = index::hash_key(r.key);
             // The record is written: publish it whatever happens. A damaged slot only costs the
-            // statistics here; the next checkpoint meets it, rebuilds and recounts.
+            // statistics here, and makes the next checkpoint rebuild the index and recount.
             let prev = recovery::current(
                 &view.overlay,
                 view.index.as_deref(),
@@ -1041,7 +1044,10 @@ impl Inner {
                 hash,
                 &self.seg_path,
             )
-            .unwrap_or(None);
+            .unwrap_or_else(|_| {
+                st.needs_repair = true;
+                None
+            });
             recovery::count(&mut st.counters, r.kind, prev, r.len());
             let entry = match r.kind {
                 Kind::Put => Entry::Put(Loc {
@@ -1097,6 +1103,9 @@ impl Inner {
     /// header with the new covered length; sync. A crash in between leaves a dirty header, and the
     /// next open rebuilds the index from the segment.
     pub(crate) fn checkpoint(&self, st: &mut State, rebuild: bool) -> Result<()> {
+        if std::mem::take(&mut st.needs_repair) {
+            return self.repair_index(st);
+        }
         let view = self.view.load_full();
         if !rebuild && view.overlay.is_empty() && st.covered_len == st.end && view.index.is_some() {
             return Ok(());

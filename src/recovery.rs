@@ -51,7 +51,14 @@ pub(crate) fn current(
     }
     let Some(index) = index else { return Ok(None) };
     match index.probe(key, hash, segment) {
-        Probe::Found(loc) => Ok(Some(loc)),
+        // The slot's length and crc must be the record's own: statistics are computed with them.
+        Probe::Found(loc) if slot_agrees(segment, loc) => Ok(Some(loc)),
+        Probe::Found(loc) => Err(Error::corruption(
+            path,
+            loc.offset,
+            Some(key),
+            "index slot disagrees with the record it names",
+        )),
         Probe::NotFound => Ok(None),
         Probe::BadSlot | Probe::PastSegment => Err(Error::corruption(
             path,
@@ -60,6 +67,15 @@ pub(crate) fn current(
             "index slot for this key is damaged or points past the segment",
         )),
     }
+}
+
+/// Whether the record at `loc` has a valid header whose length and crc are the slot's.
+fn slot_agrees(segment: &[u8], loc: Loc) -> bool {
+    usize::try_from(loc.offset)
+        .ok()
+        .and_then(|o| segment.get(o..))
+        .and_then(|rest| crate::record::Header::decode(rest).ok())
+        .is_some_and(|h| h.record_len() == Some(loc.len) && h.crc == loc.crc)
 }
 
 /// Applies one record's effect on the counters, given the key's previous live location.

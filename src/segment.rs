@@ -266,6 +266,9 @@ pub(crate) fn in_final_append(bytes: &[u8], from: u64) -> bool {
             (len <= rest.len() && record::crc_ok(&rest[..len], h.crc)).then_some((h, len))
         });
         match intact {
+            // Every record of the same append after the first one says so (FOLLOWS); one that
+            // does not began a later append, which means the damaged one had been written first.
+            Some((h, _)) if !h.follows => return false,
             Some((h, len)) => {
                 at += len as u64;
                 if !h.continues {

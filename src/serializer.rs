@@ -317,8 +317,11 @@ fn decompress(bytes: &[u8], limit: u64) -> Result<Vec<u8>, ShardError> {
             limit,
         });
     }
-    // The claim (within the limit) sizes the buffer; a frame that lies is caught while decoding.
-    let capacity = usize::try_from(claimed.unwrap_or(0)).unwrap_or(0);
+    // The claim sizes the buffer only up to what the input can plausibly produce (zstd rarely
+    // beats 1000:1 on real data); past that the buffer grows as bytes actually arrive, so a
+    // 12-byte frame claiming 4 GiB gets no 4 GiB allocation.
+    let plausible = (bytes.len() as u64).saturating_mul(1024).max(1 << 20);
+    let capacity = usize::try_from(claimed.unwrap_or(0).min(plausible)).unwrap_or(0);
     let mut out = Vec::with_capacity(capacity);
     let decoder =
         zstd::stream::read::Decoder::with_buffer(bytes).map_err(ShardError::Decompress)?;
@@ -334,6 +337,11 @@ fn decompress(bytes: &[u8], limit: u64) -> Result<Vec<u8>, ShardError> {
             at_least: true,
             limit,
         });
+    }
+    if claimed.is_some_and(|c| c != out.len() as u64) {
+        return Err(corrupt(
+            "frame content size does not match the decoded bytes",
+        ));
     }
     Ok(out)
 }

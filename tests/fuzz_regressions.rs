@@ -1,11 +1,72 @@
 //! Regression tests for what the fuzz targets in `fuzz/` found (issue 5).
 //!
 //! Each test is the minimal reproducer of one finding, written against the behaviour the crate
-//! promises, and each finding's cause is fixed in the crate.
+//! promises; each finding's cause is fixed in the crate (the fuzz targets in `fuzz/` then insist
+//! on the fixed behaviour).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use squirrel_store::array::{ArrayError, NdArray};
-use squirrel_store::serializer::Samples;
+use squirrel_store::serializer::{Codec, MessagepackSerializer, Samples, Serializer};
 use squirrel_store::value::Value;
+
+/// The system allocator, recording the largest single request (for the zstd test below).
+struct PeakAlloc;
+
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call unchanged to `System`; only records sizes.
+unsafe impl GlobalAlloc for PeakAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        PEAK.fetch_max(layout.size(), Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded; `ptr` came from `System`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        PEAK.fetch_max(new_size, Ordering::Relaxed);
+        // SAFETY: forwarded; `ptr` came from `System`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: PeakAlloc = PeakAlloc;
+
+/// Pins: a zstd frame's claimed content size allocated up front.
+///
+/// Found by reading `serializer::decompress`, reproduced through `decode_shard` (mode 1, the
+/// default serializer), whose allocation cap aborts on it: the frame header's content size is
+/// checked only against the limit (4 GiB by default), then `Vec::with_capacity(claimed)` reserves
+/// it before a byte is decoded. This 12-byte frame (magic, a single-segment header claiming
+/// 0xFFFFFFFF bytes, one empty last block) makes the reader ask for 4 GiB: virtual memory under
+/// overcommit, an abort (not an error) where allocations are limited (`RLIMIT_AS`, strict
+/// overcommit, 32-bit targets), and a lever for any record in a store to do so. The claim may
+/// size the buffer only up to what the input can plausibly produce.
+#[test]
+fn zstd_frame_claiming_a_huge_size_is_not_preallocated() {
+    let frame = [
+        0x28, 0xb5, 0x2f, 0xfd, 0xa0, 0xff, 0xff, 0xff, 0xff, 0x01, 0x00, 0x00,
+    ];
+    let ser = MessagepackSerializer::new();
+    PEAK.store(0, Ordering::Relaxed);
+    let decoded = ser.decode_payload(Codec::MsgpackZstd, &frame);
+    let peak = PEAK.load(Ordering::Relaxed);
+    assert!(
+        decoded.is_err(),
+        "the frame holds 0 bytes, not what it claims"
+    );
+    assert!(
+        peak < 64 << 20,
+        "decoding a 12-byte frame allocated {peak} bytes at once"
+    );
+}
 
 /// Pins: `NdArray::len` (and `is_empty`) multiplying an unchecked shape.
 ///
@@ -292,5 +353,106 @@ mod engine {
             stats.segment_len
         );
         compacted.expect("compaction");
+    }
+
+    /// Pins: a later append counted as part of an earlier, torn batch, so damage to the batch
+    /// silently drops acknowledged records.
+    ///
+    /// Found by `ops_model` (a `set_many` cut by a crash, a later `set`, then a flipped byte in
+    /// the batch's first record). After the crash the batch's intact prefix ends with a record
+    /// whose `CONTINUES` flag is set; the next session's lone `set` (no `FOLLOWS`) lands right
+    /// after it. `segment::in_final_append` checks `FOLLOWS` only on the first intact record
+    /// after the hole, then walks on while `CONTINUES` is set, so it takes the later `set` for the
+    /// rest of the torn batch: a full scan (any open without a usable index) cuts everything from
+    /// the damaged record on as a torn tail, acknowledged and fsynced records included, with no
+    /// error. format-spec: only the last append may be cut; damage followed by a later append is
+    /// `Corruption`.
+    #[test]
+    fn damage_in_a_torn_batch_never_drops_a_later_append() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seg = dir.path().join("segment.sqs");
+        let db = Config::new(dir.path()).open().expect("open");
+        db.set_many([
+            ("a", &[1u8; 100][..]),
+            ("b", &[2u8; 3][..]),
+            ("c", &[3u8; 100][..]),
+        ])
+        .expect("set_many");
+        db.abandon();
+        // A crash during the batch's write: its third record is cut short.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("segment");
+        let a_end = 32 + 24 + 1 + 100;
+        let b_end = a_end + 24 + 1 + 3;
+        f.set_len(b_end + 10).expect("cut");
+        drop(f);
+        let db = Config::new(dir.path())
+            .open()
+            .expect("open after the crash");
+        assert_eq!(db.len(), 2, "the batch's intact prefix is kept");
+        db.set("d", b"acknowledged later").expect("set");
+        db.close().expect("close");
+        // Damage in the first record of the old batch; the index is lost (it is derived).
+        flip(&seg, 32 + 24 + 1 + 50, 0x01);
+        std::fs::remove_file(dir.path().join("index.sqi")).expect("remove the index");
+        for read_only in [true, false] {
+            match Config::new(dir.path()).read_only(read_only).open() {
+                Err(Error::Corruption { .. }) => {}
+                Err(e) => panic!("read_only {read_only}: unexpected error {e}"),
+                Ok(db) => {
+                    assert_eq!(
+                        db.get("d").expect("get").as_deref(),
+                        Some(&b"acknowledged later"[..]),
+                        "read_only {read_only}: an acknowledged, fsynced later append was dropped"
+                    );
+                    assert_eq!(db.get("b").expect("get").as_deref(), Some(&[2u8; 3][..]));
+                }
+            }
+        }
+    }
+
+    /// Pins: statistics computed from a slot's unchecked `len`.
+    ///
+    /// Found by `open_segment` (mode 6: a slot's `len` field changed and re-sealed). The previous
+    /// location of an overwritten key comes from its slot (`recovery::current`), whose `len` is
+    /// never compared with the record's header; `recovery::count` adds it to `dead_bytes`. The
+    /// engine then writes statistics no segment can have into its own clean-close header, which
+    /// the next open (rightly) rejects, rebuilding the index from a full scan (and failing to open
+    /// at all if the segment holds damage the index had kept out of the way).
+    #[test]
+    fn statistics_never_come_from_an_unchecked_slot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        indexed_store(dir.path());
+        let (slot, _, _) = occupied_slots(dir.path())
+            .into_iter()
+            .find(|&(_, _, offset)| offset == 32)
+            .expect("the slot of b");
+        let idx = dir.path().join("index.sqi");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&idx)
+            .expect("index");
+        // The slot's len (bytes 16..24) made huge, re-sealed with a valid slot checksum.
+        let mut body = [0u8; 28];
+        f.read_exact_at(&mut body, slot).expect("read");
+        body[19] ^= 0x40;
+        f.write_all_at(&body, slot).expect("write");
+        f.write_all_at(&crc32fast::hash(&body).to_le_bytes(), slot + 28)
+            .expect("write");
+        drop(f);
+        let db = Config::new(dir.path()).open().expect("open");
+        // Overwriting b counts its previous record as dead.
+        let r = db.set("b", b"another value of b");
+        let stats = db.stats();
+        assert!(
+            r.is_err() || stats.live_bytes + stats.dead_bytes <= stats.segment_len,
+            "{} live and {} dead bytes in a {}-byte segment",
+            stats.live_bytes,
+            stats.dead_bytes,
+            stats.segment_len
+        );
     }
 }
