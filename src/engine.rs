@@ -277,6 +277,24 @@ pub(crate) struct View {
     pub overlay: Arc<Overlay>,
 }
 
+impl State {
+    /// The index header describing this state, for a table of `slot_count` slots.
+    fn index_header(
+        &self,
+        covered_len: u64,
+        slot_count: u64,
+        used_slots: u64,
+    ) -> index::IndexHeader {
+        index::header_for(
+            self.segment_id,
+            covered_len,
+            slot_count,
+            used_slots,
+            self.counters,
+        )
+    }
+}
+
 /// Writer-side state, behind the writer lock (read-only handles use it to refresh).
 pub(crate) struct State {
     pub(crate) segment_id: u64,
@@ -1125,16 +1143,11 @@ impl Inner {
         };
         let new_index = match in_place {
             Some(idx) => {
-                let mut header = index::header_for(
-                    st.segment_id,
-                    st.covered_len,
-                    idx.slot_count(),
-                    st.used_slots,
-                    st.counters,
-                );
+                let mut header = st.index_header(st.covered_len, idx.slot_count(), st.used_slots);
                 header.dirty = true;
                 idx.write_header(&header)?;
-                self.index_io(idx.flush(&self.idx_path))?;
+                // Only the header page changed: flush it alone, not the whole map.
+                self.index_io(idx.flush_header(&self.idx_path))?;
                 let mut used = st.used_slots;
                 for e in view.overlay.iter() {
                     let key: &str = e.key();
@@ -1152,10 +1165,9 @@ impl Inner {
                     }
                 }
                 self.index_io(idx.flush(&self.idx_path))?;
-                let header =
-                    index::header_for(st.segment_id, st.end, idx.slot_count(), used, st.counters);
+                let header = st.index_header(st.end, idx.slot_count(), used);
                 idx.write_header(&header)?;
-                self.index_io(idx.flush(&self.idx_path))?;
+                self.index_io(idx.flush_header(&self.idx_path))?;
                 st.used_slots = used;
                 idx
             }
@@ -1208,13 +1220,7 @@ impl Inner {
             }
         }
         let slots = index::slots_for(entries.len() as u64);
-        let header = index::header_for(
-            st.segment_id,
-            st.end,
-            slots,
-            entries.len() as u64,
-            st.counters,
-        );
+        let header = st.index_header(st.end, slots, entries.len() as u64);
         let tmp = self.dir.join(format!("{}.tmp", index::INDEX_FILE));
         let map = self.index_io(IndexMap::create(&self.idx_path, &tmp, header, &entries))?;
         self.index_io(recovery::sync_dir(&self.dir))?;
@@ -1227,13 +1233,7 @@ impl Inner {
         let Some(idx) = self.view.load().index.clone() else {
             return Ok(());
         };
-        let mut header = index::header_for(
-            st.segment_id,
-            st.covered_len,
-            idx.slot_count(),
-            st.used_slots,
-            st.counters,
-        );
+        let mut header = st.index_header(st.covered_len, idx.slot_count(), st.used_slots);
         header.closed = closed;
         idx.write_header(&header)?;
         self.index_io(idx.flush_header(&self.idx_path))?;
