@@ -24,7 +24,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::index::{self, Counters, IndexMap, Loc};
 use crate::record::{self, Header, Kind};
 use crate::recovery::{self, Overlay};
-use crate::segment::{self, SegmentMap, Step};
+use crate::scan;
+use crate::segment::{self, SegmentMap};
 
 /// Suffix of the files a compaction writes before switching to them.
 pub(crate) const COMPACT_SUFFIX: &str = "compact";
@@ -215,27 +216,25 @@ impl Inner {
         let mut tail = Vec::new();
         let mut at = e0;
         while at < st.end {
-            match segment::scan_at(tail_map.bytes(), at) {
-                Step::Record {
-                    offset,
-                    header,
-                    intact: true,
-                } => {
-                    let len = header.record_len().unwrap_or(0);
-                    let rec = &tail_map.bytes()[offset as usize..(offset + len) as usize];
-                    let new_offset = copier.push(rec)?;
-                    tail.push((header, new_offset, len));
-                    at = offset + len;
-                }
-                _ => {
-                    return Err(Error::corruption(
-                        &self.seg_path,
-                        at,
-                        None,
-                        "record appended during compaction is damaged",
-                    ));
-                }
+            let Some((header, len)) = scan::intact_at(tail_map.bytes(), at) else {
+                return Err(Error::corruption(
+                    &self.seg_path,
+                    at,
+                    None,
+                    "record appended during compaction is damaged",
+                ));
+            };
+            // Sync marks name offsets of the old segment: they are not carried.
+            if header.kind != Kind::Mark {
+                let rec = &tail_map.bytes()[at as usize..(at + len) as usize];
+                let new_offset = copier.push(rec)?;
+                tail.push((header, new_offset, len));
             }
+            at += len;
+        }
+        // Damage the scans of this handle met is not copied: save it before the old segment goes.
+        for d in &st.damaged {
+            self.salvage(&st, &current.segment, d.offset, d.len)?;
         }
         copier.flush()?;
         let new_end = copier.at;
@@ -271,6 +270,7 @@ impl Inner {
             };
             recovery::count(&mut counters, header.kind, prev, *len);
             let r = match header.kind {
+                Kind::Mark => Ok(()),
                 Kind::Put => idx
                     .upsert(
                         key,
@@ -317,6 +317,11 @@ impl Inner {
         st.used_slots = used;
         st.counters = counters;
         st.closed_mark = false;
+        st.version = segment::FORMAT_VERSION;
+        st.synced = new_end;
+        // The new segment holds no mark yet: the next append (or the close) leads with one.
+        st.proven = segment::HEADER_LEN;
+        st.damaged.clear();
         self.live.store(counters.live_records, Ordering::Release);
         self.view.store(Arc::new(View {
             segment: new_map,
@@ -354,8 +359,13 @@ fn simulated() -> Error {
 
 /// Removes what an interrupted compaction left behind; called by a read-write open.
 pub(crate) fn remove_leftovers(dir: &std::path::Path) -> Result<()> {
-    for name in [segment::SEGMENT_FILE, index::INDEX_FILE] {
-        let p = dir.join(format!("{name}.{COMPACT_SUFFIX}"));
+    let leftovers = [
+        format!("{}.{COMPACT_SUFFIX}", segment::SEGMENT_FILE),
+        format!("{}.{COMPACT_SUFFIX}", index::INDEX_FILE),
+        format!("{}.tmp", index::INDEX_FILE),
+    ];
+    for name in leftovers {
+        let p = dir.join(name);
         match std::fs::remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -29,7 +29,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::index::{self, Counters, IndexMap, Loc, Probe};
 use crate::lock::WriterLock;
 use crate::record::{self, Header, Kind, MAX_KEY_LEN};
-use crate::recovery::{self, Entry, IndexState, Overlay, ScanEnd};
+use crate::recovery::{self, Entry, IndexState, Overlay, Replayed};
+use crate::scan::{Damaged, Reach, Tail};
 use crate::segment::{self, SegmentMap};
 
 /// When `set` returns, relative to the bytes reaching stable storage.
@@ -68,6 +69,7 @@ pub struct Config {
     checkpoint_bytes: u64,
     auto_compact: Option<f64>,
     verify_values: bool,
+    rebuild_index: bool,
     backend: Option<BackendWrapper>,
 }
 
@@ -111,8 +113,16 @@ impl Config {
             checkpoint_bytes: 256 << 20,
             auto_compact: None,
             verify_values: true,
+            rebuild_index: false,
             backend: None,
         }
+    }
+
+    /// Ignores the index file and builds a new one from a full scan of the segment, renamed into
+    /// place only once it is complete (what `rebuild_index` does).
+    pub(crate) fn force_rebuild_index(mut self) -> Self {
+        self.rebuild_index = true;
+        self
     }
 
     /// Opens without the writer lock and refuses every write. Several read-only handles, in any
@@ -214,6 +224,11 @@ pub struct Stats {
     pub torn_tail_bytes: u64,
     /// Whether the index was rebuilt from a full scan of the segment when opening.
     pub index_rebuilt: bool,
+    /// Damaged records or regions found by the scans of this handle (at open, refresh or repair;
+    /// records under a checkpoint are only checked when read, or by `verify`).
+    pub damaged_records: u64,
+    /// Files in the store's `lost+found/`: bytes saved before a cut or repair removed them.
+    pub lost_found_files: u64,
     /// The segment format version.
     pub format_version: u32,
 }
@@ -315,6 +330,15 @@ pub(crate) struct State {
     pub(crate) closed_mark: bool,
     /// A damaged index slot was met while writing: the next checkpoint rebuilds from the segment.
     pub(crate) needs_repair: bool,
+    /// The segment's format version (a read-write open moves v1 to v2).
+    pub(crate) version: u32,
+    /// Segment bytes `[0, synced)` are durable: `fdatasync` returned after they were written.
+    pub(crate) synced: u64,
+    /// Segment bytes `[0, proven)` are proven durable by a sync mark in the segment itself. The
+    /// writer leads its next append with a mark whenever `synced` has moved past it.
+    pub(crate) proven: u64,
+    /// Damage found by this handle's scans.
+    pub(crate) damaged: Vec<Damaged>,
 }
 
 pub(crate) struct Inner {
@@ -444,6 +468,8 @@ impl Engine {
         let mut closed = false;
         let (index, from, mut counters, used_slots, rebuilt) = if opened.created {
             (None, segment::HEADER_LEN, Counters::default(), 0, false)
+        } else if config.rebuild_index {
+            (None, segment::HEADER_LEN, Counters::default(), 0, true)
         } else {
             match recovery::open_index(dir, writable, opened.segment_id, file_len)? {
                 IndexState::Usable(map, h) => {
@@ -464,12 +490,29 @@ impl Engine {
                     .get(f..(f + crate::record::HEADER_LEN).min(bytes.len()))
                     .is_some_and(|w| w.iter().all(|&b| b == 0))
             });
+        // A read-write open may clean up after the last record, so it first looks at the whole
+        // file for anything intact there; a read-only one stops at the written part.
+        let reach = if writable {
+            Reach::Whole
+        } else {
+            Reach::Written
+        };
         let mut replay = if closed_end {
-            Ok((ScanEnd { end: from, torn: 0 }, 0))
+            Ok(Replayed {
+                tail: Tail {
+                    end: from,
+                    torn: 0,
+                    proven: from,
+                    ends_proven: crate::scan::ends_with_mark(bytes, from),
+                },
+                ..Replayed::default()
+            })
         } else {
             recovery::replay(
                 bytes,
                 from,
+                from,
+                reach,
                 index.as_deref(),
                 &overlay,
                 &mut counters,
@@ -485,52 +528,65 @@ impl Engine {
             replay = recovery::replay(
                 opened.map.bytes(),
                 from,
+                from,
+                reach,
                 None,
                 &overlay,
                 &mut counters,
                 &seg_path,
             );
         }
-        let (ScanEnd { end, torn }, replayed) = replay?;
+        let Replayed {
+            tail,
+            records: replayed,
+            damaged,
+        } = replay?;
+        let (end, torn) = (tail.end, tail.torn);
         let closed = closed_end && index.is_some() && end == from;
-        if writable && !closed {
-            // About to clean up everything after the last record: first make sure nothing
-            // there is a record that was ever acknowledged. Intact records after a hole may
-            // only be the rest of the interrupted last append; anything else is corruption,
-            // reported rather than cut. (Reads the whole allocated tail: only after a crash.)
-            let after = usize::try_from(end + torn.max(1)).unwrap_or(usize::MAX);
-            if let Some(q) = segment::next_valid_record_before(bytes, after, bytes.len())
-                && !segment::in_final_append(bytes, q)
-            {
-                return Err(Error::corruption(
-                    &seg_path,
-                    end,
-                    None,
-                    "unreadable bytes followed by intact records further on",
-                ));
-            }
-        }
         let backend: Option<Box<dyn Backend>> = if writable {
             let file = opened.file.try_clone().at(&seg_path)?;
             Some(config.backend_for(file))
         } else {
             None
         };
-        if file_len > end
-            && !closed
-            && let Some(b) = &backend
-        {
-            // Everything after the last record goes: a torn tail, and anything a crash left
-            // further on (records of an interrupted append beyond a long hole must never be
-            // revived by appends that later close the hole). Punched, not truncated: another
-            // process may have those bytes mapped.
-            b.discard(end, file_len - end).at(&seg_path)?;
-            b.sync_data().at(&seg_path)?;
+        let mut version = opened.version;
+        if let Some(b) = &backend {
+            if !closed && file_len > end {
+                // Everything after the last record goes: a torn tail, and anything a crash left
+                // further on (records of an interrupted append beyond a hole must never be
+                // revived by appends that later close the hole). Its bytes are saved first:
+                // a torn tail cannot be told from damage to the last append, which may have
+                // been acknowledged. Punched, not truncated: another process may have those
+                // bytes mapped.
+                let keep = crate::scan::last_nonzero(bytes, end);
+                if keep > end {
+                    let from = usize::try_from(end).unwrap_or(usize::MAX);
+                    let to = usize::try_from(keep).unwrap_or(usize::MAX);
+                    crate::lost_found::save(dir, opened.segment_id, end, &bytes[from..to])?;
+                }
+                b.discard(end, file_len - end).at(&seg_path)?;
+            }
+            let upgrade = version < segment::FORMAT_VERSION;
+            if upgrade {
+                // Sync marks and key checks are v2: say so in the header before writing any.
+                b.write_at(&segment::encode_header(opened.segment_id), 0)
+                    .at(&seg_path)?;
+                version = segment::FORMAT_VERSION;
+            }
+            if !closed || upgrade {
+                b.sync_data().at(&seg_path)?;
+            }
         }
         let covered_len = if index.is_some() {
             from
         } else {
             segment::HEADER_LEN
+        };
+        // After the sync above (or the clean close), everything up to `end` is durable.
+        let proven = if tail.ends_proven {
+            end
+        } else {
+            tail.proven.max(segment::HEADER_LEN)
         };
         let state = State {
             segment_id: opened.segment_id,
@@ -546,6 +602,10 @@ impl Engine {
             index_rebuilt: rebuilt,
             closed_mark: closed && writable,
             needs_repair: false,
+            version,
+            synced: if writable { end } else { 0 },
+            proven,
+            damaged,
         };
         let view = View {
             segment: opened.map,
@@ -553,6 +613,18 @@ impl Engine {
             overlay: Arc::new(overlay),
         };
         Ok((view, state))
+    }
+
+    /// Damage this handle's scans found (at open, refresh or an index rebuild).
+    pub(crate) fn damaged(&self) -> Vec<Damaged> {
+        self.inner.state.lock().damaged.clone()
+    }
+
+    /// Saves `len` segment bytes at `offset` into `lost+found/`.
+    pub(crate) fn save_damage(&self, offset: u64, len: u64) -> Result<()> {
+        let st = self.inner.state.lock();
+        let view = self.inner.view.load();
+        self.inner.salvage(&st, &view.segment, offset, len)
     }
 
     /// The directory of this store.
@@ -622,21 +694,25 @@ impl Engine {
                     limit: self.inner.config.max_value_len,
                 });
             }
-            let (head, crc) =
-                record::encode(Kind::Put, codec, key, value, record::Batch::nth(i, n));
+            let enc = record::Encoded::new(
+                Kind::Put,
+                codec,
+                key.as_bytes(),
+                value,
+                record::Batch::nth(i, n),
+            );
             records.push(Pending {
                 key,
                 kind: Kind::Put,
-                head,
+                enc,
                 value,
-                crc,
             });
         }
         if records.is_empty() {
             return Ok(());
         }
         let mut st = self.inner.state.lock();
-        self.inner.append(&mut st, &records)?;
+        self.inner.append(&mut st, records)?;
         let compact = self.inner.config.auto_compact.is_some_and(|t| {
             st.counters.dead_bytes >= AUTO_COMPACT_MIN_DEAD
                 && st.counters.dead_bytes as f64
@@ -661,7 +737,7 @@ impl Engine {
     pub fn delete(&self, key: &str) -> Result<bool> {
         self.inner.writable()?;
         check_key(key)?;
-        let (head, crc) = record::encode(Kind::Delete, 0, key, &[], record::Batch::ALONE);
+        let enc = record::Encoded::new(Kind::Delete, 0, key.as_bytes(), &[], record::Batch::ALONE);
         let mut st = self.inner.state.lock();
         let view = self.inner.view.load();
         let prev = recovery::current(
@@ -671,19 +747,44 @@ impl Engine {
             key,
             index::hash_key(key),
             &self.inner.seg_path,
-        )?;
-        if prev.is_none() {
-            return Ok(false);
+        );
+        let found = match prev {
+            Ok(None) => return Ok(false),
+            Ok(Some(loc)) => Some(loc),
+            // The key's record is damaged: deleting it is how an operator repairs that.
+            Err(_) => None,
+        };
+        let damaged = match found {
+            Some(loc) => self
+                .inner
+                .read(view.segment.clone(), key, loc, true)
+                .is_err()
+                .then_some(loc),
+            None => st
+                .damaged
+                .iter()
+                .rev()
+                .find(|d| d.key.as_deref() == Some(key))
+                .map(|d| Loc {
+                    offset: d.offset,
+                    len: d.len,
+                    crc: 0,
+                }),
+        };
+        if let Some(loc) = damaged {
+            // Whatever is left of the damaged record is saved before the tombstone makes it dead
+            // bytes that compaction drops.
+            self.inner
+                .salvage(&st, &view.segment, loc.offset, loc.len)?;
         }
         drop(view);
         let rec = Pending {
             key,
             kind: Kind::Delete,
-            head,
+            enc,
             value: &[],
-            crc,
         };
-        self.inner.append(&mut st, std::slice::from_ref(&rec))?;
+        self.inner.append(&mut st, vec![rec])?;
         Ok(true)
     }
 
@@ -725,8 +826,10 @@ impl Engine {
     ///
     /// Reads each indexed record's header, so it costs one page touch per key.
     ///
+    /// A key whose record's header or key bytes are damaged is not listed (`verify` names it).
+    ///
     /// # Errors
-    /// [`Error::Corruption`] if a record the index names has a damaged header.
+    /// [`Error::Corruption`] if the index is damaged beyond repair.
     pub fn keys(&self) -> Result<Vec<String>> {
         let snap = self.inner.snapshot()?;
         let bytes = snap.view.segment.bytes();
@@ -737,16 +840,13 @@ impl Engine {
             .map(|(k, _)| k.to_string())
             .collect();
         for (hash, loc) in &snap.indexed {
-            let key = self.inner.key_of(bytes, *loc)?;
+            // A record whose header or key bytes are damaged cannot say its key: it is not
+            // listed (its damage is `verify`'s to report, and `get` of the key reports it).
+            let Ok(key) = self.inner.key_of(bytes, *loc) else {
+                continue;
+            };
             if index::hash_key(key) != *hash {
-                // The record's key bytes are damaged (or the slot is): never list a key that
-                // `get` would call absent.
-                return Err(Error::corruption(
-                    &self.inner.seg_path,
-                    loc.offset,
-                    Some(key),
-                    "record key does not match its index slot",
-                ));
+                continue;
             }
             if !snap.recent.contains_key(key) {
                 keys.push(key.to_owned());
@@ -800,8 +900,8 @@ impl Engine {
     /// [`Error::Io`] if the sync fails (the handle then refuses further writes).
     pub fn sync(&self) -> Result<()> {
         self.inner.writable()?;
-        let st = self.inner.state.lock();
-        self.inner.sync(&st)
+        let mut st = self.inner.state.lock();
+        self.inner.sync(&mut st)
     }
 
     /// Writes the in-memory overlay into the index now, so the next open replays nothing.
@@ -845,7 +945,10 @@ impl Engine {
             replayed_records: st.replayed,
             torn_tail_bytes: st.torn,
             index_rebuilt: st.index_rebuilt,
-            format_version: segment::FORMAT_VERSION,
+            damaged_records: st.damaged.len() as u64,
+            lost_found_files: crate::lost_found::list(&self.inner.dir)
+                .map_or(0, |l| l.len() as u64),
+            format_version: st.version,
         }
     }
 
@@ -956,14 +1059,13 @@ impl Iterator for Iter {
 struct Pending<'a> {
     key: &'a str,
     kind: Kind,
-    head: Vec<u8>,
+    enc: record::Encoded,
     value: &'a [u8],
-    crc: u32,
 }
 
 impl Pending<'_> {
     fn len(&self) -> u64 {
-        (self.head.len() + self.value.len()) as u64
+        (self.enc.head.len() + self.value.len()) as u64
     }
 }
 
@@ -999,16 +1101,79 @@ impl Inner {
         })
     }
 
-    fn sync(&self, st: &State) -> Result<()> {
+    fn sync(&self, st: &mut State) -> Result<()> {
         let b = self.backend(st)?;
-        self.io(b.sync_data())
+        self.io(b.sync_data())?;
+        st.synced = st.end;
+        Ok(())
+    }
+
+    /// Copies `len` segment bytes at `offset` into `lost+found/` (bounded by the map).
+    pub(crate) fn salvage(
+        &self,
+        st: &State,
+        segment: &SegmentMap,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        let bytes = segment.bytes();
+        let from = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let to = usize::try_from(offset.saturating_add(len))
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        if to > from {
+            crate::lost_found::save(&self.dir, st.segment_id, offset, &bytes[from..to])?;
+        }
+        Ok(())
+    }
+
+    /// Appends a lone sync mark if records written since the last one have been synced, so the
+    /// segment itself proves them durable (a clean close ends with one).
+    fn write_mark(&self, st: &mut State) -> Result<()> {
+        self.append(st, Vec::new())
     }
 
     /// Appends records, makes them as durable as configured, then publishes them.
-    fn append(&self, st: &mut State, records: &[Pending<'_>]) -> Result<()> {
+    ///
+    /// When bytes synced since the last sync mark hold records, the append is led by a new mark
+    /// (the first record of the same append, so a torn append is still one append): the segment
+    /// then proves those bytes durable by itself, without the index.
+    fn append(&self, st: &mut State, mut records: Vec<Pending<'_>>) -> Result<()> {
         self.writable()?;
+        let lead = st.synced > st.proven;
+        if records.is_empty() && !lead {
+            return Ok(());
+        }
         if st.closed_mark {
             self.mark_index(st, false)?;
+        }
+        if lead {
+            let continues = !records.is_empty();
+            if let Some(first) = records.first_mut() {
+                let b = first.enc.batch();
+                first.enc.set_batch(record::Batch { follows: true, ..b });
+            }
+            let (head, crc) = record::encode_mark(
+                st.synced,
+                record::Batch {
+                    continues,
+                    follows: false,
+                },
+            );
+            let mut enc = record::Encoded::new(Kind::Mark, 0, b"", &[], record::Batch::ALONE);
+            enc.head = head;
+            enc.crc = crc;
+            records.insert(
+                0,
+                Pending {
+                    key: "",
+                    kind: Kind::Mark,
+                    enc,
+                    value: &[],
+                },
+            );
         }
         let total: u64 = records.iter().map(Pending::len).sum();
         let start = st.end;
@@ -1020,12 +1185,12 @@ impl Inner {
         let mut at = start;
         let mut buf: Vec<u8> = Vec::new();
         let mut buf_at = at;
-        for r in records {
+        for r in &records {
             if r.value.len() <= COALESCE {
                 if buf.is_empty() {
                     buf_at = at;
                 }
-                buf.extend_from_slice(&r.head);
+                buf.extend_from_slice(&r.enc.head);
                 buf.extend_from_slice(r.value);
                 if buf.len() >= COALESCE {
                     self.io(backend.write_at(&buf, buf_at))?;
@@ -1036,8 +1201,8 @@ impl Inner {
                     self.io(backend.write_at(&buf, buf_at))?;
                     buf.clear();
                 }
-                self.io(backend.write_at(&r.head, at))?;
-                self.io(backend.write_at(r.value, at + r.head.len() as u64))?;
+                self.io(backend.write_at(&r.enc.head, at))?;
+                self.io(backend.write_at(r.value, at + r.enc.head.len() as u64))?;
             }
             at += r.len();
         }
@@ -1047,10 +1212,23 @@ impl Inner {
         if self.config.durability == Durability::Fsync {
             self.io(backend.sync_data())?;
         }
+        if lead {
+            // The mark at `start` vouches for [0, synced); itself it needs no proof.
+            st.proven = if st.synced == start {
+                start + record::MARK_LEN
+            } else {
+                st.synced
+            };
+        }
         // Durable as promised: publish.
         let view = self.view.load();
         let mut at = start;
-        for r in records {
+        for r in &records {
+            if r.kind == Kind::Mark {
+                recovery::count(&mut st.counters, Kind::Mark, None, r.len());
+                at += r.len();
+                continue;
+            }
             let hash = index::hash_key(r.key);
             // The record is written: publish it whatever happens. A damaged slot only costs the
             // statistics here, and makes the next checkpoint rebuild the index and recount.
@@ -1071,14 +1249,17 @@ impl Inner {
                 Kind::Put => Entry::Put(Loc {
                     offset: at,
                     len: r.len(),
-                    crc: r.crc,
+                    crc: r.enc.crc,
                 }),
-                Kind::Delete => Entry::Tombstone,
+                _ => Entry::Tombstone,
             };
             view.overlay.insert(r.key.into(), entry);
             at += r.len();
         }
         st.end = at;
+        if self.config.durability == Durability::Fsync {
+            st.synced = st.end;
+        }
         self.live.store(st.counters.live_records, Ordering::Release);
         let tail_bytes = st.end - st.covered_len;
         if view.overlay.len() >= self.config.checkpoint_records
@@ -1102,6 +1283,7 @@ impl Inner {
         self.io(backend.set_len(new_len))?;
         if self.config.durability == Durability::Fsync {
             self.io(backend.sync_data())?;
+            st.synced = st.end;
         }
         st.file_len = new_len;
         let map = SegmentMap::new(&st.file, new_len, &self.seg_path)?;
@@ -1248,6 +1430,10 @@ impl Inner {
             // Closed already, and nothing was appended since.
             return Ok(());
         }
+        // The segment ends with a mark proving everything before it synced: a later open needs
+        // no index to know that damage anywhere in it is corruption, not a torn write.
+        self.sync(st)?;
+        self.write_mark(st)?;
         self.checkpoint(st, false)?;
         self.release_tail(st)?;
         if st.covered_len == st.end {
@@ -1318,17 +1504,25 @@ impl Inner {
         let view = self.view.load_full();
         let overlay = Overlay::new();
         let mut counters = Counters::default();
-        let (ScanEnd { end, .. }, replayed) = recovery::replay(
+        let reach = if self.config.read_only {
+            Reach::Written
+        } else {
+            Reach::Whole
+        };
+        let replayed = recovery::replay(
             view.segment.bytes(),
             segment::HEADER_LEN,
+            segment::HEADER_LEN,
+            reach,
             None,
             &overlay,
             &mut counters,
             &self.seg_path,
         )?;
         st.counters = counters;
-        st.end = end;
-        st.replayed = replayed;
+        st.end = replayed.tail.end;
+        st.replayed = replayed.records;
+        st.damaged = replayed.damaged;
         st.covered_len = segment::HEADER_LEN;
         st.used_slots = 0;
         st.index_rebuilt = true;
@@ -1497,17 +1691,21 @@ impl Inner {
             }
             None => (current.index.clone(), current.overlay.clone(), st.end),
         };
-        let (ScanEnd { end, torn }, replayed) = recovery::replay(
+        let replayed = recovery::replay(
             map.bytes(),
             from,
+            from,
+            Reach::Written,
             index.as_deref(),
             &overlay,
             &mut st.counters,
             &self.seg_path,
         )?;
-        st.end = end;
-        st.torn = torn;
-        st.replayed = replayed;
+        st.end = replayed.tail.end;
+        st.torn = replayed.tail.torn;
+        st.replayed = replayed.records;
+        st.damaged.retain(|d| d.offset < from);
+        st.damaged.extend(replayed.damaged);
         self.live.store(st.counters.live_records, Ordering::Release);
         self.view.store(Arc::new(View {
             segment: map,

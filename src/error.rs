@@ -31,6 +31,13 @@ pub enum Error {
         /// The store directory.
         path: PathBuf,
     },
+    /// A store file (segment, index or lock) is a FIFO, device, directory or other non-regular
+    /// file: refused rather than read, since reading a FIFO would block forever.
+    #[error("{path} is not a regular file")]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+    },
     /// A file does not start with the expected magic number: not a squirrel-store file.
     #[error("{path} is not a squirrel-store {kind} file (bad magic number)")]
     BadMagic {

@@ -5,6 +5,7 @@
 //! never leaves a stale lock behind.
 
 use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -21,13 +22,7 @@ pub(crate) struct WriterLock {
 impl WriterLock {
     pub(crate) fn acquire(dir: &Path) -> Result<Self> {
         let path: PathBuf = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = open_lock_file(&path, true)?;
         // A process forked by this one (to exec a command) holds a copy of every descriptor,
         // and so of the lock, until its exec closes them: a handle dropped and reopened across
         // such a fork can find its own lock still held for a moment. Retry briefly before
@@ -44,5 +39,51 @@ impl WriterLock {
                 Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
             }
         }
+    }
+}
+
+/// Opens (creating when `create`) the lock file, refusing a FIFO or other non-regular file before
+/// anything can block on it.
+fn open_lock_file(path: &Path, create: bool) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(21) | Some(6) => Error::NotRegular {
+                path: path.to_owned(),
+            },
+            _ => Error::io(path, e),
+        })?;
+    if !file.metadata().map_err(|e| Error::io(path, e))?.is_file() {
+        return Err(Error::NotRegular {
+            path: path.to_owned(),
+        });
+    }
+    Ok(file)
+}
+
+/// Whether a writer holds the store in `dir` open right now (false when there is no lock file).
+pub(crate) fn is_held(dir: &Path) -> Result<bool> {
+    let path = dir.join(LOCK_FILE);
+    let file = match open_lock_file(&path, false) {
+        Ok(f) => f,
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(false);
+        }
+        // A read-only directory: no writer can hold a lock we may not even open for writing.
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    match file.try_lock() {
+        // Dropping the file releases the probe's own lock at once.
+        Ok(()) => Ok(false),
+        Err(TryLockError::WouldBlock) => Ok(true),
+        Err(TryLockError::Error(e)) => Err(Error::io(&path, e)),
     }
 }

@@ -4,9 +4,9 @@
 //! offset size field
 //!  0     4    crc         crc32 of bytes 4..end of record (rest of header, key, value)
 //!  4     4    header_crc  crc32 of bytes 8..24, so a length can be trusted before the body is read
-//!  8     1    kind        1 = put, 2 = delete (tombstone)
+//!  8     1    kind        1 = put, 2 = delete (tombstone), 3 = sync mark (format v2)
 //!  9     1    codec       what the value holds (0 = raw bytes; see serializer::Codec)
-//! 10     2    key_len     1..=MAX_KEY_LEN, UTF-8 key bytes follow the header
+//! 10     2    key_len     1..=MAX_KEY_LEN, UTF-8 key bytes follow the header (0 for a mark)
 //! 12     4    flags       bit 0 CONTINUES: the next record belongs to the same append;
 //!                         bit 1 FOLLOWS: the previous record belongs to the same append
 //!                         (both only inside a `set_many` batch); other bits 0
@@ -26,7 +26,14 @@ pub const MAX_KEY_LEN: usize = 1024;
 pub(crate) enum Kind {
     Put = 1,
     Delete = 2,
+    /// A sync mark (format v2): no key, an 8-byte value holding a segment length the writer had
+    /// made durable (`fdatasync` returned) before it wrote the mark. Recovery uses marks to tell
+    /// damage to synced bytes (corruption, kept and reported) from a torn unsynced append.
+    Mark = 3,
 }
+
+/// Length of a sync mark record: the header and an 8-byte little-endian synced length.
+pub(crate) const MARK_LEN: u64 = HEADER_LEN as u64 + 8;
 
 /// A decoded record header whose `header_crc` has been checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +47,8 @@ pub(crate) struct Header {
     pub continues: bool,
     /// The previous record was appended in the same batch (see [`FLAG_FOLLOWS`]).
     pub follows: bool,
+    /// The key's check value, when the writer stored one (see [`FLAG_KEY_CHECK`]).
+    pub key_check: Option<u16>,
 }
 
 /// Flag bit: the record is not the last of its append. Recovery uses it to tell a batch torn by a
@@ -47,6 +56,16 @@ pub(crate) struct Header {
 pub(crate) const FLAG_CONTINUES: u32 = 1;
 /// Flag bit: the record is not the first of its append.
 pub(crate) const FLAG_FOLLOWS: u32 = 2;
+/// Flag bit (format v2): bits 16..32 hold [`key_check`] of the record's key, so damage to the key
+/// bytes (which `header_crc` does not cover) is told apart from damage to the value: recovery then
+/// never files a damaged record under a wrong key.
+pub(crate) const FLAG_KEY_CHECK: u32 = 4;
+const KNOWN_FLAGS: u32 = FLAG_CONTINUES | FLAG_FOLLOWS | FLAG_KEY_CHECK;
+
+/// The 16-bit key check stored in a v2 record's flags: the low half of the key's CRC-32.
+pub(crate) fn key_check(key: &[u8]) -> u16 {
+    (crc32fast::hash(key) & 0xffff) as u16
+}
 
 /// Why a header could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +77,12 @@ pub(crate) enum HeaderError {
 }
 
 impl Header {
+    /// Whether `key` (the record's key bytes as read) agrees with the header's key check; true
+    /// when the record carries none (format v1).
+    pub fn key_agrees(&self, key: &[u8]) -> bool {
+        self.key_check.is_none_or(|c| key_check(key) == c)
+    }
+
     /// Total length of the record on disk; `None` if it overflows `u64`.
     pub fn record_len(&self) -> Option<u64> {
         (HEADER_LEN as u64 + u64::from(self.key_len)).checked_add(self.value_len)
@@ -77,6 +102,7 @@ impl Header {
         let kind = match h[8] {
             1 => Kind::Put,
             2 => Kind::Delete,
+            3 => Kind::Mark,
             _ => return Err(HeaderError::Invalid),
         };
         let codec = h[9];
@@ -84,10 +110,16 @@ impl Header {
         let flags = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
         let value_len =
             u64::from_le_bytes([h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23]]);
-        let valid = key_len != 0
-            && usize::from(key_len) <= MAX_KEY_LEN
-            && flags & !(FLAG_CONTINUES | FLAG_FOLLOWS) == 0
-            && (kind == Kind::Put || (value_len == 0 && codec == 0));
+        let fields_ok = match kind {
+            Kind::Put => key_len != 0 && usize::from(key_len) <= MAX_KEY_LEN,
+            Kind::Delete => {
+                key_len != 0 && usize::from(key_len) <= MAX_KEY_LEN && value_len == 0 && codec == 0
+            }
+            Kind::Mark => key_len == 0 && value_len == 8 && codec == 0,
+        };
+        let valid = fields_ok
+            && flags & 0xffff & !KNOWN_FLAGS == 0
+            && (flags & FLAG_KEY_CHECK != 0 || flags >> 16 == 0);
         if !valid {
             return Err(HeaderError::Invalid);
         }
@@ -99,6 +131,7 @@ impl Header {
             value_len,
             continues: flags & FLAG_CONTINUES != 0,
             follows: flags & FLAG_FOLLOWS != 0,
+            key_check: (flags & FLAG_KEY_CHECK != 0).then_some((flags >> 16) as u16),
         })
     }
 }
@@ -127,8 +160,7 @@ impl Batch {
 }
 
 /// Builds the header and key bytes of a record (the value is written after them unchanged).
-///
-/// The checksum is computed here, outside any lock, because it is the one pass over the value.
+#[cfg(test)]
 pub(crate) fn encode(
     kind: Kind,
     codec: u8,
@@ -136,25 +168,94 @@ pub(crate) fn encode(
     value: &[u8],
     batch: Batch,
 ) -> (Vec<u8>, u32) {
-    let mut head = Vec::with_capacity(HEADER_LEN + key.len());
-    head.extend_from_slice(&[0; 8]);
-    head.push(kind as u8);
-    head.push(codec);
-    // Callers validate the key length against MAX_KEY_LEN first, which fits a u16.
-    head.extend_from_slice(&(key.len() as u16).to_le_bytes());
-    let flags = if batch.continues { FLAG_CONTINUES } else { 0 }
-        | if batch.follows { FLAG_FOLLOWS } else { 0 };
-    head.extend_from_slice(&flags.to_le_bytes());
-    head.extend_from_slice(&(value.len() as u64).to_le_bytes());
-    let header_crc = crc32fast::hash(&head[8..HEADER_LEN]);
-    head[4..8].copy_from_slice(&header_crc.to_le_bytes());
-    head.extend_from_slice(key.as_bytes());
-    let mut hasher = Hasher::new();
-    hasher.update(&head[4..]);
-    hasher.update(value);
-    let crc = hasher.finalize();
-    head[0..4].copy_from_slice(&crc.to_le_bytes());
-    (head, crc)
+    let e = Encoded::new(kind, codec, key.as_bytes(), value, batch);
+    (e.head, e.crc)
+}
+
+/// A record's header and key, with what it takes to change its batch flags later without another
+/// pass over the value (the writer leads an append with a sync mark only once it holds the lock).
+#[derive(Clone)]
+pub(crate) struct Encoded {
+    /// Header and key bytes.
+    pub head: Vec<u8>,
+    /// The record's `crc`.
+    pub crc: u32,
+    /// CRC state over the key and value, the part of the record after the header.
+    suffix: Hasher,
+}
+
+impl Encoded {
+    pub(crate) fn new(kind: Kind, codec: u8, key: &[u8], value: &[u8], batch: Batch) -> Encoded {
+        let mut head = Vec::with_capacity(HEADER_LEN + key.len());
+        head.extend_from_slice(&[0; 8]);
+        head.push(kind as u8);
+        head.push(codec);
+        // Callers validate the key length against MAX_KEY_LEN first, which fits a u16.
+        head.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        head.extend_from_slice(&[0; 4]);
+        head.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        head.extend_from_slice(key);
+        let mut suffix = Hasher::new();
+        suffix.update(key);
+        suffix.update(value);
+        let mut e = Encoded {
+            head,
+            crc: 0,
+            suffix,
+        };
+        e.set_batch(batch);
+        e
+    }
+
+    /// Sets the batch flags and recomputes both checksums (O(1) in the value's length).
+    pub(crate) fn set_batch(&mut self, batch: Batch) {
+        let key = &self.head[HEADER_LEN..];
+        let flags = if batch.continues { FLAG_CONTINUES } else { 0 }
+            | if batch.follows { FLAG_FOLLOWS } else { 0 }
+            | if key.is_empty() {
+                0
+            } else {
+                FLAG_KEY_CHECK | u32::from(key_check(key)) << 16
+            };
+        self.head[12..16].copy_from_slice(&flags.to_le_bytes());
+        let header_crc = crc32fast::hash(&self.head[8..HEADER_LEN]);
+        self.head[4..8].copy_from_slice(&header_crc.to_le_bytes());
+        let mut h = Hasher::new();
+        h.update(&self.head[4..HEADER_LEN]);
+        h.combine(&self.suffix);
+        self.crc = h.finalize();
+        self.head[0..4].copy_from_slice(&self.crc.to_le_bytes());
+    }
+
+    /// The batch flags as encoded.
+    pub(crate) fn batch(&self) -> Batch {
+        let flags =
+            u32::from_le_bytes([self.head[12], self.head[13], self.head[14], self.head[15]]);
+        Batch {
+            continues: flags & FLAG_CONTINUES != 0,
+            follows: flags & FLAG_FOLLOWS != 0,
+        }
+    }
+}
+
+/// Builds a sync mark record stating that segment bytes `[0, synced)` were durable before it was
+/// written. `batch` places it in its append like any other record (a mark is the first record of
+/// the append it leads, so a torn append that lost the mark's sector is still one append).
+pub(crate) fn encode_mark(synced: u64, batch: Batch) -> (Vec<u8>, u32) {
+    let value = synced.to_le_bytes();
+    let e = Encoded::new(Kind::Mark, 0, b"", &value, batch);
+    let mut head = e.head;
+    head.extend_from_slice(&value);
+    (head, e.crc)
+}
+
+/// The synced length a mark record states, if `record` (a whole intact record) is one.
+pub(crate) fn mark_value(header: &Header, record: &[u8]) -> Option<u64> {
+    if header.kind != Kind::Mark {
+        return None;
+    }
+    let v: [u8; 8] = record.get(HEADER_LEN..HEADER_LEN + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(v))
 }
 
 /// Checks the full-record checksum of `record` (header, key and value).
@@ -180,6 +281,22 @@ mod tests {
         assert!(crc_ok(&full, crc));
         full[30] ^= 1;
         assert!(!crc_ok(&full, crc));
+    }
+
+    #[test]
+    fn changing_batch_flags_keeps_the_record_intact() {
+        let value = vec![7u8; 100_000];
+        let mut e = Encoded::new(Kind::Put, 1, b"key", &value, Batch::ALONE);
+        e.set_batch(Batch::nth(1, 3));
+        let mut full = e.head.clone();
+        full.extend_from_slice(&value);
+        let h = Header::decode(&full).expect("valid header");
+        assert!(h.follows && h.continues);
+        assert!(crc_ok(&full, e.crc));
+        assert_eq!(h.crc, e.crc);
+        assert!(h.key_agrees(b"key"));
+        assert!(!h.key_agrees(b"kez"));
+        assert_eq!(e.batch(), Batch::nth(1, 3));
     }
 
     #[test]

@@ -12,8 +12,9 @@ use dashmap::DashMap;
 
 use crate::error::{Error, IoContext, Result};
 use crate::index::{self, Counters, IndexMap, Loc, Probe};
-use crate::record::Kind;
-use crate::segment::{self, SegmentMap, Step};
+use crate::record::{Kind, MARK_LEN};
+use crate::scan::{self, Damaged, Event, Reach, Tail};
+use crate::segment::{self, SegmentMap};
 
 /// What the overlay holds for a key written since the last checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,15 +25,6 @@ pub(crate) enum Entry {
 
 /// Keys written since the last checkpoint, newest record per key.
 pub(crate) type Overlay = DashMap<Box<str>, Entry>;
-
-/// Where the segment's valid records end, as found by a scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ScanEnd {
-    /// Offset of the first byte after the last valid record.
-    pub end: u64,
-    /// Bytes of a torn tail after `end` (0 if only zeros follow).
-    pub torn: u64,
-}
 
 /// The live location of `key`: overlay first, then the index.
 pub(crate) fn current(
@@ -101,6 +93,10 @@ pub(crate) fn count(counters: &mut Counters, kind: Kind, prev: Option<Loc>, len:
                 .dead_bytes
                 .saturating_add(p.len.saturating_add(len));
         }
+        // Sync marks and unattributed damage: bytes compaction drops, but no key's record.
+        (Kind::Mark, _) => {
+            counters.dead_bytes = counters.dead_bytes.saturating_add(len);
+        }
         (Kind::Delete, None) => {
             counters.dead_records = counters.dead_records.saturating_add(1);
             counters.dead_bytes = counters.dead_bytes.saturating_add(len);
@@ -108,63 +104,85 @@ pub(crate) fn count(counters: &mut Counters, kind: Kind, prev: Option<Loc>, len:
     }
 }
 
-/// Replays records from `from` into `overlay`, updating `counters`. Stops at the end of the valid
-/// records; mid-segment damage is an error naming its offset (and key, when the header is intact).
+/// What a replay found.
+#[derive(Debug, Default)]
+pub(crate) struct Replayed {
+    /// Where the valid records end.
+    pub tail: Tail,
+    /// Intact records applied.
+    pub records: u64,
+    /// Damaged regions met (kept in the file; a key named by one maps to it, so `get` of that key
+    /// reports the damage instead of serving an older value or calling the key absent).
+    pub damaged: Vec<Damaged>,
+}
+
+/// Replays records from `from` into `overlay`, updating `counters`. Damage is recorded and
+/// skipped, never an error and never a reason to drop what follows; see [`crate::scan`].
+/// `synced_floor` is an offset a checkpoint proved synced.
+// The scan's three parameters and the three structures it fills: a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn replay(
     segment: &[u8],
     from: u64,
+    synced_floor: u64,
+    reach: Reach,
     index: Option<&IndexMap>,
     overlay: &Overlay,
     counters: &mut Counters,
     path: &Path,
-) -> Result<(ScanEnd, u64)> {
-    let mut at = from;
+) -> Result<Replayed> {
     let mut records = 0u64;
-    loop {
-        match segment::scan_at(segment, at) {
-            Step::Record {
+    let mut damaged = Vec::new();
+    let apply = |key: &str, kind: Kind, loc: Loc, counters: &mut Counters| -> Result<()> {
+        let prev = current(overlay, index, segment, key, index::hash_key(key), path)?;
+        count(counters, kind, prev, loc.len);
+        let entry = match kind {
+            Kind::Put => Entry::Put(loc),
+            _ => Entry::Tombstone,
+        };
+        overlay.insert(key.into(), entry);
+        Ok(())
+    };
+    let tail = scan::scan::<Error>(segment, from, synced_floor, reach, &mut |event| {
+        match event {
+            Event::Record {
                 offset,
                 header,
-                intact,
+                key,
             } => {
-                let start = offset as usize + crate::record::HEADER_LEN;
-                let key_bytes = &segment[start..start + usize::from(header.key_len)];
-                let key = std::str::from_utf8(key_bytes).ok().filter(|_| intact);
-                let Some(key) = key else {
-                    return Err(Error::corruption(
-                        path,
-                        offset,
-                        std::str::from_utf8(key_bytes).ok(),
-                        "record checksum mismatch in the middle of the segment",
-                    ));
-                };
-                let len = header.record_len().unwrap_or(0);
-                let hash = index::hash_key(key);
-                let prev = current(overlay, index, segment, key, hash, path)?;
-                count(counters, header.kind, prev, len);
-                let entry = match header.kind {
-                    Kind::Put => Entry::Put(Loc {
-                        offset,
-                        len,
-                        crc: header.crc,
-                    }),
-                    Kind::Delete => Entry::Tombstone,
-                };
-                overlay.insert(key.into(), entry);
-                records += 1;
-                at = offset + len;
-            }
-            Step::End { offset, torn } => return Ok((ScanEnd { end: offset, torn }, records)),
-            Step::Corrupt { offset } => {
-                return Err(Error::corruption(
-                    path,
+                let loc = Loc {
                     offset,
-                    None,
-                    "unreadable record header followed by valid records",
-                ));
+                    len: header.record_len().unwrap_or(0),
+                    crc: header.crc,
+                };
+                apply(key, header.kind, loc, counters)?;
+                records += 1;
+            }
+            Event::Mark => count(counters, Kind::Mark, None, MARK_LEN),
+            Event::Damaged(d) => {
+                if let Some(key) = &d.key {
+                    // The key's newest record is this damaged one: it maps here, as a put, so
+                    // every read of it fails with the damage (a damaged tombstone too: whether
+                    // the key was deleted cannot be known).
+                    let loc = Loc {
+                        offset: d.offset,
+                        len: d.len,
+                        crc: d.header.map_or(0, |h| h.crc),
+                    };
+                    apply(key, Kind::Put, loc, counters)?;
+                } else {
+                    count(counters, Kind::Mark, None, d.len);
+                }
+                damaged.push(d);
             }
         }
-    }
+        Ok(())
+    })?;
+    Ok(Replayed {
+        tail,
+        records,
+        damaged,
+    })
 }
 
 /// The segment file, opened and checked.
@@ -172,33 +190,40 @@ pub(crate) struct OpenedSegment {
     pub file: File,
     pub map: Arc<SegmentMap>,
     pub segment_id: u64,
+    /// The format version its header states (1 or 2).
+    pub version: u32,
     pub created: bool,
 }
 
 /// Opens (or, when allowed, creates) the segment file and checks its header.
 pub(crate) fn open_segment(dir: &Path, writable: bool, create: bool) -> Result<OpenedSegment> {
     let path = dir.join(segment::SEGMENT_FILE);
-    let file = match OpenOptions::new().read(true).write(writable).open(&path) {
+    let file = match open_regular(&path, writable) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             if !(writable && create) {
                 return Err(Error::NotFound {
                     path: dir.to_owned(),
                 });
             }
-            OpenOptions::new()
+            let f = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(&path)
-                .at(&path)?
+                .at(&path)?;
+            // The directory may be new too: its entry must survive a power cut as well.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+            f
         }
-        Err(e) => return Err(Error::io(&path, e)),
+        Err(e) => return Err(e),
     };
     let mut len = file.metadata().at(&path)?.len();
     let mut created = false;
-    if len == 0 && writable {
+    if len == 0 && writable && create {
         // A new file, or one whose creation was cut short before its header was written.
         let id: u64 = rand::random();
         std::os::unix::fs::FileExt::write_all_at(&file, &segment::encode_header(id), 0)
@@ -217,13 +242,41 @@ pub(crate) fn open_segment(dir: &Path, writable: bool, create: bool) -> Result<O
         ));
     }
     let map = SegmentMap::new(&file, len, &path)?;
-    let segment_id = segment::decode_header(&path, map.bytes())?;
+    let (segment_id, version) = segment::decode_header(&path, map.bytes())?;
     Ok(OpenedSegment {
         file,
         map,
         segment_id,
+        version,
         created,
     })
+}
+
+/// Opens `path` if it is a regular file (following symlinks). A FIFO, device or directory is
+/// refused before anything blocks on it: opening is non-blocking, the type checked on the handle.
+pub(crate) fn open_regular(path: &Path, writable: bool) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // A directory opened for writing, or a device without a driver.
+            Some(21) | Some(6) => Error::NotRegular {
+                path: path.to_owned(),
+            },
+            _ => Error::io(path, e),
+        })?;
+    if !file.metadata().at(path)?.is_file() {
+        return Err(Error::NotRegular {
+            path: path.to_owned(),
+        });
+    }
+    // Clear O_NONBLOCK again: it means nothing for a regular file, but say exactly what we use.
+    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())
+        .map_err(|e| Error::io(path, e.into()))?;
+    Ok(file)
 }
 
 /// A usable index and the state it vouches for, or the reason there is none.
@@ -253,7 +306,11 @@ pub(crate) fn open_index(
                 .checked_add(c.dead_bytes)
                 .is_some_and(|b| b <= records_room)
                 && c.live_records.saturating_add(c.dead_records) <= records_room / 24
-                && c.live_records <= header.used_slots;
+                && c.live_records <= header.used_slots
+                && header.used_slots <= header.slot_count
+                // A table larger than any store of this length would have been given (a forged
+                // or damaged header over a sparse file) is not walked: rebuilt instead.
+                && header.slot_count <= index::slots_for(records_room / 25 + 1);
             let trusted = !header.dirty
                 && plausible
                 && header.segment_id == segment_id

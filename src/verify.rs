@@ -1,21 +1,33 @@
 //! Verification: read every record of a store and check every checksum, without trusting the
 //! index, and check that the index agrees with the segment. Used by `squirrel-store verify`.
+//!
+//! It applies the recovery rules of [`crate::scan`] to the whole file, so what it calls damage is
+//! exactly what an open would keep and report, and what it calls a torn tail is what a read-write
+//! open would save into `lost+found/` and cut. Beside a live writer it reads the records as they
+//! were when it started, plus whatever the writer completed meanwhile, and reports no torn tail
+//! (the writer's append in flight is not one).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::Result;
 use crate::index::{self, IndexMap, Loc};
+use crate::lost_found::{self, LostFile};
 use crate::record::Kind;
 use crate::recovery::{self, IndexState};
-use crate::segment::{self, Step};
+use crate::scan::{self, Event, Reach};
+use crate::segment;
 
-/// A damaged record found by [`verify`].
+/// A damaged record (or region) found by [`verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Damage {
     /// Offset of the damaged bytes in the segment.
     pub offset: u64,
-    /// The record's key, when its header is intact enough to tell.
+    /// How many bytes, up to the next intact record.
+    pub len: u64,
+    /// The record's key, when it can be told for certain (see format-spec, "Naming a damaged
+    /// record's key"). `None` when the key bytes themselves are damaged or unreadable.
     pub key: Option<String>,
     /// What is wrong.
     pub what: &'static str,
@@ -30,7 +42,8 @@ pub enum IndexCheck {
     Consistent,
     /// No index file, or one that cannot be used (it will be rebuilt at the next read-write open).
     Unusable,
-    /// Slots that disagree with the segment (the index is derived: `rebuild-index` repairs it).
+    /// Slots that disagree with the segment (the index is derived: `rebuild-index` repairs it,
+    /// atomically, losing nothing).
     Inconsistent(Vec<String>),
 }
 
@@ -38,19 +51,26 @@ pub enum IndexCheck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct VerifyReport {
-    /// Records read and checked (intact or not).
+    /// Records read and checked (intact or not; sync marks are not counted).
     pub records: u64,
     /// Intact records.
     pub intact: u64,
-    /// Keys with a live value according to the segment.
+    /// Keys with a live value according to the segment (damaged ones included).
     pub live_keys: u64,
-    /// Damaged records in the middle of the segment: corruption.
+    /// Damaged records or regions: corruption. Each costs that record alone; see
+    /// [`crate::repair`].
     pub damaged: Vec<Damage>,
     /// A torn tail left by a crash: `(offset, bytes)`. Not corruption: the next read-write open
-    /// cuts it off.
+    /// saves it into `lost+found/` and cuts it off.
     pub torn_tail: Option<(u64, u64)>,
     /// The index's state.
     pub index: IndexCheck,
+    /// What the store's `lost+found/` holds.
+    pub lost_found: Vec<LostFile>,
+    /// Whether a writer held the store open while it was checked.
+    pub live_writer: bool,
+    /// The segment's format version.
+    pub format_version: u32,
 }
 
 impl VerifyReport {
@@ -60,14 +80,14 @@ impl VerifyReport {
     }
 }
 
-/// Checks the store in `dir`, read-only, while a writer may be running (it sees what was written
-/// when it started).
+/// Checks the store in `dir`, read-only, while a writer may be running.
 ///
 /// # Errors
 /// [`crate::Error::NotFound`], [`crate::Error::BadMagic`], [`crate::Error::UnsupportedVersion`]
-/// for a segment that cannot be read at all, [`crate::Error::Io`].
+/// for a segment that cannot be read at all, [`crate::Error::NotRegular`], [`crate::Error::Io`].
 pub fn verify(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
     let seg = recovery::open_segment(dir, false, false)?;
+    let live_writer = crate::lock::is_held(dir)?;
     let bytes = seg.map.bytes();
     let total = bytes.len() as u64;
     let mut report = VerifyReport {
@@ -77,8 +97,11 @@ pub fn verify(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyRe
         damaged: Vec::new(),
         torn_tail: None,
         index: IndexCheck::Consistent,
+        lost_found: lost_found::list(dir)?,
+        live_writer,
+        format_version: seg.version,
     };
-    // key -> newest intact record; None once deleted.
+    // key -> newest record; None once deleted.
     let mut latest: HashMap<String, Option<Loc>> = HashMap::new();
     // Below the index's checkpoint the segment was fsynced before the index said so: damage
     // there is never a torn write, whatever follows it.
@@ -86,84 +109,62 @@ pub fn verify(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyRe
         IndexState::Usable(_, h) => h.covered_len,
         IndexState::Unusable => segment::HEADER_LEN,
     };
-    let mut at = segment::HEADER_LEN;
-    let mut end = at;
-    loop {
-        progress(at.min(total), total);
-        let step = match segment::scan_at(bytes, at) {
-            Step::End { offset, torn } if torn > 0 && offset < synced => {
-                segment::scan_synced(bytes, offset)
-            }
-            step => step,
-        };
-        match step {
-            Step::Record {
-                offset,
-                header,
-                intact,
-            } => {
+    let tail = scan::scan::<std::convert::Infallible>(
+        bytes,
+        segment::HEADER_LEN,
+        synced,
+        Reach::Whole,
+        &mut |event| {
+            if !matches!(event, Event::Mark) {
                 report.records += 1;
-                let len = header.record_len().unwrap_or(0);
-                let ks = offset as usize + crate::record::HEADER_LEN;
-                let key = String::from_utf8_lossy(&bytes[ks..ks + usize::from(header.key_len)])
-                    .into_owned();
-                if intact {
+            }
+            match event {
+                Event::Record {
+                    offset,
+                    header,
+                    key,
+                } => {
+                    progress(offset, total);
                     report.intact += 1;
                     let loc = (header.kind == Kind::Put).then_some(Loc {
                         offset,
-                        len,
+                        len: header.record_len().unwrap_or(0),
                         crc: header.crc,
                     });
-                    latest.insert(key, loc);
-                } else {
+                    latest.insert(key.to_owned(), loc);
+                }
+                Event::Mark => {}
+                Event::Damaged(d) => {
+                    progress(d.offset, total);
+                    if let Some(key) = &d.key {
+                        let loc = Loc {
+                            offset: d.offset,
+                            len: d.len,
+                            crc: d.header.map_or(0, |h| h.crc),
+                        };
+                        latest.insert(key.clone(), Some(loc));
+                    }
                     report.damaged.push(Damage {
-                        offset,
-                        key: Some(key),
-                        what: "record checksum mismatch",
+                        offset: d.offset,
+                        len: d.len,
+                        key: d.key,
+                        what: d.what,
                     });
                 }
-                at = offset + len;
-                end = at;
             }
-            Step::End { offset, torn } => {
-                // Recovery stops at a long run of zeros; verify reads on, so a zeroed region in
-                // the middle of the records is reported rather than mistaken for the end.
-                let after = offset as usize + torn as usize;
-                match segment::next_valid_record_before(bytes, after, bytes.len()) {
-                    Some(next) => {
-                        report.records += 1;
-                        report.damaged.push(Damage {
-                            offset,
-                            key: None,
-                            what: "zeroed or unreadable region followed by records",
-                        });
-                        at = next;
-                    }
-                    None => {
-                        if torn > 0 {
-                            report.torn_tail = Some((offset, torn));
-                        }
-                        break;
-                    }
-                }
-            }
-            Step::Corrupt { offset } => {
-                report.records += 1;
-                report.damaged.push(Damage {
-                    offset,
-                    key: None,
-                    what: "unreadable record header",
-                });
-                match segment::next_valid_record(bytes, offset + 1) {
-                    Some(next) => at = next,
-                    None => break,
-                }
-            }
-        }
-    }
+            Ok(())
+        },
+    );
+    let tail = match tail {
+        Ok(t) => t,
+        Err(never) => match never {},
+    };
     progress(total, total);
+    if tail.torn > 0 && !live_writer {
+        report.torn_tail = Some((tail.end, tail.torn));
+    }
     report.live_keys = latest.values().filter(|l| l.is_some()).count() as u64;
-    report.index = check_index(dir, seg.segment_id, bytes, &latest, end)?;
+    report.index = check_index(dir, seg.segment_id, bytes, &latest, tail.end)?;
     Ok(report)
 }
 
@@ -229,18 +230,17 @@ fn deleted_after_checkpoint(latest: &Option<Loc>, found: Option<Loc>, covered: u
 
 /// Rebuilds the index of the store in `dir` from a full scan of its segment.
 ///
+/// The new index is written beside the old one and renamed over it only once complete and
+/// synced: a crash or error leaves the old index in place, and a store that opened before opens
+/// after. Damaged records stay where they are and are reported (their keys fail to read).
+///
 /// # Errors
 /// [`crate::Error::Locked`] if a writer has the store open; otherwise as [`crate::Config::open`].
 pub fn rebuild_index(dir: &Path) -> Result<crate::Stats> {
-    let _lock = crate::lock::WriterLock::acquire(dir)?;
-    let path = dir.join(index::INDEX_FILE);
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(crate::Error::io(&path, e)),
-    }
-    drop(_lock);
-    let engine = crate::Config::new(dir).create(false).open()?;
+    let engine = crate::Config::new(dir)
+        .create(false)
+        .force_rebuild_index()
+        .open()?;
     let stats = engine.stats();
     engine.close()?;
     Ok(stats)

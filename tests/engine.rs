@@ -209,10 +209,20 @@ fn wrong_magic_and_future_version_are_typed_errors() {
     let path = segment_path(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[8] = 9;
+    // A real future header (its checksum matches): a typed version error.
+    let crc = crc32fast::hash(&bytes[0..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
     assert!(matches!(
         Engine::open(dir.path()),
         Err(Error::UnsupportedVersion { found: 9, .. })
+    ));
+    // A flipped version byte without a matching checksum is damage, not a future version.
+    bytes[8] = 17;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        Engine::open(dir.path()),
+        Err(Error::Corruption { .. })
     ));
     std::fs::write(&path, b"hello, this is not a store at all, no").unwrap();
     assert!(matches!(

@@ -120,7 +120,10 @@ proptest! {
                     // Read-only first: it must ignore the torn tail without touching it.
                     let ro = Engine::open_read_only(dir.path()).expect("ro after tear");
                     check(&ro, &model);
-                    prop_assert_eq!(ro.stats().segment_len, start);
+                    // The append may have been led by a 32-byte sync mark (format-spec), which
+                    // is intact when the cut falls after it.
+                    let len = ro.stats().segment_len;
+                    prop_assert!(len == start || (len == start + 32 && cut >= start + 32), "{} {}", len, start);
                     drop(ro);
                     db = open(dir.path());
                     check(&db, &model);
