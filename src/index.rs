@@ -207,10 +207,12 @@ pub(crate) struct IndexMap {
 impl IndexMap {
     /// Opens and maps an existing index file; `Ok(Err(reason))` when it exists but is unusable.
     pub fn open(path: &Path, writable: bool) -> Result<Option<Opened>> {
-        let file = match OpenOptions::new().read(true).write(writable).open(path) {
+        let file = match crate::recovery::open_regular(path, writable) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(path, e)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
         let len = file.metadata().at(path)?.len();
         let mut head = [0u8; HEADER_LEN];

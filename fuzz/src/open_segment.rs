@@ -319,13 +319,15 @@ pub fn intact_values(seg: &[u8]) -> Written {
         let h = &seg[q..q + 24];
         let kind = h[8];
         let key_len = usize::from(u16::from_le_bytes([h[10], h[11]]));
-        let reserved = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+        let flags = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+        // Bits 0 and 1 batch flags, bit 2 KEY_CHECK with the check in bits 16..31 (v2).
+        let flags_ok = flags & 0xfff8 == 0 && (flags & 4 != 0 || flags >> 16 == 0);
         let mut vl = [0u8; 8];
         vl.copy_from_slice(&h[16..24]);
         let value_len = u64::from_le_bytes(vl);
         let header_ok = kind == 1
             && (1..=1024).contains(&key_len)
-            && reserved == 0
+            && flags_ok
             && crc32fast::hash(&h[8..24]) == u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
         let end = (q as u64 + 24 + key_len as u64).checked_add(value_len);
         if header_ok && let Some(end) = end.filter(|&e| e <= seg.len() as u64) {
