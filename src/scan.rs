@@ -314,44 +314,108 @@ pub(crate) fn damaged_key(rest: &[u8], gap: u64, header: Option<Header>) -> Opti
             return None;
         }
         let key = key_at(usize::from(h.key_len))?;
-        return h
-            .key_agrees(key)
-            .then(|| std::str::from_utf8(key).ok().map(str::to_owned))
-            .flatten();
+        if h.key_agrees(key) {
+            return std::str::from_utf8(key).ok().map(str::to_owned);
+        }
+        return corrected_key(rest, &h);
     }
     let raw: &[u8; HEADER_LEN] = rest.get(..HEADER_LEN)?.try_into().ok()?;
-    if !matches!(raw[8], 1 | 2) {
-        return None;
-    }
-    let key_len = u64::from(u16::from_le_bytes([raw[10], raw[11]]));
-    let value_len = u64::from_le_bytes(raw[16..24].try_into().ok()?);
-    let flags = u32::from_le_bytes(raw[12..16].try_into().ok()?);
-    let header_crc = u32::from_le_bytes(raw[4..8].try_into().ok()?);
     let body = gap.checked_sub(HEADER_LEN as u64)?;
-    let fixed_crc_ok = |key_len: u64, value_len: u64| {
-        let mut h = *raw;
-        h[10..12].copy_from_slice(&(key_len as u16).to_le_bytes());
-        h[16..24].copy_from_slice(&value_len.to_le_bytes());
-        crc32fast::hash(&h[8..]) == header_crc
+    let header_crc = u32::from_le_bytes(raw[4..8].try_into().ok()?);
+    let key_len_of = |h: &[u8; HEADER_LEN]| u64::from(u16::from_le_bytes([h[10], h[11]]));
+    let value_len_of = |h: &[u8; HEADER_LEN]| {
+        u64::from_le_bytes([h[16], h[17], h[18], h[19], h[20], h[21], h[22], h[23]])
     };
-    let plausible = |k: u64| (1..=record::MAX_KEY_LEN as u64).contains(&k) && k <= body;
-    let key_len = if key_len.checked_add(value_len) == Some(body) && plausible(key_len) {
-        key_len
-    } else if plausible(body.saturating_sub(value_len))
-        && value_len <= body
-        && fixed_crc_ok(body - value_len, value_len)
-    {
-        body - value_len
-    } else if plausible(key_len) && fixed_crc_ok(key_len, body - key_len) {
-        key_len
-    } else {
-        return None;
+    let flags_of = |h: &[u8; HEADER_LEN]| u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+    // The key a header names, if its lengths add up to `gap` and its key passes its check.
+    let key_of = |h: &[u8; HEADER_LEN]| -> Option<String> {
+        let (k, v) = (key_len_of(h), value_len_of(h));
+        if !matches!(h[8], 1 | 2)
+            || !(1..=record::MAX_KEY_LEN as u64).contains(&k)
+            || k.checked_add(v) != Some(body)
+        {
+            return None;
+        }
+        let key = key_at(k as usize)?;
+        let flags = flags_of(h);
+        if flags & record::FLAG_KEY_CHECK != 0 && record::key_check(key) != (flags >> 16) as u16 {
+            return None;
+        }
+        std::str::from_utf8(key).ok().map(str::to_owned)
     };
-    let key = key_at(key_len as usize)?;
-    if flags & record::FLAG_KEY_CHECK != 0 && record::key_check(key) != (flags >> 16) as u16 {
-        return None;
+    // The stored fields as they are (the damage hit a checksum, the codec or a flag bit).
+    if let Some(k) = key_of(raw) {
+        return Some(k);
     }
-    std::str::from_utf8(key).ok().map(str::to_owned)
+    // One field replaced by what the gap or the key implies, accepted only if the header
+    // checksum then matches: the damage was in that field.
+    let crc_ok = |h: &[u8; HEADER_LEN]| crc32fast::hash(&h[8..]) == header_crc;
+    let mut fixes: Vec<[u8; HEADER_LEN]> = Vec::new();
+    for kind in [1u8, 2] {
+        let mut h = *raw;
+        h[8] = kind;
+        fixes.push(h);
+    }
+    if let Some(k) = body
+        .checked_sub(value_len_of(raw))
+        .filter(|&k| k <= u64::from(u16::MAX))
+    {
+        let mut h = *raw;
+        h[10..12].copy_from_slice(&(k as u16).to_le_bytes());
+        fixes.push(h);
+    }
+    if let Some(v) = body.checked_sub(key_len_of(raw)) {
+        let mut h = *raw;
+        h[16..24].copy_from_slice(&v.to_le_bytes());
+        fixes.push(h);
+    }
+    if let Some(key) = key_at(key_len_of(raw) as usize) {
+        let mut h = *raw;
+        let flags = flags_of(raw) & 0xffff | u32::from(record::key_check(key)) << 16;
+        h[12..16].copy_from_slice(&flags.to_le_bytes());
+        fixes.push(h);
+    }
+    fixes.iter().filter(|h| crc_ok(h)).find_map(key_of)
+}
+
+/// The key of a record whose header is valid but whose key bytes fail the key check: the one
+/// single-byte change to them that makes the whole record's `crc` match, if there is one. A match
+/// of the full CRC-32 over the record means the rest of it (the value) is intact too, so the
+/// name is certain; anything else (damage in both key and value) names no key.
+fn corrected_key(rest: &[u8], h: &Header) -> Option<String> {
+    let check = h.key_check?;
+    let key_len = usize::from(h.key_len);
+    let len = usize::try_from(h.record_len()?)
+        .ok()
+        .filter(|&l| l <= rest.len())?;
+    let key = rest.get(HEADER_LEN..HEADER_LEN + key_len)?;
+    let mut value = crc32fast::Hasher::new();
+    value.update(&rest[HEADER_LEN + key_len..len]);
+    let mut candidate = key.to_vec();
+    let mut found = None;
+    for i in 0..key_len {
+        for b in 0..=255u8 {
+            if b == key[i] {
+                continue;
+            }
+            candidate[i] = b;
+            if record::key_check(&candidate) != check {
+                continue;
+            }
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&rest[4..HEADER_LEN]);
+            crc.update(&candidate);
+            crc.combine(&value);
+            if crc.finalize() == h.crc {
+                if found.is_some() {
+                    return None;
+                }
+                found = std::str::from_utf8(&candidate).ok().map(str::to_owned);
+            }
+        }
+        candidate[i] = key[i];
+    }
+    found
 }
 
 #[cfg(test)]
@@ -460,7 +524,15 @@ mod tests {
         b[at + 24 + 7] = b'2'; // "shard_01" now reads "shard_02"
         let (keys, damaged, _) = run(&b, 0);
         assert_eq!(keys, ["shard_02"]);
-        assert_eq!(damaged[0].key, None, "the key check fails: no name");
+        assert_eq!(
+            damaged[0].key.as_deref(),
+            Some("shard_01"),
+            "the key check fails, and the one byte that makes the record intact names it"
+        );
+        // Damage to the key and the value too: no certain name, so none.
+        b[at + 24 + 8] ^= 1;
+        let (_, damaged, _) = run(&b, 0);
+        assert_eq!(damaged[0].key, None);
     }
 
     #[test]

@@ -19,7 +19,10 @@ type Extent = (u64, u64, String, u64);
 fn batches(dir: &Path, batches: u64, per: u64) -> Vec<Extent> {
     let mut extents = Vec::new();
     for b in 0..batches {
-        let db = Config::new(dir).durability(Durability::Fsync).open().unwrap();
+        let db = Config::new(dir)
+            .durability(Durability::Fsync)
+            .open()
+            .unwrap();
         let items: Vec<(String, Vec<u8>)> = (0..per)
             .map(|i| {
                 let k = format!("key-{i:03}");
@@ -65,7 +68,11 @@ fn check_newest(db: &Engine, keys: u64, newest: u64, hit: &str) {
         match db.get(&k) {
             Ok(Some(v)) => {
                 assert_ne!(k, hit, "the damaged key must not be served");
-                assert_eq!(version_of(&k, &v), Some(newest), "{k} lost its newest value");
+                assert_eq!(
+                    version_of(&k, &v),
+                    Some(newest),
+                    "{k} lost its newest value"
+                );
             }
             Err(Error::Corruption { key, offset, .. }) => {
                 assert_eq!(k, hit, "only the damaged key errs");
@@ -100,7 +107,8 @@ fn a_flip_in_a_synced_batch_costs_that_record_alone_even_without_the_index() {
         assert_eq!(report.torn_tail, None);
         // A read-write open (what every maintenance command does) keeps everything.
         let db = Engine::open(dir.path()).unwrap();
-        assert_eq!(db.stats().damaged_records, 1);
+        // An open finds damage only where it scans: everything, when the index was lost.
+        assert_eq!(db.stats().damaged_records, u64::from(lose_index));
         check_newest(&db, 40, 1, hit);
         assert_eq!(db.keys().unwrap().len(), 40);
         db.close().unwrap();
@@ -137,7 +145,7 @@ fn a_flip_in_the_only_batch_keeps_the_other_49() {
     let dir = fast_tempdir();
     let extents = batches(dir.path(), 1, 50);
     let victim = extents[17].clone();
-    flip(dir.path(), victim.0 + 30);
+    flip(dir.path(), victim.0 + 30); // in the key: named by the key check and the record CRC
     let stats = rebuild_index(dir.path()).unwrap();
     assert_eq!(stats.live_records, 50, "49 intact and one damaged key");
     let db = Engine::open_read_only(dir.path()).unwrap();
@@ -220,7 +228,10 @@ fn a_cut_torn_tail_is_saved_first() {
     let dir = fast_tempdir();
     batches(dir.path(), 1, 3);
     let seg = dir.path().join("segment.sqs");
-    let end = Engine::open_read_only(dir.path()).unwrap().stats().segment_len;
+    let end = Engine::open_read_only(dir.path())
+        .unwrap()
+        .stats()
+        .segment_len;
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes.truncate(end as usize);
     bytes.extend_from_slice(b"\x01\x02\x03 a torn append");
@@ -249,10 +260,7 @@ fn special_files_are_refused_not_read() {
             .success();
         assert!(ok, "mkfifo");
         let r = Engine::open_read_only(dir.path());
-        assert!(
-            matches!(r, Err(Error::NotRegular { .. })),
-            "{name}: {r:?}"
-        );
+        assert!(matches!(r, Err(Error::NotRegular { .. })), "{name}: {r:?}");
         assert!(matches!(
             verify(dir.path(), &mut |_, _| {}),
             Err(Error::NotRegular { .. })
@@ -299,7 +307,8 @@ fn verify_beside_a_live_writer_reports_no_damage() {
         let writer = s.spawn(|| {
             for i in 0..3000u64 {
                 let k = format!("w{}", i % 200);
-                db.set(&k, &value_for(&k, i, 100 + (i as usize % 900))).unwrap();
+                db.set(&k, &value_for(&k, i, 100 + (i as usize % 900)))
+                    .unwrap();
                 if i % 97 == 0 {
                     db.sync().unwrap();
                 }
@@ -327,7 +336,7 @@ fn verify_beside_a_live_writer_reports_no_damage() {
 #[test]
 fn random_flips_in_synced_data_never_lose_another_record() {
     let (mut checked, mut lost, mut collateral) = (0u64, 0u64, 0u64);
-    for seed in 0..60u64 {
+    for seed in 0..100u64 {
         let mut rng = Rng(seed);
         let dir = fast_tempdir();
         let fsync = rng.chance(50);
@@ -337,7 +346,11 @@ fn random_flips_in_synced_data_never_lose_another_record() {
         let mut extents: Vec<Extent> = Vec::new();
         for b in 0..n_batches {
             let db = Config::new(dir.path())
-                .durability(if fsync { Durability::Fsync } else { Durability::Buffered })
+                .durability(if fsync {
+                    Durability::Fsync
+                } else {
+                    Durability::Buffered
+                })
                 .open()
                 .unwrap();
             for i in 0..per {
@@ -374,8 +387,10 @@ fn random_flips_in_synced_data_never_lose_another_record() {
             continue;
         };
         let victim = (*victim).clone();
-        flip(dir.path(), victim.0 + rng.below(victim.1));
-        match rng.below(3) {
+        let flip_at = rng.below(victim.1);
+        flip(dir.path(), victim.0 + flip_at);
+        let index_fate = rng.below(3);
+        match index_fate {
             0 => std::fs::remove_file(dir.path().join("index.sqi")).unwrap(),
             1 => std::fs::write(dir.path().join("index.sqi"), b"damaged").unwrap(),
             _ => {}
@@ -387,7 +402,10 @@ fn random_flips_in_synced_data_never_lose_another_record() {
                 Ok(Some(bytes)) if version_of(k, &bytes) == Some(v) => {}
                 Err(Error::Corruption { .. }) if *k == victim.2 => {}
                 Err(Error::Corruption { .. }) => collateral += 1,
-                _ => lost += 1,
+                other => {
+                    eprintln!("seed {seed}: {k} (victim {victim:?}): {other:?}");
+                    lost += 1
+                }
             }
         }
         db.close().unwrap();
@@ -400,11 +418,17 @@ fn random_flips_in_synced_data_never_lose_another_record() {
         for (k, &v) in &newest {
             if *k != victim.2 {
                 let got = db.get(k).unwrap();
-                assert_eq!(got.and_then(|b| version_of(k, &b)), Some(v), "seed {seed}: {k}");
+                assert_eq!(
+                    got.and_then(|b| version_of(k, &b)),
+                    Some(v),
+                    "seed {seed}: {k}"
+                );
             }
         }
     }
-    eprintln!("acknowledged records checked: {checked}, lost: {lost}, damaged beyond the hit: {collateral}");
+    eprintln!(
+        "acknowledged records checked: {checked}, lost: {lost}, damaged beyond the hit: {collateral}"
+    );
     assert!(checked > 500);
     assert_eq!(lost, 0);
     assert_eq!(collateral, 0);
