@@ -31,7 +31,7 @@ struct Rec {
 /// Parses a segment per the spec; returns the intact records and the offset where they end.
 fn parse_segment(b: &[u8]) -> (Vec<Rec>, u64) {
     assert_eq!(&b[0..8], b"\x89SQSEG\r\n");
-    assert_eq!(u32_at(b, 8), 1, "version");
+    assert_eq!(u32_at(b, 8), 1, "version (the v1 vectors)");
     assert_eq!(u32_at(b, 28), crc32fast::hash(&b[0..28]), "header crc");
     let mut out = Vec::new();
     let mut at = 32usize;
@@ -201,4 +201,122 @@ fn engine_reads_the_vectors() {
             assert_eq!(s.replayed_records, 0);
         }
     }
+}
+
+/// `v2-marks`: a store written by format version 2 in `Durability::Fsync`: a `set_many` of
+/// `alpha`, `bravo` (no mark: nothing synced needed proving yet), a `set` of `charlie` led by a
+/// sync mark proving the batch, then a clean close ending with a lone mark proving everything.
+fn regenerate_v2() {
+    let dir = vectors().join("v2-marks");
+    let _ = std::fs::remove_dir_all(&dir);
+    let db = Config::new(&dir)
+        .durability(Durability::Fsync)
+        .open()
+        .unwrap();
+    db.set_many([
+        ("alpha", b"first value".as_slice()),
+        ("bravo", b"second value"),
+    ])
+    .unwrap();
+    db.set("charlie", b"third value").unwrap();
+    let end = db.stats().segment_len;
+    db.close().unwrap();
+    std::fs::remove_file(dir.join("LOCK")).unwrap();
+    let seg = dir.join("segment.sqs");
+    let bytes = std::fs::read(&seg).unwrap();
+    // Records, then the close mark (32 bytes); trim the punched preallocation.
+    std::fs::write(&seg, &bytes[..end as usize + 32]).unwrap();
+}
+
+#[test]
+fn v2_vector_decodes_with_its_marks_and_key_checks() {
+    if std::env::var_os("SQS_REGEN_VECTORS").is_some() {
+        regenerate_v2();
+    }
+    let b = std::fs::read(vectors().join("v2-marks/segment.sqs")).unwrap();
+    assert_eq!(&b[0..8], b"\x89SQSEG\r\n");
+    assert_eq!(u32_at(&b, 28), crc32fast::hash(&b[0..28]), "header crc");
+    assert_eq!(u32_at(&b, 8), 2, "version");
+    // (offset, kind, flags, key, value), parsed from the spec alone.
+    let mut recs = Vec::new();
+    let mut at = 32usize;
+    while at + 24 <= b.len() {
+        let h = &b[at..at + 24];
+        assert_eq!(
+            u32_at(h, 4),
+            crc32fast::hash(&h[8..24]),
+            "header crc at {at}"
+        );
+        let key_len = usize::from(u16::from_le_bytes([h[10], h[11]]));
+        let end = at + 24 + key_len + u64_at(h, 16) as usize;
+        assert_eq!(
+            u32_at(h, 0),
+            crc32fast::hash(&b[at + 4..end]),
+            "crc at {at}"
+        );
+        let key = b[at + 24..at + 24 + key_len].to_vec();
+        recs.push((
+            at,
+            h[8],
+            u32_at(h, 12),
+            key,
+            b[at + 24 + key_len..end].to_vec(),
+        ));
+        at = end;
+    }
+    assert_eq!(at, b.len());
+    let kinds: Vec<u8> = recs.iter().map(|r| r.1).collect();
+    assert_eq!(kinds, [1, 1, 3, 1, 3]);
+    for r in recs.iter().filter(|r| r.1 == 1) {
+        // KEY_CHECK, and the check is the low half of the key's CRC-32.
+        assert_ne!(r.2 & 4, 0);
+        assert_eq!(r.2 >> 16, crc32fast::hash(&r.3) & 0xffff);
+    }
+    let batch = |r: &(usize, u8, u32, Vec<u8>, Vec<u8>)| r.2 & 3;
+    assert_eq!(batch(&recs[0]), 1, "alpha: CONTINUES");
+    assert_eq!(batch(&recs[1]), 2, "bravo: FOLLOWS");
+    assert_eq!(
+        batch(&recs[2]),
+        1,
+        "the mark leads charlie's append: CONTINUES"
+    );
+    assert_eq!(batch(&recs[3]), 2, "charlie: FOLLOWS");
+    assert_eq!(batch(&recs[4]), 0, "the close mark stands alone");
+    // Mark values: the batch was synced before charlie's append; the close mark proves all
+    // before itself.
+    assert_eq!(u64_at(&recs[2].4, 0), recs[2].0 as u64);
+    assert_eq!(u64_at(&recs[4].4, 0), recs[4].0 as u64);
+    assert!(recs[2].3.is_empty() && recs[2].4.len() == 8);
+    // The engine agrees, read-only and after a read-write open.
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(vectors().join("v2-marks")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
+    }
+    let ro = Engine::open_read_only(tmp.path()).unwrap();
+    assert_eq!(ro.keys().unwrap(), vec!["alpha", "bravo", "charlie"]);
+    assert_eq!(ro.stats().format_version, 2);
+    drop(ro);
+    std::fs::remove_file(tmp.path().join("index.sqi")).unwrap();
+    let db = Engine::open(tmp.path()).unwrap();
+    assert_eq!(&*db.get("charlie").unwrap().unwrap(), b"third value");
+    assert_eq!(db.stats().damaged_records, 0);
+}
+
+/// A read-write open of a v1 store moves its header to version 2 and keeps every record.
+#[test]
+fn a_v1_store_opened_read_write_is_upgraded() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(vectors().join("v1-basic")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
+    }
+    let db = Engine::open(tmp.path()).unwrap();
+    assert_eq!(db.stats().format_version, 2);
+    db.set("delta", b"v2 record").unwrap();
+    db.close().unwrap();
+    let b = std::fs::read(tmp.path().join("segment.sqs")).unwrap();
+    assert_eq!(u32_at(&b, 8), 2);
+    let ro = Engine::open_read_only(tmp.path()).unwrap();
+    assert_eq!(ro.keys().unwrap(), vec!["alpha", "bravo", "delta"]);
 }
