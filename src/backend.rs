@@ -137,3 +137,14 @@ pub(crate) fn allocate(file: &File, len: u64) -> io::Result<()> {
     }
     file.set_len(len)
 }
+
+/// Allocates every block of the first `len` bytes of `file` (holes included), so writes through
+/// a map of them cannot fault on a full disk. Already allocated blocks cost nothing. A file
+/// system without `fallocate` is left as it is.
+pub(crate) fn allocate_all(file: &File, len: u64) -> io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -114,6 +114,19 @@ impl Inner {
         crash: Option<CrashPoint>,
     ) -> Result<CompactionReport> {
         self.writable()?;
+        for path in [&self.seg_path, &self.idx_path] {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                // The switch renames a new file over the name: that would replace the link and
+                // leave its target stale. Refuse instead of half-doing it.
+                return Err(Error::io(
+                    path,
+                    std::io::Error::other(
+                        "is a symbolic link; compaction would replace the link, not its target: \
+                         compact the store in the directory that holds the files",
+                    ),
+                ));
+            }
+        }
         let _one = self.compaction.lock();
         let seg_tmp = self
             .dir

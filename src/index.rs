@@ -227,6 +227,11 @@ impl IndexMap {
         if header.file_len() != Some(len) {
             return Ok(Some(Err("file length does not match the slot count")));
         }
+        if writable {
+            // A sparse index (copied with holes, say) would turn a full disk into SIGBUS on the
+            // first slot written through the map: allocate every block now, as an error instead.
+            crate::backend::allocate_all(&file, len).at(path)?;
+        }
         let map = Self::map(&file, len, writable, path)?;
         Ok(Some(Ok((
             Arc::new(IndexMap {
@@ -334,16 +339,15 @@ impl IndexMap {
     /// Reads slot `i`'s contents after its hash matched; `None` if the slot fails its checksum.
     fn read_slot(&self, i: u64, hash: u64) -> Option<Loc> {
         let w = self.slot(i);
-        let crcs = w[3].load(Ordering::Acquire);
+        let crcs = acquire(&w[3]);
         let loc = Loc {
-            offset: w[1].load(Ordering::Acquire),
-            len: w[2].load(Ordering::Acquire),
+            offset: acquire(&w[1]),
+            len: acquire(&w[2]),
             crc: crcs as u32,
         };
         // Re-read the hash: if the slot changed under us, the crc below would catch most mixes,
         // and this catches a slot reused for another key.
-        if w[0].load(Ordering::Acquire) != hash || Self::slot_crc(hash, &loc) != (crcs >> 32) as u32
-        {
+        if acquire(&w[0]) != hash || Self::slot_crc(hash, &loc) != (crcs >> 32) as u32 {
             return None;
         }
         Some(loc)
@@ -375,7 +379,7 @@ impl IndexMap {
         let mut first_deleted = None;
         // At most one pass over the table: a damaged or full table cannot make this loop forever.
         for _ in 0..self.slot_count {
-            let h = self.slot(i)[0].load(Ordering::Acquire);
+            let h = acquire(&self.slot(i)[0]);
             if h == EMPTY {
                 return Find::Vacant(first_deleted.unwrap_or(i));
             }
@@ -452,7 +456,7 @@ impl IndexMap {
     pub fn entries(&self) -> Option<Vec<(u64, Loc)>> {
         let mut out = Vec::new();
         for i in 0..self.slot_count {
-            let h = self.slot(i)[0].load(Ordering::Acquire);
+            let h = acquire(&self.slot(i)[0]);
             if h != EMPTY && h != DELETED {
                 out.push((h, self.read_slot(i, h)?));
             }
@@ -580,4 +584,13 @@ pub(crate) fn header_for(
         used_slots,
         counters,
     }
+}
+
+/// An acquire read of an index word. A relaxed load then an acquire fence, rather than an
+/// acquire load: Rust documents atomic loads on read-only memory (a read-only handle's map) only
+/// for `Relaxed`, and the fence gives the same ordering against the writer's release stores.
+fn acquire(word: &AtomicU64) -> u64 {
+    let v = word.load(Ordering::Relaxed);
+    std::sync::atomic::fence(Ordering::Acquire);
+    v
 }

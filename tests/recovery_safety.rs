@@ -433,3 +433,26 @@ fn random_flips_in_synced_data_never_lose_another_record() {
     assert_eq!(lost, 0);
     assert_eq!(collateral, 0);
 }
+
+/// Compaction refuses a symlinked segment rather than replacing the link with a regular file
+/// and leaving its target stale.
+#[test]
+fn compaction_refuses_a_symlinked_segment() {
+    let real = fast_tempdir();
+    batches(real.path(), 2, 3);
+    let linked = fast_tempdir();
+    for name in ["segment.sqs", "index.sqi"] {
+        std::os::unix::fs::symlink(real.path().join(name), linked.path().join(name)).unwrap();
+    }
+    let db = Engine::open(linked.path()).unwrap();
+    assert!(db.get("key-001").unwrap().is_some());
+    let err = db.compact().unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    drop(db);
+    assert!(
+        std::fs::symlink_metadata(linked.path().join("segment.sqs"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
