@@ -305,10 +305,10 @@ fn classify(buf: &[u8], entries: Vec<(Node, Node)>) -> Node {
                     return Node::NdArray { dtype, shape, data };
                 }
             }
-            (Some(Node::Bool(false)), Some(dtype), Some(data)) if entries.len() == 3 => {
-                if find(b"shape").is_none() && find(b"kind").is_none() {
-                    return Node::Scalar { dtype, data };
-                }
+            (Some(Node::Bool(false)), Some(dtype), Some(data))
+                if entries.len() == 3 && find(b"shape").is_none() && find(b"kind").is_none() =>
+            {
+                return Node::Scalar { dtype, data };
             }
             _ => {}
         }
