@@ -165,16 +165,20 @@ class ShardDataset(_Base):
         return keys[rank::world][worker::workers]
 
     def __iter__(self) -> Iterator[Any]:
+        # Set up eagerly (not inside a generator) so that state_dict() is right from the start.
         rank, world, worker, workers = self._split()
         keys = self.shard_keys()
         skip, self._resume_from = self._resume_from, 0
         self._yielded = skip
         store = self._open()
         shards = store._native.iter_shards(keys, self.reader_threads, self.prefetch)
-        samples = (s for shard in shards for s in shard)
+        samples: Iterator[Any] = (s for shard in shards for s in shard)
         if self.shuffle:
             rng = random.Random(((self.seed * 1_000_003 + self.epoch) * 65_537 + rank) * 4_099 + worker)
             samples = _buffer_shuffle(samples, self.shuffle_item_buffer, rng)
+        return self._count(samples, skip)
+
+    def _count(self, samples: Iterator[Any], skip: int) -> Iterator[Any]:
         for i, sample in enumerate(samples):
             if i < skip:
                 continue  # replayed to rebuild the shuffle state exactly; not yielded again
