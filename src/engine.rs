@@ -35,6 +35,7 @@ use crate::segment::{self, SegmentMap};
 
 /// When `set` returns, relative to the bytes reaching stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Durability {
     /// `set` returns once the record is written to the file (the OS page cache). It survives the
     /// process being killed, not a power cut or kernel crash. Call [`Engine::sync`] to make
@@ -101,7 +102,7 @@ impl Config {
     }
 
     /// Options for the store in directory `path`: read-write, created if missing,
-    /// [`Durability::Fsync`], values up to [`DEFAULT_MAX_VALUE_LEN`].
+    /// [`Durability::Fsync`], values up to [`DEFAULT_MAX_VALUE_LEN`](crate::DEFAULT_MAX_VALUE_LEN).
     pub fn new(path: impl AsRef<Path>) -> Self {
         Config {
             path: path.as_ref().to_owned(),
@@ -177,6 +178,9 @@ impl Config {
     }
 
     /// Wraps the segment file's I/O backend, e.g. to inject faults in tests.
+    ///
+    /// A test hook, not part of the stable API: hidden from the docs and free to change.
+    #[doc(hidden)]
     pub fn wrap_backend(
         mut self,
         wrap: impl Fn(FileBackend) -> Box<dyn Backend> + Send + Sync + 'static,

@@ -10,6 +10,23 @@
 //!   `MessagepackSerializer` does and compressed with zstd.
 //!
 //! The on-disk format is specified byte by byte in `format-spec/` of the repository.
+//!
+//! ```
+//! use squirrel_store::{Config, Durability, Engine};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = Config::new(dir.path()).durability(Durability::Fsync).open()?;
+//! db.set("shard_0", b"bytes")?; // acknowledged once fdatasync returned
+//! assert_eq!(&*db.get("shard_0")?.expect("present"), b"bytes"); // served from the mmap, checked
+//! db.close()?;
+//!
+//! let ro = Engine::open_read_only(dir.path())?;
+//! assert_eq!(ro.keys()?, ["shard_0"]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Damage never costs more than the damaged record: see [`verify`], [`repair`] and
+//! [`lost_found`].
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
@@ -37,10 +54,13 @@ pub mod store;
 pub mod transfer;
 pub mod value;
 
+/// The segment file's I/O, for fault-injection tests ([`Config::wrap_backend`]). Not part of the
+/// stable API.
+#[doc(hidden)]
 pub use backend::{Backend, FileBackend};
 pub use compaction::{CompactionReport, CrashPoint};
 pub use driver::{Driver, MessagepackDriver};
-pub use engine::{Config, Durability, Engine, Iter, Stats, ValueRef};
+pub use engine::{Config, DEFAULT_MAX_VALUE_LEN, Durability, Engine, Iter, Stats, ValueRef};
 pub use error::{Error, Result};
 pub use keygen::{RANDOM_KEY_LEN, random_key};
 pub use loader::Loader;
