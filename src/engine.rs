@@ -665,8 +665,15 @@ impl Engine {
     /// Stores many values with one lock acquisition and, in [`Durability::Fsync`], one fsync.
     /// A key repeated in the batch ends with its last value.
     ///
+    /// **Not atomic across a crash**: the batch is acknowledged as a whole (in
+    /// [`Durability::Fsync`], after one `fdatasync`), but a crash before that can leave a prefix
+    /// of it in the store after recovery (the records of the interrupted append before its first
+    /// hole; the rest is saved into `lost+found/` and cut). Readers in the running process see
+    /// the batch only once it is acknowledged.
+    ///
     /// # Errors
-    /// As [`Engine::set`]; on error none of the batch is acknowledged.
+    /// As [`Engine::set`]; on error none of the batch is acknowledged (some of it may have been
+    /// written, and may survive a reopen).
     pub fn set_many<'a, K, V>(&self, items: impl IntoIterator<Item = (K, V)>) -> Result<()>
     where
         K: AsRef<str> + 'a,
