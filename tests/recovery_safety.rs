@@ -456,3 +456,20 @@ fn compaction_refuses_a_symlinked_segment() {
             .is_symlink()
     );
 }
+
+/// A 0-byte segment is damage to every command that may not create a store (it used to be
+/// silently re-initialised by `rm` and `compact`, dropping whatever index named its records).
+#[test]
+fn an_empty_segment_is_not_reinitialised_by_maintenance_opens() {
+    let dir = fast_tempdir();
+    batches(dir.path(), 1, 3);
+    std::fs::write(dir.path().join("segment.sqs"), b"").unwrap();
+    for read_only in [true, false] {
+        let r = Config::new(dir.path())
+            .create(false)
+            .read_only(read_only)
+            .open();
+        assert!(matches!(r, Err(Error::Corruption { .. })), "{r:?}");
+    }
+    assert_eq!(std::fs::metadata(dir.path().join("segment.sqs")).unwrap().len(), 0);
+}
