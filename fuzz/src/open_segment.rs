@@ -345,6 +345,55 @@ pub fn intact_values(seg: &[u8]) -> Written {
     out
 }
 
+/// The keys an undamaged segment holds (format-spec "Record", read in order from offset 32: the
+/// newest put or tombstone of each key decides), sorted; `None` if any byte up to the last
+/// non-zero one is not an intact record (damage or a torn tail, whose keys this does not judge).
+pub fn live_keys(seg: &[u8]) -> Option<Vec<String>> {
+    let end = seg.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let mut live = std::collections::BTreeMap::new();
+    let mut at = 32;
+    while at < end {
+        let h = seg.get(at..at + 24)?;
+        let kind = h[8];
+        let key_len = usize::from(u16::from_le_bytes([h[10], h[11]]));
+        let flags = u32::from_le_bytes([h[12], h[13], h[14], h[15]]);
+        let value_len = usize::try_from(u64::from_le_bytes(h[16..24].try_into().ok()?)).ok()?;
+        let shape_ok = match kind {
+            1 => (1..=1024).contains(&key_len),
+            2 => (1..=1024).contains(&key_len) && value_len == 0 && h[9] == 0,
+            3 => key_len == 0 && value_len == 8 && h[9] == 0,
+            _ => false,
+        };
+        let flags_ok = flags & 0xfff8 == 0 && (flags & 4 != 0 || flags >> 16 == 0);
+        if !shape_ok
+            || !flags_ok
+            || crc32fast::hash(&h[8..24]) != u32::from_le_bytes([h[4], h[5], h[6], h[7]])
+        {
+            return None;
+        }
+        let rec = seg.get(at..(at + 24 + key_len).checked_add(value_len)?)?;
+        if crc32fast::hash(&rec[4..]) != u32::from_le_bytes([h[0], h[1], h[2], h[3]]) {
+            return None;
+        }
+        if kind != 3 {
+            let key = std::str::from_utf8(&rec[24..24 + key_len]).ok()?;
+            if flags & 4 != 0
+                && (crc32fast::hash(key.as_bytes()) & 0xffff) as u16 != (flags >> 16) as u16
+            {
+                return None;
+            }
+            live.insert(key.to_owned(), kind == 1);
+        }
+        at += rec.len();
+    }
+    Some(
+        live.into_iter()
+            .filter(|(_, v)| *v)
+            .map(|(k, _)| k)
+            .collect(),
+    )
+}
+
 /// Opens the store every way and reads everything; see the module docs for what is checked.
 pub fn exercise(dir: &Path) {
     let idx = std::fs::read(dir.join("index.sqi")).unwrap_or_default();
@@ -382,6 +431,7 @@ pub fn exercise(dir: &Path) {
         }
         // Compaction copies only intact records, and changes no key.
         let before = db.keys().ok();
+        let seg_before = std::fs::read(dir.join("segment.sqs")).unwrap_or_default();
         let compacted = if may_compact {
             db.compact().map(|_| ())
         } else {
@@ -397,8 +447,16 @@ pub fn exercise(dir: &Path) {
             let after = probe(&db, written, "compacted");
             if let (Some(b), Some(a)) = (before, after)
                 && !known("compaction-trusts-index-slots")
+                && a != b
             {
-                assert_eq!(a, b, "keys after a compaction");
+                // The one change allowed: an index that lied (its checksums re-sealed over a
+                // damaged slot) was rebuilt from the segment, which alone decides what exists
+                // (format-spec "Checkpoint protocol"), and now agrees with it.
+                assert_eq!(
+                    Some(&a),
+                    live_keys(&seg_before).as_ref(),
+                    "keys after a compaction (before it: {b:?})"
+                );
             }
         }
         // What a clean close and reopen must give back.
