@@ -507,6 +507,7 @@ impl Engine {
                     end: from,
                     torn: 0,
                     proven: from,
+                    marked: 0,
                     ends_proven: crate::scan::ends_with_mark(bytes, from),
                 },
                 ..Replayed::default()
@@ -587,10 +588,12 @@ impl Engine {
             segment::HEADER_LEN
         };
         // After the sync above (or the clean close), everything up to `end` is durable.
+        // What the segment proves by itself (marks), not the deletable index: the next append
+        // leads with a mark unless the records already end with one.
         let proven = if tail.ends_proven {
             end
         } else {
-            tail.proven.max(segment::HEADER_LEN)
+            tail.marked.max(segment::HEADER_LEN)
         };
         let state = State {
             segment_id: opened.segment_id,

@@ -66,6 +66,9 @@ pub(crate) struct Tail {
     pub torn: u64,
     /// The highest offset proven synced by a sync mark or by `synced_floor`.
     pub proven: u64,
+    /// The highest offset proven synced by a sync mark alone (what the segment proves by itself,
+    /// without the deletable index).
+    pub marked: u64,
     /// Whether the last record before `end` is a sync mark proving everything before it.
     pub ends_proven: bool,
 }
@@ -113,6 +116,7 @@ pub(crate) fn scan<E>(
     let len = bytes.len() as u64;
     let mut at = from;
     let mut proven = synced_floor;
+    let mut marked = 0;
     let mut ends_proven = false;
     loop {
         if at >= len {
@@ -120,6 +124,7 @@ pub(crate) fn scan<E>(
                 end: at.min(len),
                 torn: 0,
                 proven,
+                marked,
                 ends_proven,
             });
         }
@@ -129,6 +134,7 @@ pub(crate) fn scan<E>(
                 // A mark vouches only for bytes before itself, whatever its value says.
                 let synced = v.min(at);
                 proven = proven.max(synced);
+                marked = marked.max(synced);
                 ends_proven = synced == at;
                 visit(Event::Mark)?;
             } else {
@@ -153,7 +159,8 @@ pub(crate) fn scan<E>(
             at += rec_len;
             continue;
         }
-        ends_proven = false;
+        // The records end at `at` if what follows is torn: whether they end with a proof.
+        let last_proven = std::mem::take(&mut ends_proven);
         let rest = &bytes[at as usize..];
         let header = Header::decode(rest).ok();
         // A readable header's length is trusted to skip the record's own value (which may hold
@@ -176,7 +183,8 @@ pub(crate) fn scan<E>(
                     end: at,
                     torn: 0,
                     proven,
-                    ends_proven: false,
+                    marked,
+                    ends_proven: last_proven,
                 });
             }
             if at < proven {
@@ -192,6 +200,7 @@ pub(crate) fn scan<E>(
                     end: at + torn,
                     torn: 0,
                     proven,
+                    marked,
                     ends_proven: false,
                 });
             }
@@ -199,7 +208,8 @@ pub(crate) fn scan<E>(
                 end: at,
                 torn,
                 proven,
-                ends_proven: false,
+                marked,
+                ends_proven: last_proven,
             });
         };
         let own_append_goes_on = header.is_none_or(|h| h.continues);
@@ -210,7 +220,8 @@ pub(crate) fn scan<E>(
                 end: at,
                 torn,
                 proven,
-                ends_proven: false,
+                marked,
+                ends_proven: last_proven,
             });
         }
         // A readable header that fits says where its record ends: the damage is that record

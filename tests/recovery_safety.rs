@@ -471,5 +471,10 @@ fn an_empty_segment_is_not_reinitialised_by_maintenance_opens() {
             .open();
         assert!(matches!(r, Err(Error::Corruption { .. })), "{r:?}");
     }
-    assert_eq!(std::fs::metadata(dir.path().join("segment.sqs")).unwrap().len(), 0);
+    assert_eq!(
+        std::fs::metadata(dir.path().join("segment.sqs"))
+            .unwrap()
+            .len(),
+        0
+    );
 }
