@@ -151,10 +151,22 @@ enum Command {
         /// The Python squirrel directory to write (created if missing).
         squirrel_dir: PathBuf,
     },
+    /// Repair a damaged store: save, then remove, every damaged record.
+    ///
+    /// Scans the whole segment, copies every damaged record into STORE/lost+found/ (synced),
+    /// deletes each key whose newest record is damaged, and compacts. Every other record keeps
+    /// its newest value, and the store then verifies clean. Nothing is destroyed: what is
+    /// removed is in lost+found/. Needs the writer lock.
+    #[command(after_help = EXIT_CODES)]
+    Repair {
+        /// The store directory.
+        store: PathBuf,
+    },
     /// Rebuild the index file from a full scan of the segment.
     ///
-    /// The index is derived data; rebuild it when verify reports it inconsistent. Needs the
-    /// writer lock.
+    /// The index is derived data; rebuild it when verify reports it inconsistent. The new index
+    /// is written beside the old one and renamed into place, so a failure changes nothing.
+    /// Damaged records stay (see `repair`). Needs the writer lock.
     #[command(after_help = EXIT_CODES)]
     RebuildIndex {
         /// The store directory.
@@ -240,6 +252,7 @@ fn run(command: Command) -> Result<Outcome, CliError> {
             squirrel_dir,
         } => export(&store, &squirrel_dir),
         Command::RebuildIndex { store } => rebuild_index(&store),
+        Command::Repair { store } => repair(&store),
     }
 }
 
@@ -296,6 +309,11 @@ struct StatsJson {
     segment_file_len: u64,
     index_file_len: u64,
     torn_tail_bytes: u64,
+    /// Damaged records the read-only open's scan met (after the last checkpoint only; `verify`
+    /// checks everything).
+    damaged_records: u64,
+    /// Files in STORE/lost+found/.
+    lost_found_files: u64,
     /// `null` without `--compression`.
     compression: Option<CompressionJson>,
 }
@@ -341,6 +359,8 @@ fn stats(store: &Path, as_json: bool, compression: bool) -> Result<Outcome, CliE
             segment_file_len: st.segment_file_len,
             index_file_len: st.index_file_len,
             torn_tail_bytes: st.torn_tail_bytes,
+            damaged_records: st.damaged_records,
+            lost_found_files: st.lost_found_files,
             compression: scan.as_ref().map(|c| CompressionJson {
                 shards: c.shards,
                 raw_records: c.raw_records,
@@ -380,8 +400,23 @@ fn stats(store: &Path, as_json: bool, compression: bool) -> Result<Outcome, CliE
     if st.torn_tail_bytes > 0 {
         writeln!(
             out,
-            "torn tail       {} bytes, left by a crash; cut off at the next read-write open",
+            "torn tail       {} bytes, left by a crash; saved into lost+found/ and cut off at \
+             the next read-write open",
             st.torn_tail_bytes
+        )?;
+    }
+    if st.damaged_records > 0 {
+        writeln!(
+            out,
+            "damaged         {} records (run `squirrel-store verify`, then `repair`)",
+            st.damaged_records
+        )?;
+    }
+    if st.lost_found_files > 0 {
+        writeln!(
+            out,
+            "lost+found      {} files saved before a cut or repair removed them",
+            st.lost_found_files
         )?;
     }
     match &scan {
@@ -441,8 +476,8 @@ fn verify(store: &Path) -> Result<Outcome, CliError> {
     if let Some((offset, bytes)) = report.torn_tail {
         writeln!(
             out,
-            "torn tail of {bytes} bytes at offset {offset}, left by a crash; it is cut off at the \
-             next read-write open"
+            "torn tail of {bytes} bytes at offset {offset}, left by a crash; the next read-write \
+             open saves it into lost+found/ and cuts it off"
         )?;
     }
     match &report.index {
@@ -480,13 +515,68 @@ fn verify(store: &Path) -> Result<Outcome, CliError> {
         Err(e) if report.is_corrupt() => writeln!(out, "shards: not decoded: {e}")?,
         Err(e) => return Err(e.into()),
     }
+    if !report.lost_found.is_empty() {
+        let bytes: u64 = report.lost_found.iter().map(|f| f.len).sum();
+        writeln!(
+            out,
+            "lost+found: {} files, {bytes} bytes saved before a cut or repair removed them \
+             (in {})",
+            report.lost_found.len(),
+            store
+                .join(squirrel_store::lost_found::LOST_FOUND_DIR)
+                .display()
+        )?;
+    }
     if problems == 0 {
         writeln!(out, "ok")?;
         Ok(Outcome::Done)
     } else {
-        writeln!(out, "damaged: {problems} problems found")?;
+        let noun = if problems == 1 { "problem" } else { "problems" };
+        writeln!(out, "damaged: {problems} {noun} found")?;
+        if report.is_corrupt() {
+            writeln!(
+                out,
+                "repair: `squirrel-store repair {}` saves each damaged record into lost+found/, \
+                 removes it and keeps every other record",
+                store.display()
+            )?;
+        }
         Ok(Outcome::Problem)
     }
+}
+
+fn repair(store: &Path) -> Result<Outcome, CliError> {
+    // Checked first so that a path that holds no store is reported as such, and is left as it was.
+    drop(open_read_only(store)?);
+    let report = squirrel_store::repair(store)?;
+    let mut out = io::stdout().lock();
+    for d in &report.damaged {
+        match &d.key {
+            Some(k) => writeln!(
+                out,
+                "saved damaged record at offset {} (key {k:?})",
+                d.offset
+            )?,
+            None => writeln!(
+                out,
+                "saved damaged bytes at offset {} (key unknown)",
+                d.offset
+            )?,
+        }
+    }
+    for k in &report.deleted_keys {
+        writeln!(out, "deleted {k:?} (its newest record was damaged)")?;
+    }
+    writeln!(
+        out,
+        "repaired {}: {} damaged regions saved into lost+found/, {} keys deleted, {} live \
+         records kept",
+        store.display(),
+        report.damaged.len(),
+        report.deleted_keys.len(),
+        report.compaction.live_records
+    )?;
+    Ok(Outcome::Done)
 }
 
 /// Prints the shard scan of `verify`; returns the number of problems not already listed.
