@@ -538,8 +538,8 @@ fn a_torn_tail_is_reported_but_is_not_corruption() {
     let text = stdout(&o);
     assert!(
         text.contains(&format!(
-            "torn tail of 30 bytes at offset {end}, left by a crash; it is cut off at the next \
-             read-write open"
+            "torn tail of 30 bytes at offset {end}, left by a crash; the next read-write open \
+             saves it into lost+found/ and cuts it off"
         )),
         "{text}"
     );
