@@ -138,8 +138,10 @@ pub struct SquirrelDir {
 }
 
 impl SquirrelDir {
-    /// Largest payload [`SquirrelDir::read`] accepts by default: 4 GiB.
-    pub const DEFAULT_MAX_SHARD_BYTES: u64 = 4 << 30;
+    /// Largest payload [`SquirrelDir::read`] accepts by default: 1 GiB, the default decompression
+    /// limit of [`crate::serializer::MessagepackSerializer`] (a 1 MB gzip file can hold 1 GiB of
+    /// zeros).
+    pub const DEFAULT_MAX_SHARD_BYTES: u64 = 1 << 30;
     /// gzip level [`SquirrelDir::write`] uses by default (zlib's default).
     pub const DEFAULT_LEVEL: u32 = 6;
 
@@ -263,6 +265,34 @@ impl SquirrelDir {
         Ok(path)
     }
 
+    /// Writes shard `key` as [`SquirrelDir::write`] does, with the payload streamed: `fill` writes
+    /// it into the gzip encoder in as many pieces as it likes, so no more than a piece need be in
+    /// memory. When `fill` fails, or a write into the file fails, nothing replaces the old shard.
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::InvalidKey`] and [`SquirrelDirError::Io`], converted into `E`; `fill`'s
+    /// own error.
+    pub fn write_with<E: From<SquirrelDirError>>(
+        &self,
+        key: &str,
+        fill: impl FnOnce(&mut dyn Write) -> Result<(), E>,
+    ) -> Result<PathBuf, E> {
+        let path = self.path(key)?;
+        write_shard_file_with(&path, self.level, fill)?;
+        Ok(path)
+    }
+
+    /// Opens shard `key` for reading its payload as a stream; see [`ShardFileReader`].
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::InvalidKey`]; [`SquirrelDirError::Io`] (`NotFound` for a missing
+    /// shard).
+    pub fn open(&self, key: &str) -> Result<ShardFileReader, SquirrelDirError> {
+        open_shard_file(&self.path(key)?, self.max_shard_bytes)
+    }
+
     /// Removes shard `key`; returns whether it existed.
     ///
     /// # Errors
@@ -278,39 +308,140 @@ impl SquirrelDir {
     }
 }
 
-/// Gunzips a shard file into its payload, refusing more than `max_bytes`.
+/// A shard file's payload, gunzipped as it is read, refusing more than a limit: the payload is
+/// never held whole, and nothing is allocated from a size the file claims.
+pub struct ShardFileReader {
+    path: PathBuf,
+    inner: MultiGzDecoder<io::BufReader<File>>,
+    limit: u64,
+    read: u64,
+    failed: bool,
+}
+
+impl std::fmt::Debug for ShardFileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardFileReader")
+            .field("path", &self.path)
+            .field("limit", &self.limit)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardFileReader {
+    /// Reads the next payload bytes into `buf`; 0 at the end of the stream.
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::Gzip`] for a corrupt or truncated stream;
+    /// [`SquirrelDirError::TooLarge`] as soon as the payload passes the limit (the bytes past it
+    /// are not handed out); [`SquirrelDirError::Io`].
+    pub fn read_chunk(&mut self, buf: &mut [u8]) -> Result<usize, SquirrelDirError> {
+        if self.failed || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = loop {
+            match self.inner.read(buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    self.failed = true;
+                    return Err(match source.kind() {
+                        io::ErrorKind::InvalidData
+                        | io::ErrorKind::InvalidInput
+                        | io::ErrorKind::UnexpectedEof => SquirrelDirError::Gzip {
+                            path: self.path.clone(),
+                            source,
+                        },
+                        _ => SquirrelDirError::Io {
+                            path: self.path.clone(),
+                            source,
+                        },
+                    });
+                }
+            }
+        };
+        self.read = self.read.saturating_add(n as u64);
+        if self.read > self.limit {
+            self.failed = true;
+            return Err(SquirrelDirError::TooLarge {
+                path: self.path.clone(),
+                limit: self.limit,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Reads the rest of the payload into `out`, or stops once `out` holds more than `at_most`
+    /// bytes; returns whether the end was reached.
+    ///
+    /// # Errors
+    ///
+    /// As [`ShardFileReader::read_chunk`].
+    pub fn read_up_to(
+        &mut self,
+        out: &mut Vec<u8>,
+        at_most: usize,
+    ) -> Result<bool, SquirrelDirError> {
+        let mut chunk = vec![0u8; READ_CHUNK];
+        while out.len() <= at_most {
+            let n = self.read_chunk(&mut chunk)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+        Ok(false)
+    }
+
+    /// Payload bytes read so far.
+    #[must_use]
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
+    /// The shard file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The bytes [`ShardFileReader`] reads at a time.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Opens a shard file for streaming its payload, refusing more than `max_bytes`.
 ///
 /// # Errors
 ///
-/// [`SquirrelDirError::Io`]; [`SquirrelDirError::Gzip`]; [`SquirrelDirError::TooLarge`].
-pub fn read_shard_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, SquirrelDirError> {
+/// [`SquirrelDirError::Io`] when the file cannot be opened.
+pub fn open_shard_file(path: &Path, max_bytes: u64) -> Result<ShardFileReader, SquirrelDirError> {
     let file = File::open(path).map_err(|source| SquirrelDirError::Io {
         path: path.to_owned(),
         source,
     })?;
     // Python's gzip module reads multi-member streams, so this does too.
+    Ok(ShardFileReader {
+        path: path.to_owned(),
+        inner: MultiGzDecoder::new(io::BufReader::new(file)),
+        limit: max_bytes,
+        read: 0,
+        failed: false,
+    })
+}
+
+/// Gunzips a shard file into its payload, refusing more than `max_bytes`.
+///
+/// The buffer grows as bytes arrive (never from a size the file claims), and reading stops one
+/// byte past the limit.
+///
+/// # Errors
+///
+/// [`SquirrelDirError::Io`]; [`SquirrelDirError::Gzip`]; [`SquirrelDirError::TooLarge`].
+pub fn read_shard_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, SquirrelDirError> {
+    let mut reader = open_shard_file(path, max_bytes)?;
     let mut payload = Vec::new();
-    MultiGzDecoder::new(io::BufReader::new(file))
-        .take(max_bytes.saturating_add(1))
-        .read_to_end(&mut payload)
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::InvalidData
-            | io::ErrorKind::InvalidInput
-            | io::ErrorKind::UnexpectedEof => SquirrelDirError::Gzip {
-                path: path.to_owned(),
-                source,
-            },
-            _ => SquirrelDirError::Io {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
-    if payload.len() as u64 > max_bytes {
-        return Err(SquirrelDirError::TooLarge {
-            path: path.to_owned(),
-            limit: max_bytes,
-        });
-    }
+    reader.read_up_to(&mut payload, usize::MAX)?;
     Ok(payload)
 }
 
@@ -320,6 +451,49 @@ pub fn read_shard_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, SquirrelD
 ///
 /// [`SquirrelDirError::Io`].
 pub fn write_shard_file(path: &Path, payload: &[u8], level: u32) -> Result<(), SquirrelDirError> {
+    write_shard_file_with(path, level, |w: &mut dyn Write| {
+        w.write_all(payload).map_err(|source| SquirrelDirError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    })
+}
+
+/// A writer that keeps the first error of the writer it wraps, so the caller reports that error
+/// with the file's path whatever the filler made of it.
+struct KeepError<W> {
+    inner: W,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> Write for KeepError<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).inspect_err(|e| {
+            if self.error.is_none() {
+                self.error = Some(io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().inspect_err(|e| {
+            if self.error.is_none() {
+                self.error = Some(io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+}
+
+/// Gzips what `fill` writes into `path` atomically: a synced temporary file renamed into place.
+///
+/// # Errors
+///
+/// [`SquirrelDirError::Io`] converted into `E`; `fill`'s own error.
+pub fn write_shard_file_with<E: From<SquirrelDirError>>(
+    path: &Path,
+    level: u32,
+    fill: impl FnOnce(&mut dyn Write) -> Result<(), E>,
+) -> Result<(), E> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| SquirrelDirError::Io { path, source }
@@ -329,9 +503,17 @@ pub fn write_shard_file(path: &Path, payload: &[u8], level: u32) -> Result<(), S
     let (tmp_path, file) = create_temp(dir, path)?;
     // Removes the temporary file on any early return.
     let guard = TempGuard(Some(tmp_path.clone()));
-    let mut gz = GzEncoder::new(BufWriter::new(file), Compression::new(level.min(9)));
-    gz.write_all(payload).map_err(io(&tmp_path))?;
+    let mut gz = KeepError {
+        inner: GzEncoder::new(BufWriter::new(file), Compression::new(level.min(9))),
+        error: None,
+    };
+    let filled = fill(&mut gz);
+    if let Some(e) = gz.error.take() {
+        return Err(io(&tmp_path)(e).into());
+    }
+    filled?;
     let file = gz
+        .inner
         .finish()
         .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))
         .map_err(io(&tmp_path))?;
@@ -341,10 +523,15 @@ pub fn write_shard_file(path: &Path, payload: &[u8], level: u32) -> Result<(), S
     fs::rename(&tmp_path, path).map_err(io(path))?;
     guard.defuse();
     // Persist the rename itself; not every platform can open a directory, so this is best effort.
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Syncs a directory, best effort (not every platform can open one).
+fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(())
 }
 
 /// Creates a new hidden temporary file beside `target`.

@@ -12,10 +12,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use squirrel_store::serializer::{Codec, MessagepackSerializer, Serializer};
+use squirrel_store::serializer::{
+    Codec, MessagepackSerializer, SampleBytes, Serializer, ShardError, count_samples,
+};
 use squirrel_store::transfer::{
     self, ExportOptions, ImportOptions, ScanDepth, ShardFailure, ShardScan,
 };
+use squirrel_store::value::Value;
 use squirrel_store::{Config, Durability, Engine, Error, IndexCheck};
 
 #[path = "squirrel-store/render.rs"]
@@ -570,17 +573,37 @@ fn get(store: &Path, key: &str, raw: bool, as_json: bool) -> Result<Outcome, Cli
     if raw {
         match codec {
             Codec::Raw => out.write_all(&stored)?,
-            _ => out.write_all(
-                &serializer
-                    .decode_payload(codec, &stored)
-                    .map_err(shard_err)?,
-            )?,
+            _ => {
+                // Streamed: the payload is never held whole.
+                let mut payload = serializer
+                    .payload_reader(codec, &stored)
+                    .map_err(shard_err)?;
+                let mut chunk = vec![0u8; 256 << 10];
+                loop {
+                    let n = payload.read_chunk(&mut chunk).map_err(shard_err)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.write_all(&chunk[..n])?;
+                }
+            }
         }
     } else if as_json {
-        for sample in serializer
-            .decode_values(codec, &stored)
-            .map_err(shard_err)?
-        {
+        // One sample decoded at a time: memory is the payload and one sample, not every sample.
+        let payload = serializer
+            .decode_payload(codec, &stored)
+            .map_err(shard_err)?;
+        let mut offset = 0;
+        for (index, bytes) in SampleBytes::new(&payload).enumerate() {
+            let bytes = bytes.map_err(shard_err)?;
+            let (sample, _) = Value::decode(bytes).map_err(|source| {
+                shard_err(ShardError::Msgpack {
+                    sample: index,
+                    offset,
+                    source,
+                })
+            })?;
+            offset += bytes.len();
             writeln!(out, "{}", render::json_line(&sample))?;
         }
     } else {
@@ -632,9 +655,13 @@ fn summarize(
         .decode_payload(codec, stored)
         .map_err(Summary::Shard)?;
     writeln!(out, "payload   {} bytes", payload.len())?;
-    let samples = squirrel_store::serializer::decode_values(&payload).map_err(Summary::Shard)?;
-    writeln!(out, "samples   {}", samples.len())?;
-    for (i, s) in samples.iter().take(SUMMARY_SAMPLES).enumerate() {
+    // Counted by walking the MessagePack, not by building every sample; only the samples shown
+    // are decoded.
+    let count = count_samples(&payload).map_err(Summary::Shard)?;
+    writeln!(out, "samples   {count}")?;
+    let shown = squirrel_store::serializer::decode_values_up_to(&payload, SUMMARY_SAMPLES)
+        .map_err(Summary::Shard)?;
+    for (i, s) in shown.iter().enumerate() {
         let mut line = render::summary(s);
         if let Some((cut, _)) = line.char_indices().nth(SUMMARY_WIDTH) {
             line.truncate(cut);
@@ -642,11 +669,11 @@ fn summarize(
         }
         writeln!(out, "  {i:<6}  {line}")?;
     }
-    if samples.len() > SUMMARY_SAMPLES {
+    if count > SUMMARY_SAMPLES as u64 {
         writeln!(
             out,
             "  … {} more samples (--json prints them all)",
-            samples.len() - SUMMARY_SAMPLES
+            count - SUMMARY_SAMPLES as u64
         )?;
     }
     Ok(())
