@@ -28,6 +28,10 @@ use flate2::write::GzEncoder;
 /// The suffix squirrel gives shard files.
 pub const SHARD_SUFFIX: &str = ".gz";
 
+/// The longest file name, in bytes, that the common file systems (ext4, XFS, btrfs, APFS, tmpfs)
+/// accept: `NAME_MAX`.
+pub const MAX_NAME_LEN: usize = 255;
+
 /// Why a squirrel directory operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -93,8 +97,9 @@ impl From<SquirrelDirError> for crate::Error {
 /// # Errors
 ///
 /// [`SquirrelDirError::InvalidKey`] for a key that is empty, absolute, has an empty, `.` or `..`
-/// component, contains NUL or a backslash, or has a directory component ending in `.gz` (which
-/// squirrel's `keys()` would list as a shard).
+/// component, contains NUL or a backslash, has a directory component ending in `.gz` (which
+/// squirrel's `keys()` would list as a shard), or a component too long for a file name
+/// ([`MAX_NAME_LEN`] bytes, `.gz` included for the last).
 pub fn validate_key(key: &str) -> Result<(), SquirrelDirError> {
     let refuse = |reason| {
         Err(SquirrelDirError::InvalidKey {
@@ -122,6 +127,12 @@ pub fn validate_key(key: &str) -> Result<(), SquirrelDirError> {
             "." | ".." => return refuse("`.` or `..` path component"),
             _ if components.peek().is_some() && c.ends_with(SHARD_SUFFIX) => {
                 return refuse("directory component ends in .gz");
+            }
+            _ if components.peek().is_some() && c.len() > MAX_NAME_LEN => {
+                return refuse("directory component longer than 255 bytes");
+            }
+            _ if components.peek().is_none() && c.len() + SHARD_SUFFIX.len() > MAX_NAME_LEN => {
+                return refuse("file name (last component plus .gz) longer than 255 bytes");
             }
             _ => {}
         }
@@ -192,15 +203,31 @@ impl SquirrelDir {
     /// The shard keys, sorted. With `nested`, keys in subdirectories too, as `sub/key`.
     ///
     /// A missing directory has no keys, as in squirrel. Entries whose names are not UTF-8 or do not
-    /// make valid keys are skipped, and so are symbolic links to directories (which could loop).
+    /// make valid keys are skipped (see [`SquirrelDir::keys_and_skipped`] to learn which), and so
+    /// are symbolic links to directories (which could loop).
     ///
     /// # Errors
     ///
     /// [`SquirrelDirError::Io`] when a directory cannot be read.
     pub fn keys(&self, nested: bool) -> Result<Vec<String>, SquirrelDirError> {
+        self.keys_and_skipped(nested).map(|(keys, _)| keys)
+    }
+
+    /// As [`SquirrelDir::keys`], and the paths skipped because their names make no valid key:
+    /// shard files (names ending in `.gz`) whose names are not UTF-8 or fail [`validate_key`], and
+    /// with `nested`, subdirectories whose names are not UTF-8. Both lists are sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::Io`] when a directory cannot be read.
+    pub fn keys_and_skipped(
+        &self,
+        nested: bool,
+    ) -> Result<(Vec<String>, Vec<PathBuf>), SquirrelDirError> {
         let mut keys = Vec::new();
+        let mut skipped = Vec::new();
         if !self.root.exists() {
-            return Ok(keys);
+            return Ok((keys, skipped));
         }
         let mut dirs = vec![(self.root.clone(), String::new())];
         while let Some((dir, prefix)) = dirs.pop() {
@@ -210,14 +237,21 @@ impl SquirrelDir {
             };
             for entry in fs::read_dir(&dir).map_err(io)? {
                 let entry = entry.map_err(io)?;
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
                 let file_type = entry.file_type().map_err(io)?;
                 // Follow a link only to see whether it is a file: Python opens links to files.
                 let is_file = file_type.is_file()
                     || (file_type.is_symlink()
                         && entry.path().metadata().is_ok_and(|m| m.is_file()));
+                let os_name = entry.file_name();
+                let Ok(name) = os_name.into_string() else {
+                    let name = entry.file_name();
+                    let shard =
+                        is_file && name.as_encoded_bytes().ends_with(SHARD_SUFFIX.as_bytes());
+                    if shard || (nested && file_type.is_dir()) {
+                        skipped.push(entry.path());
+                    }
+                    continue;
+                };
                 if file_type.is_dir() {
                     if nested {
                         dirs.push((entry.path(), format!("{prefix}{name}/")));
@@ -226,12 +260,15 @@ impl SquirrelDir {
                     let key = format!("{prefix}{stem}");
                     if validate_key(&key).is_ok() {
                         keys.push(key);
+                    } else {
+                        skipped.push(entry.path());
                     }
                 }
             }
         }
         keys.sort();
-        Ok(keys)
+        skipped.sort();
+        Ok((keys, skipped))
     }
 
     /// Whether shard `key` exists.
@@ -499,8 +536,8 @@ pub fn write_shard_file_with<E: From<SquirrelDirError>>(
         move |source| SquirrelDirError::Io { path, source }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    let (tmp_path, file) = create_temp(dir, path)?;
+    create_dir_all_synced(dir)?;
+    let (tmp_path, file) = create_temp(dir)?;
     // Removes the temporary file on any early return.
     let guard = TempGuard(Some(tmp_path.clone()));
     let mut gz = KeepError {
@@ -534,15 +571,62 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-/// Creates a new hidden temporary file beside `target`.
-fn create_temp(dir: &Path, target: &Path) -> Result<(PathBuf, File), SquirrelDirError> {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+/// Creates `dir` and its missing ancestors, syncing the parent of each directory it creates, so a
+/// crash cannot forget a directory whose files were synced. Returns the directories it created,
+/// outermost first.
+///
+/// # Errors
+///
+/// [`SquirrelDirError::Io`] naming the directory that could not be created (`NotADirectory` when a
+/// file stands in the way).
+pub fn create_dir_all_synced(dir: &Path) -> Result<Vec<PathBuf>, SquirrelDirError> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty()) {
+        match fs::metadata(d) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(SquirrelDirError::Io {
+                    path: d.to_owned(),
+                    source: io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        "exists and is not a directory",
+                    ),
+                });
+            }
+            Err(_) => missing.push(d.to_owned()),
+        }
+        at = d.parent();
+    }
+    missing.reverse();
+    for d in &missing {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            // Made meanwhile by another writer (rayon exports subdirectories in parallel).
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => continue,
+            Err(source) => {
+                return Err(SquirrelDirError::Io {
+                    path: d.clone(),
+                    source,
+                });
+            }
+        }
+        let parent = d
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        sync_dir(parent);
+    }
+    Ok(missing)
+}
+
+/// Creates a new hidden temporary file in `dir`. Its name is short whatever the target's (a
+/// target name near the 255-byte limit must not make the temporary name too long) and does not end
+/// in `.gz`, so no listing takes it for a shard.
+fn create_temp(dir: &Path) -> Result<(PathBuf, File), SquirrelDirError> {
     let mut last_err = None;
     for _ in 0..16 {
-        let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+        let tmp = dir.join(format!(".sq-{:016x}.tmp", rand::random::<u64>()));
         match OpenOptions::new().write(true).create_new(true).open(&tmp) {
             Ok(f) => return Ok((tmp, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),

@@ -118,6 +118,10 @@ pub struct ImportReport {
     pub payload_bytes: u64,
     /// Bytes of the values written to the store (compressed); 0 for unchanged shards.
     pub stored_bytes: u64,
+    /// Files skipped because their names make no valid key (not UTF-8, or refused by
+    /// [`crate::squirrel_dir::validate_key`]), and with nested import, subdirectories whose names
+    /// are not UTF-8; sorted. Not counted in `shards`.
+    pub skipped: Vec<PathBuf>,
 }
 
 /// Imports every shard file `KEY.gz` of the Python squirrel directory `src` into `engine`.
@@ -144,7 +148,8 @@ pub struct ImportReport {
 /// [`Error::Shard`] naming the key for a payload that is not whole MessagePack samples, or one
 /// larger than [`ImportOptions::max_shard_bytes`] ([`ShardError::TooLarge`]: payloads are
 /// streamed, so a 1 MB file holding 1 GiB of zeros costs no more memory than the limit allows,
-/// and nothing is allocated from a size the file claims); the engine's errors when writing. Shards
+/// and nothing is allocated from a size the file claims); the engine's errors when writing. Files
+/// whose names make no valid key are not imported but listed in [`ImportReport::skipped`]. Shards
 /// before the failing one (in key order) are stored.
 pub fn import_squirrel_dir(
     src: &Path,
@@ -165,10 +170,11 @@ pub fn import_squirrel_dir(
         Err(e) => return Err(Error::io(src, e)),
     }
     let dir = SquirrelDir::new(src).max_shard_bytes(opts.max_shard_bytes);
-    let keys = dir.keys(opts.nested)?;
+    let (keys, skipped) = dir.keys_and_skipped(opts.nested)?;
     let total = keys.len() as u64;
     let mut report = ImportReport {
         shards: total,
+        skipped,
         ..ImportReport::default()
     };
     progress(0, total);
@@ -508,6 +514,9 @@ pub struct ExportReport {
     /// Keys skipped because their records hold raw bytes ([`Codec::Raw`], written with
     /// [`Engine::set`]), not samples: they have no squirrel form.
     pub skipped_raw: Vec<String>,
+    /// Keys skipped because they cannot name a file inside the directory, each with the reason
+    /// (see [`crate::squirrel_dir::validate_key`]); the other keys are still exported.
+    pub invalid_keys: Vec<(String, &'static str)>,
 }
 
 /// Writes every shard of `engine` into the squirrel directory `dst` as `KEY.gz` (creating `dst` and
@@ -516,8 +525,10 @@ pub struct ExportReport {
 /// Each record is decompressed per its codec and its payload gzipped as it is, streamed: no
 /// payload is held whole in memory. Files are written atomically (a synced temporary file renamed
 /// into place) and replace existing files of the same key; other files in `dst` are left alone.
-/// Records holding raw bytes are not shards: they are skipped and listed in
-/// [`ExportReport::skipped_raw`]. `progress(done, total)` counts keys.
+/// Directories it creates are synced into their parents. Records holding raw bytes are not
+/// shards: they are skipped and listed in [`ExportReport::skipped_raw`]; keys that cannot name a
+/// file are skipped and listed in [`ExportReport::invalid_keys`]. `progress(done, total)` counts
+/// keys.
 ///
 /// The store is read as of the call's start (its key list); keys deleted meanwhile are skipped.
 ///
@@ -525,9 +536,8 @@ pub struct ExportReport {
 ///
 /// [`Error::Shard`] naming the key for a record that does not decompress (also one larger than
 /// the serializer's decompression limit) or has an unknown codec; [`Error::Corruption`] for a
-/// damaged record; [`Error::InvalidKey`] for a key that cannot name a file inside `dst` (see
-/// [`crate::squirrel_dir::validate_key`]), before anything is written; [`Error::Io`] when
-/// writing. Shards before the failing one (in key order) are written.
+/// damaged record; [`Error::Io`] when writing, and with `NotADirectory` when `dst` exists and is
+/// not a directory. Shards before the failing one (in key order) are written.
 pub fn export_squirrel_dir(
     engine: &Engine,
     dst: &Path,
@@ -535,6 +545,7 @@ pub fn export_squirrel_dir(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ExportReport> {
     let dir = SquirrelDir::new(dst).level(opts.level);
+    crate::squirrel_dir::create_dir_all_synced(dst)?;
     let keys = engine.keys()?;
     let total = keys.len() as u64;
     let mut report = ExportReport::default();
@@ -542,7 +553,12 @@ pub fn export_squirrel_dir(
     // Sizes of the stored values bound a batch's memory (payloads are streamed, never held whole).
     let mut sized = Vec::with_capacity(keys.len());
     for key in keys {
-        crate::squirrel_dir::validate_key(&key)?;
+        if let Err(SquirrelDirError::InvalidKey { reason, .. }) =
+            crate::squirrel_dir::validate_key(&key)
+        {
+            report.invalid_keys.push((key, reason));
+            continue;
+        }
         let len = record_len(engine, &key);
         sized.push((key, len));
     }

@@ -27,7 +27,9 @@ mod render;
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
-  1  a problem was found: verify found damage, or the key does not exist (get, rm)
+  1  a problem was found: verify found damage, the key does not exist (get, rm), import skipped
+     files whose names make no key, export skipped keys that make no file name, keys --null met
+     a key containing NUL
   2  a usage error, or an error that stopped the command (missing store, locked store, I/O)";
 
 /// Inspect, check and maintain squirrel-store stores, and move shards to and from Python squirrel.
@@ -85,10 +87,19 @@ enum Command {
         store: PathBuf,
     },
     /// List the keys of a store, one per line, sorted.
+    ///
+    /// So that every line is one key, a key's backslashes are written as `\\` and its control
+    /// characters escaped: `\n`, `\r`, `\t`, others as `\u{XX}` (hex code point). Keys without
+    /// those are written as they are. With --null, keys are written unescaped, each followed by a
+    /// NUL byte (for `xargs -0`); a key that itself contains NUL cannot be written that way and is
+    /// reported on standard error instead (exit status 1).
     #[command(after_help = EXIT_CODES)]
     Keys {
         /// The store directory.
         store: PathBuf,
+        /// End each key with a NUL byte instead of a newline, and do not escape it.
+        #[arg(long, short = '0')]
+        null: bool,
     },
     /// Show one shard: a summary of its samples, its raw payload, or its samples as JSON.
     ///
@@ -126,7 +137,9 @@ enum Command {
     /// unchanged, compressed with zstd, under KEY (sub/KEY for files in subdirectories). Creates
     /// the store if needed. Safe to run again, also after an interrupted run: shards the store
     /// already holds identically are skipped, changed ones are overwritten, other keys are left
-    /// alone.
+    /// alone. Payloads are streamed, and one that gunzips to more than 1 GiB is refused (a
+    /// decompression bomb). Files whose names make no key (not UTF-8, a backslash) are not
+    /// imported: they are listed on standard error and the exit status is 1.
     #[command(after_help = EXIT_CODES)]
     Import {
         /// The Python squirrel directory to read.
@@ -146,7 +159,9 @@ enum Command {
     ///
     /// Python squirrel-core reads the result as it reads its own stores. Files are replaced
     /// atomically; other files in the directory are left alone. Records that hold raw bytes
-    /// (written with the byte-level API, not shards) are skipped with a warning.
+    /// (written with the byte-level API, not shards) are skipped with a warning. Keys that cannot
+    /// name a file inside the directory (`..`, a backslash, a component too long for a file
+    /// name) are reported and skipped, the others still exported, and the exit status is 1.
     #[command(after_help = EXIT_CODES)]
     Export {
         /// The store directory to read.
@@ -224,7 +239,7 @@ fn run(command: Command) -> Result<Outcome, CliError> {
         } => stats(&store, json, compression),
         Command::Verify { store } => verify(&store),
         Command::Compact { store } => compact(&store),
-        Command::Keys { store } => keys(&store),
+        Command::Keys { store, null } => keys(&store, null),
         Command::Get {
             store,
             key,
@@ -543,14 +558,50 @@ fn compact(store: &Path) -> Result<Outcome, CliError> {
     Ok(Outcome::Done)
 }
 
-fn keys(store: &Path) -> Result<Outcome, CliError> {
+fn keys(store: &Path, null: bool) -> Result<Outcome, CliError> {
     let engine = open_read_only(store)?;
     let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut unwritable = 0usize;
     for key in engine.keys()? {
-        writeln!(out, "{key}")?;
+        if !null {
+            writeln!(out, "{}", escape_key(&key))?;
+        } else if key.contains('\0') {
+            unwritable += 1;
+            eprintln!(
+                "squirrel-store: key {} contains NUL and cannot be listed with --null",
+                escape_key(&key)
+            );
+        } else {
+            out.write_all(key.as_bytes())?;
+            out.write_all(b"\0")?;
+        }
     }
     out.flush()?;
-    Ok(Outcome::Done)
+    Ok(if unwritable == 0 {
+        Outcome::Done
+    } else {
+        Outcome::Problem
+    })
+}
+
+/// A key as `keys` prints it: backslashes doubled and control characters escaped, so that one
+/// line is one key and the escaping can be undone.
+fn escape_key(key: &str) -> std::borrow::Cow<'_, str> {
+    if !key.chars().any(|c| c == '\\' || c.is_control()) {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let mut out = String::with_capacity(key.len() + 8);
+    for c in key.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn missing_key(store: &Path, key: &str) -> Outcome {
@@ -700,6 +751,8 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
         }
         .into());
     }
+    // A new store directory is made here, not by the engine, so that its parent is synced too.
+    squirrel_store::squirrel_dir::create_dir_all_synced(store).map_err(Error::from)?;
     // Buffered: a killed import leaves every record it finished whole (and a torn tail at most);
     // the import syncs once at the end.
     let engine = Config::new(store).durability(Durability::Buffered).open()?;
@@ -723,7 +776,36 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
         HumanBytes(report.payload_bytes),
         HumanBytes(report.stored_bytes)
     )?;
-    Ok(Outcome::Done)
+    if report.skipped.is_empty() {
+        return Ok(Outcome::Done);
+    }
+    let names: Vec<String> = report
+        .skipped
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    eprintln!(
+        "squirrel-store: warning: skipped {} whose names make no valid key (not UTF-8, or \
+         containing a backslash, or too long): {}",
+        plural(report.skipped.len(), "file", "files"),
+        shown_list(names)
+    );
+    Ok(Outcome::Problem)
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The first few of `names`, joined, with how many more there are.
+fn shown_list(mut names: Vec<String>) -> String {
+    const SHOWN: usize = 5;
+    if names.len() > SHOWN {
+        let more = names.len() - SHOWN;
+        names.truncate(SHOWN);
+        names.push(format!("… {more} more"));
+    }
+    names.join(", ")
 }
 
 fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
@@ -733,21 +815,19 @@ fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
         transfer::export_squirrel_dir(&engine, dst, &ExportOptions::new(), &mut tick(&bar))?;
     bar.finish_and_clear();
     if !report.skipped_raw.is_empty() {
-        const SHOWN: usize = 5;
-        let mut names: Vec<String> = report
+        let names = report
             .skipped_raw
             .iter()
-            .take(SHOWN)
             .map(|k| format!("{k:?}"))
             .collect();
-        if report.skipped_raw.len() > SHOWN {
-            names.push(format!("… {} more", report.skipped_raw.len() - SHOWN));
-        }
         eprintln!(
-            "squirrel-store: warning: skipped {} records of raw bytes (not shards): {}",
-            report.skipped_raw.len(),
-            names.join(", ")
+            "squirrel-store: warning: skipped {} of raw bytes (not shards): {}",
+            plural(report.skipped_raw.len(), "record", "records"),
+            shown_list(names)
         );
+    }
+    for (key, reason) in &report.invalid_keys {
+        eprintln!("squirrel-store: key {key:?} cannot name a shard file ({reason}); not exported");
     }
     writeln!(
         io::stdout().lock(),
@@ -758,7 +838,15 @@ fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
         HumanBytes(report.payload_bytes),
         HumanBytes(report.file_bytes)
     )?;
-    Ok(Outcome::Done)
+    if report.invalid_keys.is_empty() {
+        Ok(Outcome::Done)
+    } else {
+        eprintln!(
+            "squirrel-store: {} not exported",
+            plural(report.invalid_keys.len(), "key was", "keys were")
+        );
+        Ok(Outcome::Problem)
+    }
 }
 
 fn rebuild_index(store: &Path) -> Result<Outcome, CliError> {
