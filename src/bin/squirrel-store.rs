@@ -76,6 +76,13 @@ enum Command {
     Verify {
         /// The store directory.
         store: PathBuf,
+        /// Print the findings as one JSON object instead of text: `ok`, `problems`, `records`,
+        /// `intact`, `live_keys`, `damaged` (a list of {offset, key, what}), `torn_tail` ({offset,
+        /// bytes} or null), `index` ({state, issues}) and `shards` ({decoded, samples,
+        /// raw_records, failures: [{key, error}]}, or {error} when the shards could not be read).
+        /// The exit status is the same as without it.
+        #[arg(long)]
+        json: bool,
     },
     /// Rewrite the store without dead records and give the space back.
     ///
@@ -237,7 +244,7 @@ fn run(command: Command) -> Result<Outcome, CliError> {
             json,
             compression,
         } => stats(&store, json, compression),
-        Command::Verify { store } => verify(&store),
+        Command::Verify { store, json } => verify(&store, json),
         Command::Compact { store } => compact(&store),
         Command::Keys { store, null } => keys(&store, null),
         Command::Get {
@@ -431,11 +438,82 @@ fn stats(store: &Path, as_json: bool, compression: bool) -> Result<Outcome, CliE
     Ok(Outcome::Done)
 }
 
-fn verify(store: &Path) -> Result<Outcome, CliError> {
+fn verify(store: &Path, as_json: bool) -> Result<Outcome, CliError> {
     let bar = progress_bar("checking records", true);
     let report = squirrel_store::verify(store, &mut tick(&bar))?;
     bar.finish_and_clear();
+    // The records are checked; now what a reader of each shard would do with it.
+    let bar = progress_bar("decoding shards", false);
+    let scan = open_read_only(store).and_then(|engine| {
+        transfer::scan_shards(
+            &engine,
+            &MessagepackSerializer::default(),
+            ScanDepth::Samples,
+            &mut tick(&bar),
+        )
+    });
+    bar.finish_and_clear();
+    let scan = match scan {
+        Ok(scan) => Ok(scan),
+        // A store too damaged to open already has its damage listed.
+        Err(e) if report.is_corrupt() => Err(e),
+        Err(e) => return Err(e.into()),
+    };
+    let findings = Findings::new(&report, &scan);
     let mut out = io::stdout().lock();
+    if as_json {
+        let obj = verify_json(store, &findings);
+        writeln!(out, "{}", serde_json::Value::Object(obj))?;
+    } else {
+        verify_text(&mut out, store, &findings)?;
+    }
+    Ok(if findings.problems == 0 {
+        Outcome::Done
+    } else {
+        Outcome::Problem
+    })
+}
+
+/// What `verify` found, for both its text and its JSON.
+struct Findings<'a> {
+    report: &'a squirrel_store::VerifyReport,
+    scan: &'a Result<ShardScan, Error>,
+    /// Shard failures not already listed as damaged records.
+    bad_shards: Vec<&'a ShardFailure>,
+    problems: usize,
+}
+
+impl<'a> Findings<'a> {
+    fn new(report: &'a squirrel_store::VerifyReport, scan: &'a Result<ShardScan, Error>) -> Self {
+        let bad_shards: Vec<&ShardFailure> = match scan {
+            Ok(scan) => scan
+                .failures
+                .iter()
+                .filter(|ShardFailure { key, error }| {
+                    // A damaged record was listed by the segment scan.
+                    !(matches!(error, Error::Corruption { .. })
+                        && report.damaged.iter().any(|d| d.key.as_deref() == Some(key)))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let index_problem = matches!(report.index, IndexCheck::Inconsistent(_));
+        let problems = report.damaged.len() + usize::from(index_problem) + bad_shards.len();
+        Findings {
+            report,
+            scan,
+            bad_shards,
+            problems,
+        }
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Result<()> {
+    let report = f.report;
     writeln!(
         out,
         "{}: {} records read, {} intact, {} live keys",
@@ -444,9 +522,7 @@ fn verify(store: &Path) -> Result<Outcome, CliError> {
         report.intact,
         report.live_keys
     )?;
-    let mut problems = 0usize;
     for d in &report.damaged {
-        problems += 1;
         match &d.key {
             Some(k) => writeln!(
                 out,
@@ -470,7 +546,6 @@ fn verify(store: &Path) -> Result<Outcome, CliError> {
             "index: missing or left unfinished by a crash; it is rebuilt at the next read-write open"
         )?,
         IndexCheck::Inconsistent(issues) => {
-            problems += 1;
             for issue in issues {
                 writeln!(out, "index: {issue}")?;
             }
@@ -481,63 +556,85 @@ fn verify(store: &Path) -> Result<Outcome, CliError> {
         }
         other => writeln!(out, "index: {other:?}")?,
     }
-    // The records are checked; now what a reader of each shard would do with it.
-    let bar = progress_bar("decoding shards", false);
-    let scan = open_read_only(store).and_then(|engine| {
-        transfer::scan_shards(
-            &engine,
-            &MessagepackSerializer::default(),
-            ScanDepth::Samples,
-            &mut tick(&bar),
-        )
-    });
-    bar.finish_and_clear();
-    match scan {
-        Ok(scan) => problems += report_shards(&mut out, &scan, &report.damaged)?,
-        // A store too damaged to open already has its damage listed above.
-        Err(e) if report.is_corrupt() => writeln!(out, "shards: not decoded: {e}")?,
-        Err(e) => return Err(e.into()),
+    match f.scan {
+        Ok(scan) => {
+            writeln!(
+                out,
+                "shards: {} decoded, {} samples{}",
+                scan.shards,
+                scan.samples,
+                if scan.raw_records > 0 {
+                    format!(
+                        "; {} records of raw bytes (not shards) not decoded",
+                        scan.raw_records
+                    )
+                } else {
+                    String::new()
+                }
+            )?;
+            for ShardFailure { key, error } in &f.bad_shards {
+                writeln!(out, "bad shard {key:?}: {error}")?;
+            }
+        }
+        Err(e) => writeln!(out, "shards: not decoded: {e}")?,
     }
-    if problems == 0 {
-        writeln!(out, "ok")?;
-        Ok(Outcome::Done)
+    if f.problems == 0 {
+        writeln!(out, "ok")
     } else {
-        writeln!(out, "damaged: {problems} problems found")?;
-        Ok(Outcome::Problem)
+        writeln!(
+            out,
+            "damaged: {} found",
+            plural(f.problems, "problem", "problems")
+        )
     }
 }
 
-/// Prints the shard scan of `verify`; returns the number of problems not already listed.
-fn report_shards(
-    out: &mut impl Write,
-    scan: &ShardScan,
-    damaged: &[squirrel_store::Damage],
-) -> io::Result<usize> {
-    writeln!(
-        out,
-        "shards: {} decoded, {} samples{}",
-        scan.shards,
-        scan.samples,
-        if scan.raw_records > 0 {
-            format!(
-                "; {} records of raw bytes (not shards) not decoded",
-                scan.raw_records
-            )
-        } else {
-            String::new()
-        }
-    )?;
-    let mut problems = 0;
-    for ShardFailure { key, error } in &scan.failures {
-        // A damaged record was listed by the segment scan.
-        let listed = matches!(error, Error::Corruption { .. })
-            && damaged.iter().any(|d| d.key.as_deref() == Some(key));
-        if !listed {
-            problems += 1;
-            writeln!(out, "bad shard {key:?}: {error}")?;
-        }
-    }
-    Ok(problems)
+/// `verify --json`: one object, each finding one field, so new findings are new fields.
+fn verify_json(store: &Path, f: &Findings<'_>) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::{Value as J, json};
+    let report = f.report;
+    let mut obj = serde_json::Map::new();
+    obj.insert("store".into(), json!(store.display().to_string()));
+    obj.insert("ok".into(), json!(f.problems == 0));
+    obj.insert("problems".into(), json!(f.problems));
+    obj.insert("records".into(), json!(report.records));
+    obj.insert("intact".into(), json!(report.intact));
+    obj.insert("live_keys".into(), json!(report.live_keys));
+    let damaged: Vec<J> = report
+        .damaged
+        .iter()
+        .map(|d| json!({ "offset": d.offset, "key": d.key, "what": d.what.to_string() }))
+        .collect();
+    obj.insert("damaged".into(), J::Array(damaged));
+    obj.insert(
+        "torn_tail".into(),
+        report.torn_tail.map_or(
+            J::Null,
+            |(offset, bytes)| json!({ "offset": offset, "bytes": bytes }),
+        ),
+    );
+    let (state, issues): (String, Vec<String>) = match &report.index {
+        IndexCheck::Consistent => ("consistent".into(), Vec::new()),
+        IndexCheck::Unusable => ("unusable".into(), Vec::new()),
+        IndexCheck::Inconsistent(issues) => ("inconsistent".into(), issues.clone()),
+        other => (format!("{other:?}"), Vec::new()),
+    };
+    obj.insert("index".into(), json!({ "state": state, "issues": issues }));
+    let shards = match f.scan {
+        Ok(scan) => json!({
+            "decoded": scan.shards,
+            "samples": scan.samples,
+            "raw_records": scan.raw_records,
+            "failures": f
+                .bad_shards
+                .iter()
+                .map(|b| json!({ "key": b.key, "error": b.error.to_string() }))
+                .collect::<Vec<_>>(),
+        }),
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    obj.insert("shards".into(), shards);
+    obj
 }
 
 fn compact(store: &Path) -> Result<Outcome, CliError> {
@@ -791,10 +888,6 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
         shown_list(names)
     );
     Ok(Outcome::Problem)
-}
-
-fn plural(n: usize, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The first few of `names`, joined, with how many more there are.
