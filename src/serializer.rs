@@ -24,7 +24,7 @@ use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::value::{DecodeError, EncodeError, Value, value_len};
+use crate::value::{DecodeError, EncodeError, Value, validate_value, value_len};
 
 /// How a record's value is stored: the byte the engine keeps beside each record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -215,7 +215,7 @@ pub struct MessagepackSerializer {
 }
 
 impl Default for MessagepackSerializer {
-    /// zstd level 3 (zstd's own default: fast, and most of the gain) and a 4 GiB decompression limit.
+    /// zstd level 3 (zstd's own default: fast, and most of the gain) and a 1 GiB decompression limit.
     fn default() -> Self {
         MessagepackSerializer {
             level: Some(Self::DEFAULT_LEVEL),
@@ -227,10 +227,14 @@ impl Default for MessagepackSerializer {
 impl MessagepackSerializer {
     /// The zstd level of [`MessagepackSerializer::default`].
     pub const DEFAULT_LEVEL: i32 = 3;
-    /// The decompression limit of [`MessagepackSerializer::default`]: 4 GiB.
-    pub const DEFAULT_MAX_DECOMPRESSED: u64 = 4 << 30;
+    /// The decompression limit of [`MessagepackSerializer::default`]: 1 GiB.
+    ///
+    /// A shard is meant to be read whole into memory, so one larger than this is almost surely a
+    /// decompression bomb (2 KB of zstd can claim 64 MiB of zeros); raise it with
+    /// [`MessagepackSerializer::max_decompressed`] for larger legitimate shards.
+    pub const DEFAULT_MAX_DECOMPRESSED: u64 = 1 << 30;
 
-    /// The default serializer: zstd level 3, 4 GiB limit.
+    /// The default serializer: zstd level 3, 1 GiB limit.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
@@ -298,6 +302,173 @@ impl Serializer for MessagepackSerializer {
             Codec::MsgpackZstd => decompress(bytes, self.max_decompressed).map(Cow::Owned),
         }
     }
+}
+
+impl MessagepackSerializer {
+    /// The payload of a record as a stream, never holding more than one chunk of it: the record's
+    /// bytes for [`Codec::Msgpack`], decompressed as read for [`Codec::MsgpackZstd`]. The
+    /// decompression limit holds as for [`Serializer::decode_payload`].
+    ///
+    /// # Errors
+    ///
+    /// [`ShardError::NotSamples`] for [`Codec::Raw`]; [`ShardError::TooLarge`] when the frame
+    /// header claims more than the limit; [`ShardError::Decompress`] for a frame that does not
+    /// start.
+    pub fn payload_reader<'a>(
+        &self,
+        codec: Codec,
+        bytes: &'a [u8],
+    ) -> Result<PayloadReader<'a>, ShardError> {
+        let limit = self.max_decompressed;
+        let (inner, claimed) = match codec {
+            Codec::Raw => return Err(ShardError::NotSamples),
+            Codec::Msgpack => {
+                let len = bytes.len() as u64;
+                if len > limit {
+                    return Err(ShardError::TooLarge {
+                        size: len,
+                        at_least: false,
+                        limit,
+                    });
+                }
+                (PayloadInner::Plain(bytes), Some(len))
+            }
+            Codec::MsgpackZstd => {
+                if bytes.is_empty() {
+                    return Err(corrupt_frame("empty input"));
+                }
+                let claimed = zstd::zstd_safe::get_frame_content_size(bytes)
+                    .map_err(|_| corrupt_frame("no valid zstd frame header"))?;
+                if let Some(size) = claimed.filter(|s| *s > limit) {
+                    return Err(ShardError::TooLarge {
+                        size,
+                        at_least: false,
+                        limit,
+                    });
+                }
+                let decoder = zstd::stream::read::Decoder::with_buffer(bytes)
+                    .map_err(ShardError::Decompress)?;
+                (PayloadInner::Zstd(Box::new(decoder)), claimed)
+            }
+        };
+        Ok(PayloadReader {
+            inner,
+            limit,
+            claimed,
+            read: 0,
+            done: false,
+        })
+    }
+}
+
+/// What a [`PayloadReader`] reads from.
+enum PayloadInner<'a> {
+    Plain(&'a [u8]),
+    Zstd(Box<zstd::stream::read::Decoder<'a, &'a [u8]>>),
+}
+
+/// A record's payload read as a stream; see [`MessagepackSerializer::payload_reader`].
+///
+/// [`PayloadReader::read_chunk`] gives typed errors; the [`Read`] implementation wraps the same
+/// errors in [`io::Error`] (recover them with [`ShardError::from_io`]).
+pub struct PayloadReader<'a> {
+    inner: PayloadInner<'a>,
+    limit: u64,
+    claimed: Option<u64>,
+    read: u64,
+    done: bool,
+}
+
+impl std::fmt::Debug for PayloadReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PayloadReader")
+            .field("limit", &self.limit)
+            .field("claimed", &self.claimed)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PayloadReader<'_> {
+    /// Reads the next bytes of the payload into `buf`; 0 at the end.
+    ///
+    /// # Errors
+    ///
+    /// [`ShardError::TooLarge`] as soon as the payload passes the limit (what was read past it is
+    /// not handed out); [`ShardError::Decompress`] for a corrupt frame or one whose content is not
+    /// the size its header states.
+    pub fn read_chunk(&mut self, buf: &mut [u8]) -> Result<usize, ShardError> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = match &mut self.inner {
+            PayloadInner::Plain(rest) => {
+                let n = rest.len().min(buf.len());
+                let (head, tail) = rest.split_at(n);
+                buf[..n].copy_from_slice(head);
+                *rest = tail;
+                n
+            }
+            PayloadInner::Zstd(decoder) => loop {
+                match decoder.read(buf) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(ShardError::Decompress(e)),
+                }
+            },
+        };
+        self.read = self.read.saturating_add(n as u64);
+        if self.read > self.limit {
+            self.done = true;
+            return Err(ShardError::TooLarge {
+                size: self.read,
+                at_least: true,
+                limit: self.limit,
+            });
+        }
+        if n == 0 {
+            self.done = true;
+            if self.claimed.is_some_and(|c| c != self.read) {
+                return Err(corrupt_frame(
+                    "frame content size does not match the decoded bytes",
+                ));
+            }
+        }
+        Ok(n)
+    }
+
+    /// Payload bytes read so far.
+    #[must_use]
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+}
+
+impl Read for PayloadReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_chunk(buf).map_err(io::Error::other)
+    }
+}
+
+impl ShardError {
+    /// The [`ShardError`] inside an [`io::Error`] made by a [`PayloadReader`]'s [`Read`]
+    /// implementation; any other I/O error becomes [`ShardError::Decompress`].
+    #[must_use]
+    pub fn from_io(e: io::Error) -> ShardError {
+        if e.get_ref().is_some_and(|inner| inner.is::<ShardError>()) {
+            match e.into_inner().map(|inner| inner.downcast::<ShardError>()) {
+                Some(Ok(shard)) => return *shard,
+                Some(Err(other)) => return ShardError::Decompress(io::Error::other(other)),
+                None => {}
+            }
+            return ShardError::Decompress(io::Error::other("unreadable payload"));
+        }
+        ShardError::Decompress(e)
+    }
+}
+
+fn corrupt_frame(what: &str) -> ShardError {
+    ShardError::Decompress(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()))
 }
 
 /// Decompresses zstd frames into at most `limit` bytes.
@@ -392,6 +563,134 @@ pub fn decode_values(payload: &[u8]) -> Result<Vec<Value>, ShardError> {
         offset += used;
     }
     Ok(out)
+}
+
+/// The first `n` samples of a payload as [`Value`]s (fewer when it holds fewer); the rest is not
+/// read.
+///
+/// # Errors
+///
+/// [`ShardError::Msgpack`] for the first of them that is not valid MessagePack.
+pub fn decode_values_up_to(payload: &[u8], n: usize) -> Result<Vec<Value>, ShardError> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while out.len() < n
+        && let Some(rest) = payload.get(offset..).filter(|r| !r.is_empty())
+    {
+        let (v, used) = Value::decode(rest).map_err(|source| ShardError::Msgpack {
+            sample: out.len(),
+            offset,
+            source,
+        })?;
+        out.push(v);
+        offset += used;
+    }
+    Ok(out)
+}
+
+/// The number of samples in a payload, each checked as [`Value::decode`] checks it (structure,
+/// depth, UTF-8) without building it: memory stays bounded however many samples there are.
+///
+/// # Errors
+///
+/// [`ShardError::Msgpack`] for the first sample that is not complete, valid MessagePack.
+pub fn count_samples(payload: &[u8]) -> Result<u64, ShardError> {
+    let mut counter = SampleCounter::new();
+    counter.feed(payload)?;
+    counter.finish()
+}
+
+/// Counts and checks the samples of a payload that arrives in chunks (a gzip or zstd stream),
+/// keeping only the unfinished last sample between chunks. Each sample is checked as
+/// [`count_samples`] checks it.
+#[derive(Debug, Default, Clone)]
+pub struct SampleCounter {
+    /// Bytes of the sample that started but did not finish in the chunks so far.
+    pending: Vec<u8>,
+    /// Payload offset of `pending`'s first byte.
+    offset: u64,
+    samples: u64,
+    /// `pending` is walked again only once it reaches this length: a large sample arriving in
+    /// small chunks is re-walked a logarithmic number of times, not once per chunk.
+    retry_at: usize,
+}
+
+impl SampleCounter {
+    /// A counter at the start of a payload.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Samples completed so far.
+    #[must_use]
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// Takes the next bytes of the payload.
+    ///
+    /// # Errors
+    ///
+    /// [`ShardError::Msgpack`] for a sample that is invalid (not merely unfinished).
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ShardError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if self.pending.is_empty() {
+            let used = self.walk(chunk, false)?;
+            self.pending.extend_from_slice(&chunk[used..]);
+            self.retry_at = self.pending.len().saturating_mul(2);
+            return Ok(());
+        }
+        self.pending.extend_from_slice(chunk);
+        if self.pending.len() < self.retry_at {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let used = self.walk(&pending, false)?;
+        self.pending = pending;
+        self.pending.drain(..used);
+        self.retry_at = self.pending.len().saturating_mul(2);
+        Ok(())
+    }
+
+    /// Ends the payload; returns the number of samples.
+    ///
+    /// # Errors
+    ///
+    /// [`ShardError::Msgpack`] when the payload ends inside a sample, or a sample is invalid.
+    pub fn finish(mut self) -> Result<u64, ShardError> {
+        let pending = std::mem::take(&mut self.pending);
+        self.walk(&pending, true)?;
+        Ok(self.samples)
+    }
+
+    /// Counts the whole samples at the start of `bytes` (which start at `self.offset`); returns
+    /// the bytes they take. An unfinished last sample is an error only when `last`.
+    fn walk(&mut self, bytes: &[u8], last: bool) -> Result<usize, ShardError> {
+        let mut pos = 0;
+        while let Some(rest) = bytes.get(pos..).filter(|r| !r.is_empty()) {
+            match validate_value(rest) {
+                Ok(len) => {
+                    pos += len;
+                    self.samples += 1;
+                }
+                Err(DecodeError::Truncated { .. }) if !last => break,
+                Err(source) => {
+                    return Err(ShardError::Msgpack {
+                        sample: usize::try_from(self.samples).unwrap_or(usize::MAX),
+                        offset: usize::try_from(self.offset)
+                            .unwrap_or(usize::MAX)
+                            .saturating_add(pos),
+                        source,
+                    });
+                }
+            }
+        }
+        self.offset = self.offset.saturating_add(pos as u64);
+        Ok(pos)
+    }
 }
 
 /// The bytes of each sample in a payload, without decoding them.

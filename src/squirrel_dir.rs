@@ -28,6 +28,10 @@ use flate2::write::GzEncoder;
 /// The suffix squirrel gives shard files.
 pub const SHARD_SUFFIX: &str = ".gz";
 
+/// The longest file name, in bytes, that the common file systems (ext4, XFS, btrfs, APFS, tmpfs)
+/// accept: `NAME_MAX`.
+pub const MAX_NAME_LEN: usize = 255;
+
 /// Why a squirrel directory operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -93,8 +97,9 @@ impl From<SquirrelDirError> for crate::Error {
 /// # Errors
 ///
 /// [`SquirrelDirError::InvalidKey`] for a key that is empty, absolute, has an empty, `.` or `..`
-/// component, contains NUL or a backslash, or has a directory component ending in `.gz` (which
-/// squirrel's `keys()` would list as a shard).
+/// component, contains NUL or a backslash, has a directory component ending in `.gz` (which
+/// squirrel's `keys()` would list as a shard), or a component too long for a file name
+/// ([`MAX_NAME_LEN`] bytes, `.gz` included for the last).
 pub fn validate_key(key: &str) -> Result<(), SquirrelDirError> {
     let refuse = |reason| {
         Err(SquirrelDirError::InvalidKey {
@@ -123,6 +128,12 @@ pub fn validate_key(key: &str) -> Result<(), SquirrelDirError> {
             _ if components.peek().is_some() && c.ends_with(SHARD_SUFFIX) => {
                 return refuse("directory component ends in .gz");
             }
+            _ if components.peek().is_some() && c.len() > MAX_NAME_LEN => {
+                return refuse("directory component longer than 255 bytes");
+            }
+            _ if components.peek().is_none() && c.len() + SHARD_SUFFIX.len() > MAX_NAME_LEN => {
+                return refuse("file name (last component plus .gz) longer than 255 bytes");
+            }
             _ => {}
         }
     }
@@ -138,8 +149,10 @@ pub struct SquirrelDir {
 }
 
 impl SquirrelDir {
-    /// Largest payload [`SquirrelDir::read`] accepts by default: 4 GiB.
-    pub const DEFAULT_MAX_SHARD_BYTES: u64 = 4 << 30;
+    /// Largest payload [`SquirrelDir::read`] accepts by default: 1 GiB, the default decompression
+    /// limit of [`crate::serializer::MessagepackSerializer`] (a 1 MB gzip file can hold 1 GiB of
+    /// zeros).
+    pub const DEFAULT_MAX_SHARD_BYTES: u64 = 1 << 30;
     /// gzip level [`SquirrelDir::write`] uses by default (zlib's default).
     pub const DEFAULT_LEVEL: u32 = 6;
 
@@ -190,15 +203,31 @@ impl SquirrelDir {
     /// The shard keys, sorted. With `nested`, keys in subdirectories too, as `sub/key`.
     ///
     /// A missing directory has no keys, as in squirrel. Entries whose names are not UTF-8 or do not
-    /// make valid keys are skipped, and so are symbolic links to directories (which could loop).
+    /// make valid keys are skipped (see [`SquirrelDir::keys_and_skipped`] to learn which), and so
+    /// are symbolic links to directories (which could loop).
     ///
     /// # Errors
     ///
     /// [`SquirrelDirError::Io`] when a directory cannot be read.
     pub fn keys(&self, nested: bool) -> Result<Vec<String>, SquirrelDirError> {
+        self.keys_and_skipped(nested).map(|(keys, _)| keys)
+    }
+
+    /// As [`SquirrelDir::keys`], and the paths skipped because their names make no valid key:
+    /// shard files (names ending in `.gz`) whose names are not UTF-8 or fail [`validate_key`], and
+    /// with `nested`, subdirectories whose names are not UTF-8. Both lists are sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::Io`] when a directory cannot be read.
+    pub fn keys_and_skipped(
+        &self,
+        nested: bool,
+    ) -> Result<(Vec<String>, Vec<PathBuf>), SquirrelDirError> {
         let mut keys = Vec::new();
+        let mut skipped = Vec::new();
         if !self.root.exists() {
-            return Ok(keys);
+            return Ok((keys, skipped));
         }
         let mut dirs = vec![(self.root.clone(), String::new())];
         while let Some((dir, prefix)) = dirs.pop() {
@@ -208,14 +237,21 @@ impl SquirrelDir {
             };
             for entry in fs::read_dir(&dir).map_err(io)? {
                 let entry = entry.map_err(io)?;
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
                 let file_type = entry.file_type().map_err(io)?;
                 // Follow a link only to see whether it is a file: Python opens links to files.
                 let is_file = file_type.is_file()
                     || (file_type.is_symlink()
                         && entry.path().metadata().is_ok_and(|m| m.is_file()));
+                let os_name = entry.file_name();
+                let Ok(name) = os_name.into_string() else {
+                    let name = entry.file_name();
+                    let shard =
+                        is_file && name.as_encoded_bytes().ends_with(SHARD_SUFFIX.as_bytes());
+                    if shard || (nested && file_type.is_dir()) {
+                        skipped.push(entry.path());
+                    }
+                    continue;
+                };
                 if file_type.is_dir() {
                     if nested {
                         dirs.push((entry.path(), format!("{prefix}{name}/")));
@@ -224,12 +260,15 @@ impl SquirrelDir {
                     let key = format!("{prefix}{stem}");
                     if validate_key(&key).is_ok() {
                         keys.push(key);
+                    } else {
+                        skipped.push(entry.path());
                     }
                 }
             }
         }
         keys.sort();
-        Ok(keys)
+        skipped.sort();
+        Ok((keys, skipped))
     }
 
     /// Whether shard `key` exists.
@@ -263,6 +302,34 @@ impl SquirrelDir {
         Ok(path)
     }
 
+    /// Writes shard `key` as [`SquirrelDir::write`] does, with the payload streamed: `fill` writes
+    /// it into the gzip encoder in as many pieces as it likes, so no more than a piece need be in
+    /// memory. When `fill` fails, or a write into the file fails, nothing replaces the old shard.
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::InvalidKey`] and [`SquirrelDirError::Io`], converted into `E`; `fill`'s
+    /// own error.
+    pub fn write_with<E: From<SquirrelDirError>>(
+        &self,
+        key: &str,
+        fill: impl FnOnce(&mut dyn Write) -> Result<(), E>,
+    ) -> Result<PathBuf, E> {
+        let path = self.path(key)?;
+        write_shard_file_with(&path, self.level, fill)?;
+        Ok(path)
+    }
+
+    /// Opens shard `key` for reading its payload as a stream; see [`ShardFileReader`].
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::InvalidKey`]; [`SquirrelDirError::Io`] (`NotFound` for a missing
+    /// shard).
+    pub fn open(&self, key: &str) -> Result<ShardFileReader, SquirrelDirError> {
+        open_shard_file(&self.path(key)?, self.max_shard_bytes)
+    }
+
     /// Removes shard `key`; returns whether it existed.
     ///
     /// # Errors
@@ -278,39 +345,140 @@ impl SquirrelDir {
     }
 }
 
-/// Gunzips a shard file into its payload, refusing more than `max_bytes`.
+/// A shard file's payload, gunzipped as it is read, refusing more than a limit: the payload is
+/// never held whole, and nothing is allocated from a size the file claims.
+pub struct ShardFileReader {
+    path: PathBuf,
+    inner: MultiGzDecoder<io::BufReader<File>>,
+    limit: u64,
+    read: u64,
+    failed: bool,
+}
+
+impl std::fmt::Debug for ShardFileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardFileReader")
+            .field("path", &self.path)
+            .field("limit", &self.limit)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShardFileReader {
+    /// Reads the next payload bytes into `buf`; 0 at the end of the stream.
+    ///
+    /// # Errors
+    ///
+    /// [`SquirrelDirError::Gzip`] for a corrupt or truncated stream;
+    /// [`SquirrelDirError::TooLarge`] as soon as the payload passes the limit (the bytes past it
+    /// are not handed out); [`SquirrelDirError::Io`].
+    pub fn read_chunk(&mut self, buf: &mut [u8]) -> Result<usize, SquirrelDirError> {
+        if self.failed || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = loop {
+            match self.inner.read(buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    self.failed = true;
+                    return Err(match source.kind() {
+                        io::ErrorKind::InvalidData
+                        | io::ErrorKind::InvalidInput
+                        | io::ErrorKind::UnexpectedEof => SquirrelDirError::Gzip {
+                            path: self.path.clone(),
+                            source,
+                        },
+                        _ => SquirrelDirError::Io {
+                            path: self.path.clone(),
+                            source,
+                        },
+                    });
+                }
+            }
+        };
+        self.read = self.read.saturating_add(n as u64);
+        if self.read > self.limit {
+            self.failed = true;
+            return Err(SquirrelDirError::TooLarge {
+                path: self.path.clone(),
+                limit: self.limit,
+            });
+        }
+        Ok(n)
+    }
+
+    /// Reads the rest of the payload into `out`, or stops once `out` holds more than `at_most`
+    /// bytes; returns whether the end was reached.
+    ///
+    /// # Errors
+    ///
+    /// As [`ShardFileReader::read_chunk`].
+    pub fn read_up_to(
+        &mut self,
+        out: &mut Vec<u8>,
+        at_most: usize,
+    ) -> Result<bool, SquirrelDirError> {
+        let mut chunk = vec![0u8; READ_CHUNK];
+        while out.len() <= at_most {
+            let n = self.read_chunk(&mut chunk)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+        Ok(false)
+    }
+
+    /// Payload bytes read so far.
+    #[must_use]
+    pub fn bytes_read(&self) -> u64 {
+        self.read
+    }
+
+    /// The shard file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The bytes [`ShardFileReader`] reads at a time.
+const READ_CHUNK: usize = 256 << 10;
+
+/// Opens a shard file for streaming its payload, refusing more than `max_bytes`.
 ///
 /// # Errors
 ///
-/// [`SquirrelDirError::Io`]; [`SquirrelDirError::Gzip`]; [`SquirrelDirError::TooLarge`].
-pub fn read_shard_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, SquirrelDirError> {
+/// [`SquirrelDirError::Io`] when the file cannot be opened.
+pub fn open_shard_file(path: &Path, max_bytes: u64) -> Result<ShardFileReader, SquirrelDirError> {
     let file = File::open(path).map_err(|source| SquirrelDirError::Io {
         path: path.to_owned(),
         source,
     })?;
     // Python's gzip module reads multi-member streams, so this does too.
+    Ok(ShardFileReader {
+        path: path.to_owned(),
+        inner: MultiGzDecoder::new(io::BufReader::new(file)),
+        limit: max_bytes,
+        read: 0,
+        failed: false,
+    })
+}
+
+/// Gunzips a shard file into its payload, refusing more than `max_bytes`.
+///
+/// The buffer grows as bytes arrive (never from a size the file claims), and reading stops one
+/// byte past the limit.
+///
+/// # Errors
+///
+/// [`SquirrelDirError::Io`]; [`SquirrelDirError::Gzip`]; [`SquirrelDirError::TooLarge`].
+pub fn read_shard_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, SquirrelDirError> {
+    let mut reader = open_shard_file(path, max_bytes)?;
     let mut payload = Vec::new();
-    MultiGzDecoder::new(io::BufReader::new(file))
-        .take(max_bytes.saturating_add(1))
-        .read_to_end(&mut payload)
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::InvalidData
-            | io::ErrorKind::InvalidInput
-            | io::ErrorKind::UnexpectedEof => SquirrelDirError::Gzip {
-                path: path.to_owned(),
-                source,
-            },
-            _ => SquirrelDirError::Io {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
-    if payload.len() as u64 > max_bytes {
-        return Err(SquirrelDirError::TooLarge {
-            path: path.to_owned(),
-            limit: max_bytes,
-        });
-    }
+    reader.read_up_to(&mut payload, usize::MAX)?;
     Ok(payload)
 }
 
@@ -320,18 +488,69 @@ pub fn read_shard_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, SquirrelD
 ///
 /// [`SquirrelDirError::Io`].
 pub fn write_shard_file(path: &Path, payload: &[u8], level: u32) -> Result<(), SquirrelDirError> {
+    write_shard_file_with(path, level, |w: &mut dyn Write| {
+        w.write_all(payload).map_err(|source| SquirrelDirError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    })
+}
+
+/// A writer that keeps the first error of the writer it wraps, so the caller reports that error
+/// with the file's path whatever the filler made of it.
+struct KeepError<W> {
+    inner: W,
+    error: Option<io::Error>,
+}
+
+impl<W: Write> Write for KeepError<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf).inspect_err(|e| {
+            if self.error.is_none() {
+                self.error = Some(io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().inspect_err(|e| {
+            if self.error.is_none() {
+                self.error = Some(io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+}
+
+/// Gzips what `fill` writes into `path` atomically: a synced temporary file renamed into place.
+///
+/// # Errors
+///
+/// [`SquirrelDirError::Io`] converted into `E`; `fill`'s own error.
+pub fn write_shard_file_with<E: From<SquirrelDirError>>(
+    path: &Path,
+    level: u32,
+    fill: impl FnOnce(&mut dyn Write) -> Result<(), E>,
+) -> Result<(), E> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| SquirrelDirError::Io { path, source }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    let (tmp_path, file) = create_temp(dir, path)?;
+    create_dir_all_synced(dir)?;
+    let (tmp_path, file) = create_temp(dir)?;
     // Removes the temporary file on any early return.
     let guard = TempGuard(Some(tmp_path.clone()));
-    let mut gz = GzEncoder::new(BufWriter::new(file), Compression::new(level.min(9)));
-    gz.write_all(payload).map_err(io(&tmp_path))?;
+    let mut gz = KeepError {
+        inner: GzEncoder::new(BufWriter::new(file), Compression::new(level.min(9))),
+        error: None,
+    };
+    let filled = fill(&mut gz);
+    if let Some(e) = gz.error.take() {
+        return Err(io(&tmp_path)(e).into());
+    }
+    filled?;
     let file = gz
+        .inner
         .finish()
         .and_then(|w| w.into_inner().map_err(io::IntoInnerError::into_error))
         .map_err(io(&tmp_path))?;
@@ -341,21 +560,73 @@ pub fn write_shard_file(path: &Path, payload: &[u8], level: u32) -> Result<(), S
     fs::rename(&tmp_path, path).map_err(io(path))?;
     guard.defuse();
     // Persist the rename itself; not every platform can open a directory, so this is best effort.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    sync_dir(dir);
     Ok(())
 }
 
-/// Creates a new hidden temporary file beside `target`.
-fn create_temp(dir: &Path, target: &Path) -> Result<(PathBuf, File), SquirrelDirError> {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+/// Syncs a directory, best effort (not every platform can open one).
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Creates `dir` and its missing ancestors, syncing the parent of each directory it creates, so a
+/// crash cannot forget a directory whose files were synced. Returns the directories it created,
+/// outermost first.
+///
+/// # Errors
+///
+/// [`SquirrelDirError::Io`] naming the directory that could not be created (`NotADirectory` when a
+/// file stands in the way).
+pub fn create_dir_all_synced(dir: &Path) -> Result<Vec<PathBuf>, SquirrelDirError> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at.filter(|d| !d.as_os_str().is_empty()) {
+        match fs::metadata(d) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(SquirrelDirError::Io {
+                    path: d.to_owned(),
+                    source: io::Error::new(
+                        io::ErrorKind::NotADirectory,
+                        "exists and is not a directory",
+                    ),
+                });
+            }
+            Err(_) => missing.push(d.to_owned()),
+        }
+        at = d.parent();
+    }
+    missing.reverse();
+    for d in &missing {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            // Made meanwhile by another writer (rayon exports subdirectories in parallel).
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => continue,
+            Err(source) => {
+                return Err(SquirrelDirError::Io {
+                    path: d.clone(),
+                    source,
+                });
+            }
+        }
+        let parent = d
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        sync_dir(parent);
+    }
+    Ok(missing)
+}
+
+/// Creates a new hidden temporary file in `dir`. Its name is short whatever the target's (a
+/// target name near the 255-byte limit must not make the temporary name too long) and does not end
+/// in `.gz`, so no listing takes it for a shard.
+fn create_temp(dir: &Path) -> Result<(PathBuf, File), SquirrelDirError> {
     let mut last_err = None;
     for _ in 0..16 {
-        let tmp = dir.join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+        let tmp = dir.join(format!(".sq-{:016x}.tmp", rand::random::<u64>()));
         match OpenOptions::new().write(true).create_new(true).open(&tmp) {
             Ok(f) => return Ok((tmp, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),

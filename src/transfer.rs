@@ -15,19 +15,28 @@
 //! Both work on batches of shards in parallel (rayon), a batch bounded in bytes so memory stays
 //! bounded whatever the shard sizes, and report progress once per batch.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::serializer::{Codec, MessagepackSerializer, Serializer, ShardError, split_samples};
-use crate::squirrel_dir::{SquirrelDir, SquirrelDirError};
+use crate::serializer::{
+    Codec, MessagepackSerializer, PayloadReader, SampleCounter, Serializer, ShardError,
+    count_samples,
+};
+use crate::squirrel_dir::{ShardFileReader, SquirrelDir, SquirrelDirError};
 
 /// Default bound on the bytes read into memory for one batch: 32 MiB.
 const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
 /// Default bound on the number of shards in one batch (one `set_many` call).
 const DEFAULT_BATCH_KEYS: usize = 64;
+/// Shard files whose payload is at most this are read whole in one pass; larger ones are streamed
+/// twice (checked and counted, then compressed), so a payload is never held in memory whole.
+const IN_MEMORY_PAYLOAD: usize = 16 << 20;
+/// Bytes read or written at a time when streaming a payload.
+const CHUNK: usize = 256 << 10;
 
 /// Options for [`import_squirrel_dir`].
 #[derive(Debug, Clone)]
@@ -109,6 +118,10 @@ pub struct ImportReport {
     pub payload_bytes: u64,
     /// Bytes of the values written to the store (compressed); 0 for unchanged shards.
     pub stored_bytes: u64,
+    /// Files skipped because their names make no valid key (not UTF-8, or refused by
+    /// [`crate::squirrel_dir::validate_key`]), and with nested import, subdirectories whose names
+    /// are not UTF-8; sorted. Not counted in `shards`.
+    pub skipped: Vec<PathBuf>,
 }
 
 /// Imports every shard file `KEY.gz` of the Python squirrel directory `src` into `engine`.
@@ -131,10 +144,13 @@ pub struct ImportReport {
 /// # Errors
 ///
 /// [`Error::Io`] if `src` is not a readable directory or a shard file cannot be read;
-/// [`Error::Corruption`] naming the file and key for a file that is not valid gzip or is too
-/// large; [`Error::Shard`] naming the key for a payload that is not whole MessagePack samples;
-/// [`Error::InvalidKey`] for a file name that is no valid store key; the engine's errors when
-/// writing. Shards before the failing one (in key order) are stored.
+/// [`Error::Corruption`] naming the file and key for a file that is not valid gzip;
+/// [`Error::Shard`] naming the key for a payload that is not whole MessagePack samples, or one
+/// larger than [`ImportOptions::max_shard_bytes`] ([`ShardError::TooLarge`]: payloads are
+/// streamed, so a 1 MB file holding 1 GiB of zeros costs no more memory than the limit allows,
+/// and nothing is allocated from a size the file claims); the engine's errors when writing. Files
+/// whose names make no valid key are not imported but listed in [`ImportReport::skipped`]. Shards
+/// before the failing one (in key order) are stored.
 pub fn import_squirrel_dir(
     src: &Path,
     engine: &Engine,
@@ -154,10 +170,11 @@ pub fn import_squirrel_dir(
         Err(e) => return Err(Error::io(src, e)),
     }
     let dir = SquirrelDir::new(src).max_shard_bytes(opts.max_shard_bytes);
-    let keys = dir.keys(opts.nested)?;
+    let (keys, skipped) = dir.keys_and_skipped(opts.nested)?;
     let total = keys.len() as u64;
     let mut report = ImportReport {
         shards: total,
+        skipped,
         ..ImportReport::default()
     };
     progress(0, total);
@@ -225,13 +242,27 @@ fn prepare_import(
     serializer: &MessagepackSerializer,
     key: &str,
 ) -> Result<Prepared> {
-    let payload = dir.read(key).map_err(|e| shard_file_error(key, e))?;
-    let samples = split_samples(&payload)
-        .map_err(|source| Error::Shard {
-            key: key.to_owned(),
-            source,
-        })?
-        .len() as u64;
+    let shard_err = |source| Error::Shard {
+        key: key.to_owned(),
+        source,
+    };
+    let file_err = |e| shard_file_error(key, e);
+    let mut reader = dir.open(key).map_err(file_err)?;
+    let mut payload = Vec::new();
+    let whole = reader
+        .read_up_to(&mut payload, IN_MEMORY_PAYLOAD)
+        .map_err(file_err)?;
+    // Payloads stored uncompressed are held whole anyway: the record is the payload.
+    if !whole && serializer.compression_level().is_some() {
+        drop(payload);
+        return prepare_large_import(dir, engine, serializer, key);
+    }
+    if !whole {
+        reader
+            .read_up_to(&mut payload, usize::MAX)
+            .map_err(file_err)?;
+    }
+    let samples = count_samples(&payload).map_err(shard_err)?;
     let payload_len = payload.len() as u64;
     if stored_payload_is(engine, serializer, key, &payload)? {
         return Ok(Prepared {
@@ -240,17 +271,130 @@ fn prepare_import(
             samples,
         });
     }
-    let value = serializer
-        .encode_payload(&payload)
-        .map_err(|source| Error::Shard {
-            key: key.to_owned(),
-            source,
+    let value = serializer.encode_payload(&payload).map_err(shard_err)?;
+    Ok(Prepared {
+        value: Some(value),
+        payload_len,
+        samples,
+    })
+}
+
+/// [`prepare_import`] for a payload too large to hold whole: a first pass counts and checks the
+/// samples and compares the payload with the stored one, a second compresses it as a stream (with
+/// its size in the frame header, as [`Serializer::encode_payload`] writes it).
+fn prepare_large_import(
+    dir: &SquirrelDir,
+    engine: &Engine,
+    serializer: &MessagepackSerializer,
+    key: &str,
+) -> Result<Prepared> {
+    let shard_err = |source| Error::Shard {
+        key: key.to_owned(),
+        source,
+    };
+    let file_err = |e| shard_file_error(key, e);
+    let stored = match engine.get(key) {
+        Ok(v) => v,
+        Err(Error::Corruption { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let mut compare = stored.as_ref().and_then(|v| {
+        let codec = Codec::from_u8(v.codec()).filter(|c| *c != Codec::Raw)?;
+        serializer.payload_reader(codec, v).ok()
+    });
+    let mut reader = dir.open(key).map_err(file_err)?;
+    let mut counter = SampleCounter::new();
+    let mut chunk = vec![0u8; CHUNK];
+    let mut theirs = vec![0u8; CHUNK];
+    loop {
+        let n = reader.read_chunk(&mut chunk).map_err(file_err)?;
+        let data = &chunk[..n];
+        counter.feed(data).map_err(shard_err)?;
+        if let Some(r) = compare.as_mut() {
+            let same = read_full(r, &mut theirs[..n]).is_ok_and(|got| got == n)
+                && theirs[..n] == *data
+                && (n > 0 || read_full(r, &mut theirs[..1]).is_ok_and(|got| got == 0));
+            if !same {
+                compare = None;
+            }
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    let samples = counter.finish().map_err(shard_err)?;
+    let payload_len = reader.bytes_read();
+    if compare.is_some() {
+        return Ok(Prepared {
+            value: None,
+            payload_len,
+            samples,
+        });
+    }
+    let value = compress_stream(dir.open(key).map_err(file_err)?, serializer, payload_len)
+        .map_err(|e| match e {
+            StreamError::File(e) => file_err(e),
+            StreamError::Compress(e) => shard_err(ShardError::Compress(e)),
+            StreamError::Changed(path) => Error::io(
+                path,
+                std::io::Error::other("the shard file changed while it was imported"),
+            ),
         })?;
     Ok(Prepared {
         value: Some(value),
         payload_len,
         samples,
     })
+}
+
+enum StreamError {
+    File(SquirrelDirError),
+    Compress(std::io::Error),
+    Changed(PathBuf),
+}
+
+/// Compresses the payload of `reader`, `len` bytes long, into one zstd frame that states its size.
+fn compress_stream(
+    mut reader: ShardFileReader,
+    serializer: &MessagepackSerializer,
+    len: u64,
+) -> std::result::Result<Vec<u8>, StreamError> {
+    let level = serializer
+        .compression_level()
+        .unwrap_or(MessagepackSerializer::DEFAULT_LEVEL);
+    let mut enc =
+        zstd::stream::write::Encoder::new(Vec::new(), level).map_err(StreamError::Compress)?;
+    enc.include_contentsize(true)
+        .and_then(|()| enc.set_pledged_src_size(Some(len)))
+        .map_err(StreamError::Compress)?;
+    let mut chunk = vec![0u8; CHUNK];
+    loop {
+        let n = reader.read_chunk(&mut chunk).map_err(StreamError::File)?;
+        if n == 0 {
+            break;
+        }
+        if reader.bytes_read() > len {
+            return Err(StreamError::Changed(reader.path().to_owned()));
+        }
+        enc.write_all(&chunk[..n]).map_err(StreamError::Compress)?;
+    }
+    if reader.bytes_read() != len {
+        return Err(StreamError::Changed(reader.path().to_owned()));
+    }
+    enc.finish().map_err(StreamError::Compress)
+}
+
+/// Fills `buf` from `r` as far as the payload goes; returns the bytes read.
+fn read_full(r: &mut PayloadReader<'_>, buf: &mut [u8]) -> std::result::Result<usize, ShardError> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = r.read_chunk(&mut buf[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
 }
 
 /// Whether `key`'s record in the store holds exactly `payload`. A damaged record or one that does
@@ -292,11 +436,14 @@ fn shard_file_error(key: &str, e: SquirrelDirError) -> Error {
             key: Some(key.to_owned()),
             what: format!("shard file is not a valid gzip stream: {source}"),
         },
-        SquirrelDirError::TooLarge { path, limit } => Error::Corruption {
-            path,
-            offset: 0,
-            key: Some(key.to_owned()),
-            what: format!("shard file decompresses to more than {limit} bytes"),
+        // A decompression bomb, or a shard larger than allowed: not damage, a limit.
+        SquirrelDirError::TooLarge { limit, .. } => Error::Shard {
+            key: key.to_owned(),
+            source: ShardError::TooLarge {
+                size: limit.saturating_add(1),
+                at_least: true,
+                limit,
+            },
         },
         other => other.into(),
     }
@@ -367,24 +514,30 @@ pub struct ExportReport {
     /// Keys skipped because their records hold raw bytes ([`Codec::Raw`], written with
     /// [`Engine::set`]), not samples: they have no squirrel form.
     pub skipped_raw: Vec<String>,
+    /// Keys skipped because they cannot name a file inside the directory, each with the reason
+    /// (see [`crate::squirrel_dir::validate_key`]); the other keys are still exported.
+    pub invalid_keys: Vec<(String, &'static str)>,
 }
 
 /// Writes every shard of `engine` into the squirrel directory `dst` as `KEY.gz` (creating `dst` and
 /// subdirectories for keys with `/`), which Python squirrel-core 0.20.2 reads unchanged.
 ///
-/// Each record is decompressed per its codec and its payload gzipped as it is. Files are written
-/// atomically (a synced temporary file renamed into place) and replace existing files of the same
-/// key; other files in `dst` are left alone. Records holding raw bytes are not shards: they are
-/// skipped and listed in [`ExportReport::skipped_raw`]. `progress(done, total)` counts keys.
+/// Each record is decompressed per its codec and its payload gzipped as it is, streamed: no
+/// payload is held whole in memory. Files are written atomically (a synced temporary file renamed
+/// into place) and replace existing files of the same key; other files in `dst` are left alone.
+/// Directories it creates are synced into their parents. Records holding raw bytes are not
+/// shards: they are skipped and listed in [`ExportReport::skipped_raw`]; keys that cannot name a
+/// file are skipped and listed in [`ExportReport::invalid_keys`]. `progress(done, total)` counts
+/// keys.
 ///
 /// The store is read as of the call's start (its key list); keys deleted meanwhile are skipped.
 ///
 /// # Errors
 ///
-/// [`Error::Shard`] naming the key for a record that does not decompress or has an unknown codec;
-/// [`Error::Corruption`] for a damaged record; [`Error::InvalidKey`] for a key that cannot name a
-/// file inside `dst` (see [`crate::squirrel_dir::validate_key`]), before anything is written;
-/// [`Error::Io`] when writing. Shards before the failing one (in key order) are written.
+/// [`Error::Shard`] naming the key for a record that does not decompress (also one larger than
+/// the serializer's decompression limit) or has an unknown codec; [`Error::Corruption`] for a
+/// damaged record; [`Error::Io`] when writing, and with `NotADirectory` when `dst` exists and is
+/// not a directory. Shards before the failing one (in key order) are written.
 pub fn export_squirrel_dir(
     engine: &Engine,
     dst: &Path,
@@ -392,15 +545,20 @@ pub fn export_squirrel_dir(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ExportReport> {
     let dir = SquirrelDir::new(dst).level(opts.level);
+    crate::squirrel_dir::create_dir_all_synced(dst)?;
     let keys = engine.keys()?;
     let total = keys.len() as u64;
     let mut report = ExportReport::default();
     progress(0, total);
-    // Sizes of the stored values bound a batch's memory (payloads are larger by the compression
-    // ratio, which is what the bound is for: a batch never holds more than it says).
+    // Sizes of the stored values bound a batch's memory (payloads are streamed, never held whole).
     let mut sized = Vec::with_capacity(keys.len());
     for key in keys {
-        crate::squirrel_dir::validate_key(&key)?;
+        if let Err(SquirrelDirError::InvalidKey { reason, .. }) =
+            crate::squirrel_dir::validate_key(&key)
+        {
+            report.invalid_keys.push((key, reason));
+            continue;
+        }
         let len = record_len(engine, &key);
         sized.push((key, len));
     }
@@ -459,15 +617,26 @@ fn export_one(
     if codec == Codec::Raw {
         return Ok(Exported::Raw);
     }
-    let payload = serializer
-        .decode_payload(codec, &stored)
+    let mut payload = serializer
+        .payload_reader(codec, &stored)
         .map_err(shard_err)?;
-    let path = dir.write(key, &payload)?;
+    let path = dir.write_with(key, |w: &mut dyn Write| -> Result<()> {
+        let mut chunk = vec![0u8; CHUNK];
+        loop {
+            let n = payload.read_chunk(&mut chunk).map_err(shard_err)?;
+            if n == 0 {
+                return Ok(());
+            }
+            // The writer keeps its own error, with the file's path; this one is not reported.
+            w.write_all(&chunk[..n])
+                .map_err(|e| Error::io(dir.root(), e))?;
+        }
+    })?;
     let file_len = std::fs::metadata(&path)
         .map_err(|e| Error::io(&path, e))?
         .len();
     Ok(Exported::File {
-        payload_len: payload.len() as u64,
+        payload_len: payload.bytes_read(),
         file_len,
     })
 }
@@ -480,8 +649,9 @@ pub enum ScanDepth {
     /// (frames written by this crate do), otherwise the frame is decompressed. Every record is
     /// still read whole, since `get` checks its checksum.
     Sizes,
-    /// Decompress every shard, split it into MessagePack samples and decode each into a
-    /// [`crate::value::Value`]: everything a reader of the shard will do.
+    /// Decompress every shard, split it into MessagePack samples and check each as decoding it
+    /// into a [`crate::value::Value`] would (structure, depth, UTF-8): everything a reader of the
+    /// shard will do. Samples are walked, not built, so memory stays bounded by the payload.
     Samples,
 }
 
@@ -628,9 +798,7 @@ fn scan_one(
         .map_err(shard_err)?;
     let samples = match depth {
         ScanDepth::Sizes => 0,
-        _ => crate::serializer::decode_values(&payload)
-            .map_err(shard_err)?
-            .len() as u64,
+        _ => count_samples(&payload).map_err(shard_err)?,
     };
     Ok(Scanned::Shard {
         stored: stored_len,

@@ -547,6 +547,25 @@ impl From<Integer> for Value {
 ///
 /// [`DecodeError`] when the bytes do not start with a complete value.
 pub fn value_len(bytes: &[u8]) -> Result<usize, DecodeError> {
+    walk(bytes, false)
+}
+
+/// How many bytes the first MessagePack value in `bytes` takes, checked as [`Value::decode`]
+/// checks it (UTF-8 of every str included), without building it.
+///
+/// What [`value_len`] is plus the UTF-8 check: it accepts exactly the values `Value::decode`
+/// accepts, in memory bounded by the nesting depth, however many items the value holds. Use it to
+/// validate or count samples without materialising them.
+///
+/// # Errors
+///
+/// [`DecodeError`] when the bytes do not start with a complete, valid value.
+pub fn validate_value(bytes: &[u8]) -> Result<usize, DecodeError> {
+    walk(bytes, true)
+}
+
+/// The walk behind [`value_len`] and [`validate_value`].
+fn walk(bytes: &[u8], check_utf8: bool) -> Result<usize, DecodeError> {
     let mut r = Reader { buf: bytes, pos: 0 };
     // Items still to read at each open container level; the root is one item.
     let mut pending: Vec<u64> = vec![1];
@@ -560,7 +579,14 @@ pub fn value_len(bytes: &[u8]) -> Result<usize, DecodeError> {
         let children = match r.header()? {
             Header::Array(n, _) => u64::from(n),
             Header::Map(n, _) => u64::from(n) * 2,
-            Header::Str(n, _) | Header::Bin(n, _) | Header::Ext(_, n, _) => {
+            Header::Str(n, _) => {
+                let s = r.take(n as usize)?;
+                if check_utf8 && std::str::from_utf8(s).is_err() {
+                    return Err(DecodeError::InvalidUtf8 { offset });
+                }
+                continue;
+            }
+            Header::Bin(n, _) | Header::Ext(_, n, _) => {
                 r.take(n as usize)?;
                 continue;
             }

@@ -280,10 +280,21 @@ fn export_refuses_a_key_that_would_leave_the_directory() {
             &ser.encode_payload(b"").expect("encodes"),
         )
         .expect("puts");
+    engine
+        .put(
+            "fine",
+            Codec::MsgpackZstd.as_u8(),
+            &ser.encode_payload(b"\x01").expect("encodes"),
+        )
+        .expect("puts");
     let out = tmp.path().join("out");
-    let err = export_squirrel_dir(&engine, &out, &ExportOptions::new(), &mut quiet())
-        .expect_err("refused");
-    assert!(matches!(err, Error::InvalidKey { .. }), "{err:?}");
+    // The bad key is reported, and does not stop the others.
+    let r =
+        export_squirrel_dir(&engine, &out, &ExportOptions::new(), &mut quiet()).expect("exports");
+    assert_eq!(r.invalid_keys.len(), 1, "{r:?}");
+    assert_eq!(r.invalid_keys[0].0, "../escape");
+    assert_eq!(r.shards, 1);
+    assert!(out.join("fine.gz").is_file());
     assert!(!tmp.path().join("escape.gz").exists());
 }
 

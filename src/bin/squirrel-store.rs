@@ -12,10 +12,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use squirrel_store::serializer::{Codec, MessagepackSerializer, Serializer};
+use squirrel_store::serializer::{
+    Codec, MessagepackSerializer, SampleBytes, Serializer, ShardError, count_samples,
+};
 use squirrel_store::transfer::{
     self, ExportOptions, ImportOptions, ScanDepth, ShardFailure, ShardScan,
 };
+use squirrel_store::value::Value;
 use squirrel_store::{Config, Durability, Engine, Error, IndexCheck};
 
 #[path = "squirrel-store/render.rs"]
@@ -24,7 +27,9 @@ mod render;
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
-  1  a problem was found: verify found damage, or the key does not exist (get, rm)
+  1  a problem was found: verify found damage, the key does not exist (get, rm), import skipped
+     files whose names make no key, export skipped keys that make no file name, keys --null met
+     a key containing NUL
   2  a usage error, or an error that stopped the command (missing store, locked store, I/O)";
 
 /// Inspect, check and maintain squirrel-store stores, and move shards to and from Python squirrel.
@@ -71,6 +76,13 @@ enum Command {
     Verify {
         /// The store directory.
         store: PathBuf,
+        /// Print the findings as one JSON object instead of text: `ok`, `problems`, `records`,
+        /// `intact`, `live_keys`, `damaged` (a list of {offset, key, what}), `torn_tail` ({offset,
+        /// bytes} or null), `index` ({state, issues}) and `shards` ({decoded, samples,
+        /// raw_records, failures: [{key, error}]}, or {error} when the shards could not be read).
+        /// The exit status is the same as without it.
+        #[arg(long)]
+        json: bool,
     },
     /// Rewrite the store without dead records and give the space back.
     ///
@@ -82,10 +94,19 @@ enum Command {
         store: PathBuf,
     },
     /// List the keys of a store, one per line, sorted.
+    ///
+    /// So that every line is one key, a key's backslashes are written as `\\` and its control
+    /// characters escaped: `\n`, `\r`, `\t`, others as `\u{XX}` (hex code point). Keys without
+    /// those are written as they are. With --null, keys are written unescaped, each followed by a
+    /// NUL byte (for `xargs -0`); a key that itself contains NUL cannot be written that way and is
+    /// reported on standard error instead (exit status 1).
     #[command(after_help = EXIT_CODES)]
     Keys {
         /// The store directory.
         store: PathBuf,
+        /// End each key with a NUL byte instead of a newline, and do not escape it.
+        #[arg(long, short = '0')]
+        null: bool,
     },
     /// Show one shard: a summary of its samples, its raw payload, or its samples as JSON.
     ///
@@ -123,7 +144,9 @@ enum Command {
     /// unchanged, compressed with zstd, under KEY (sub/KEY for files in subdirectories). Creates
     /// the store if needed. Safe to run again, also after an interrupted run: shards the store
     /// already holds identically are skipped, changed ones are overwritten, other keys are left
-    /// alone.
+    /// alone. Payloads are streamed, and one that gunzips to more than 1 GiB is refused (a
+    /// decompression bomb). Files whose names make no key (not UTF-8, a backslash) are not
+    /// imported: they are listed on standard error and the exit status is 1.
     #[command(after_help = EXIT_CODES)]
     Import {
         /// The Python squirrel directory to read.
@@ -143,7 +166,9 @@ enum Command {
     ///
     /// Python squirrel-core reads the result as it reads its own stores. Files are replaced
     /// atomically; other files in the directory are left alone. Records that hold raw bytes
-    /// (written with the byte-level API, not shards) are skipped with a warning.
+    /// (written with the byte-level API, not shards) are skipped with a warning. Keys that cannot
+    /// name a file inside the directory (`..`, a backslash, a component too long for a file
+    /// name) are reported and skipped, the others still exported, and the exit status is 1.
     #[command(after_help = EXIT_CODES)]
     Export {
         /// The store directory to read.
@@ -231,9 +256,9 @@ fn run(command: Command) -> Result<Outcome, CliError> {
             json,
             compression,
         } => stats(&store, json, compression),
-        Command::Verify { store } => verify(&store),
+        Command::Verify { store, json } => verify(&store, json),
         Command::Compact { store } => compact(&store),
-        Command::Keys { store } => keys(&store),
+        Command::Keys { store, null } => keys(&store, null),
         Command::Get {
             store,
             key,
@@ -448,11 +473,82 @@ fn stats(store: &Path, as_json: bool, compression: bool) -> Result<Outcome, CliE
     Ok(Outcome::Done)
 }
 
-fn verify(store: &Path) -> Result<Outcome, CliError> {
+fn verify(store: &Path, as_json: bool) -> Result<Outcome, CliError> {
     let bar = progress_bar("checking records", true);
     let report = squirrel_store::verify(store, &mut tick(&bar))?;
     bar.finish_and_clear();
+    // The records are checked; now what a reader of each shard would do with it.
+    let bar = progress_bar("decoding shards", false);
+    let scan = open_read_only(store).and_then(|engine| {
+        transfer::scan_shards(
+            &engine,
+            &MessagepackSerializer::default(),
+            ScanDepth::Samples,
+            &mut tick(&bar),
+        )
+    });
+    bar.finish_and_clear();
+    let scan = match scan {
+        Ok(scan) => Ok(scan),
+        // A store too damaged to open already has its damage listed.
+        Err(e) if report.is_corrupt() => Err(e),
+        Err(e) => return Err(e.into()),
+    };
+    let findings = Findings::new(&report, &scan);
     let mut out = io::stdout().lock();
+    if as_json {
+        let obj = verify_json(store, &findings);
+        writeln!(out, "{}", serde_json::Value::Object(obj))?;
+    } else {
+        verify_text(&mut out, store, &findings)?;
+    }
+    Ok(if findings.problems == 0 {
+        Outcome::Done
+    } else {
+        Outcome::Problem
+    })
+}
+
+/// What `verify` found, for both its text and its JSON.
+struct Findings<'a> {
+    report: &'a squirrel_store::VerifyReport,
+    scan: &'a Result<ShardScan, Error>,
+    /// Shard failures not already listed as damaged records.
+    bad_shards: Vec<&'a ShardFailure>,
+    problems: usize,
+}
+
+impl<'a> Findings<'a> {
+    fn new(report: &'a squirrel_store::VerifyReport, scan: &'a Result<ShardScan, Error>) -> Self {
+        let bad_shards: Vec<&ShardFailure> = match scan {
+            Ok(scan) => scan
+                .failures
+                .iter()
+                .filter(|ShardFailure { key, error }| {
+                    // A damaged record was listed by the segment scan.
+                    !(matches!(error, Error::Corruption { .. })
+                        && report.damaged.iter().any(|d| d.key.as_deref() == Some(key)))
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let index_problem = matches!(report.index, IndexCheck::Inconsistent(_));
+        let problems = report.damaged.len() + usize::from(index_problem) + bad_shards.len();
+        Findings {
+            report,
+            scan,
+            bad_shards,
+            problems,
+        }
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Result<()> {
+    let report = f.report;
     writeln!(
         out,
         "{}: {} records read, {} intact, {} live keys",
@@ -461,9 +557,7 @@ fn verify(store: &Path) -> Result<Outcome, CliError> {
         report.intact,
         report.live_keys
     )?;
-    let mut problems = 0usize;
     for d in &report.damaged {
-        problems += 1;
         match &d.key {
             Some(k) => writeln!(
                 out,
@@ -487,7 +581,6 @@ fn verify(store: &Path) -> Result<Outcome, CliError> {
             "index: missing or left unfinished by a crash; it is rebuilt at the next read-write open"
         )?,
         IndexCheck::Inconsistent(issues) => {
-            problems += 1;
             for issue in issues {
                 writeln!(out, "index: {issue}")?;
             }
@@ -498,22 +591,27 @@ fn verify(store: &Path) -> Result<Outcome, CliError> {
         }
         other => writeln!(out, "index: {other:?}")?,
     }
-    // The records are checked; now what a reader of each shard would do with it.
-    let bar = progress_bar("decoding shards", false);
-    let scan = open_read_only(store).and_then(|engine| {
-        transfer::scan_shards(
-            &engine,
-            &MessagepackSerializer::default(),
-            ScanDepth::Samples,
-            &mut tick(&bar),
-        )
-    });
-    bar.finish_and_clear();
-    match scan {
-        Ok(scan) => problems += report_shards(&mut out, &scan, &report.damaged)?,
-        // A store too damaged to open already has its damage listed above.
-        Err(e) if report.is_corrupt() => writeln!(out, "shards: not decoded: {e}")?,
-        Err(e) => return Err(e.into()),
+    match f.scan {
+        Ok(scan) => {
+            writeln!(
+                out,
+                "shards: {} decoded, {} samples{}",
+                scan.shards,
+                scan.samples,
+                if scan.raw_records > 0 {
+                    format!(
+                        "; {} records of raw bytes (not shards) not decoded",
+                        scan.raw_records
+                    )
+                } else {
+                    String::new()
+                }
+            )?;
+            for ShardFailure { key, error } in &f.bad_shards {
+                writeln!(out, "bad shard {key:?}: {error}")?;
+            }
+        }
+        Err(e) => writeln!(out, "shards: not decoded: {e}")?,
     }
     if !report.lost_found.is_empty() {
         let bytes: u64 = report.lost_found.iter().map(|f| f.len).sum();
@@ -527,12 +625,14 @@ fn verify(store: &Path) -> Result<Outcome, CliError> {
                 .display()
         )?;
     }
-    if problems == 0 {
-        writeln!(out, "ok")?;
-        Ok(Outcome::Done)
+    if f.problems == 0 {
+        writeln!(out, "ok")
     } else {
-        let noun = if problems == 1 { "problem" } else { "problems" };
-        writeln!(out, "damaged: {problems} {noun} found")?;
+        writeln!(
+            out,
+            "damaged: {} found",
+            plural(f.problems, "problem", "problems")
+        )?;
         if report.is_corrupt() {
             writeln!(
                 out,
@@ -541,8 +641,66 @@ fn verify(store: &Path) -> Result<Outcome, CliError> {
                 store.display()
             )?;
         }
-        Ok(Outcome::Problem)
+        Ok(())
     }
+}
+
+/// `verify --json`: one object, each finding one field, so new findings are new fields.
+fn verify_json(store: &Path, f: &Findings<'_>) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::{Value as J, json};
+    let report = f.report;
+    let mut obj = serde_json::Map::new();
+    obj.insert("store".into(), json!(store.display().to_string()));
+    obj.insert("ok".into(), json!(f.problems == 0));
+    obj.insert("problems".into(), json!(f.problems));
+    obj.insert("records".into(), json!(report.records));
+    obj.insert("intact".into(), json!(report.intact));
+    obj.insert("live_keys".into(), json!(report.live_keys));
+    let damaged: Vec<J> = report
+        .damaged
+        .iter()
+        .map(|d| {
+            json!({ "offset": d.offset, "len": d.len, "key": d.key, "what": d.what.to_string() })
+        })
+        .collect();
+    obj.insert("damaged".into(), J::Array(damaged));
+    obj.insert(
+        "torn_tail".into(),
+        report.torn_tail.map_or(
+            J::Null,
+            |(offset, bytes)| json!({ "offset": offset, "bytes": bytes }),
+        ),
+    );
+    let (state, issues): (String, Vec<String>) = match &report.index {
+        IndexCheck::Consistent => ("consistent".into(), Vec::new()),
+        IndexCheck::Unusable => ("unusable".into(), Vec::new()),
+        IndexCheck::Inconsistent(issues) => ("inconsistent".into(), issues.clone()),
+        other => (format!("{other:?}"), Vec::new()),
+    };
+    obj.insert("index".into(), json!({ "state": state, "issues": issues }));
+    let shards = match f.scan {
+        Ok(scan) => json!({
+            "decoded": scan.shards,
+            "samples": scan.samples,
+            "raw_records": scan.raw_records,
+            "failures": f
+                .bad_shards
+                .iter()
+                .map(|b| json!({ "key": b.key, "error": b.error.to_string() }))
+                .collect::<Vec<_>>(),
+        }),
+        Err(e) => json!({ "error": e.to_string() }),
+    };
+    obj.insert("shards".into(), shards);
+    let lost: Vec<J> = report
+        .lost_found
+        .iter()
+        .map(|l| json!({ "name": l.name, "len": l.len }))
+        .collect();
+    obj.insert("lost_found".into(), J::Array(lost));
+    obj.insert("live_writer".into(), json!(report.live_writer));
+    obj.insert("format_version".into(), json!(report.format_version));
+    obj
 }
 
 fn repair(store: &Path) -> Result<Outcome, CliError> {
@@ -579,39 +737,6 @@ fn repair(store: &Path) -> Result<Outcome, CliError> {
     Ok(Outcome::Done)
 }
 
-/// Prints the shard scan of `verify`; returns the number of problems not already listed.
-fn report_shards(
-    out: &mut impl Write,
-    scan: &ShardScan,
-    damaged: &[squirrel_store::Damage],
-) -> io::Result<usize> {
-    writeln!(
-        out,
-        "shards: {} decoded, {} samples{}",
-        scan.shards,
-        scan.samples,
-        if scan.raw_records > 0 {
-            format!(
-                "; {} records of raw bytes (not shards) not decoded",
-                scan.raw_records
-            )
-        } else {
-            String::new()
-        }
-    )?;
-    let mut problems = 0;
-    for ShardFailure { key, error } in &scan.failures {
-        // A damaged record was listed by the segment scan.
-        let listed = matches!(error, Error::Corruption { .. })
-            && damaged.iter().any(|d| d.key.as_deref() == Some(key));
-        if !listed {
-            problems += 1;
-            writeln!(out, "bad shard {key:?}: {error}")?;
-        }
-    }
-    Ok(problems)
-}
-
 fn compact(store: &Path) -> Result<Outcome, CliError> {
     let engine = open_writable(store)?;
     let bar = progress_bar("compacting", true);
@@ -630,14 +755,50 @@ fn compact(store: &Path) -> Result<Outcome, CliError> {
     Ok(Outcome::Done)
 }
 
-fn keys(store: &Path) -> Result<Outcome, CliError> {
+fn keys(store: &Path, null: bool) -> Result<Outcome, CliError> {
     let engine = open_read_only(store)?;
     let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut unwritable = 0usize;
     for key in engine.keys()? {
-        writeln!(out, "{key}")?;
+        if !null {
+            writeln!(out, "{}", escape_key(&key))?;
+        } else if key.contains('\0') {
+            unwritable += 1;
+            eprintln!(
+                "squirrel-store: key {} contains NUL and cannot be listed with --null",
+                escape_key(&key)
+            );
+        } else {
+            out.write_all(key.as_bytes())?;
+            out.write_all(b"\0")?;
+        }
     }
     out.flush()?;
-    Ok(Outcome::Done)
+    Ok(if unwritable == 0 {
+        Outcome::Done
+    } else {
+        Outcome::Problem
+    })
+}
+
+/// A key as `keys` prints it: backslashes doubled and control characters escaped, so that one
+/// line is one key and the escaping can be undone.
+fn escape_key(key: &str) -> std::borrow::Cow<'_, str> {
+    if !key.chars().any(|c| c == '\\' || c.is_control()) {
+        return std::borrow::Cow::Borrowed(key);
+    }
+    let mut out = String::with_capacity(key.len() + 8);
+    for c in key.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn missing_key(store: &Path, key: &str) -> Outcome {
@@ -660,17 +821,37 @@ fn get(store: &Path, key: &str, raw: bool, as_json: bool) -> Result<Outcome, Cli
     if raw {
         match codec {
             Codec::Raw => out.write_all(&stored)?,
-            _ => out.write_all(
-                &serializer
-                    .decode_payload(codec, &stored)
-                    .map_err(shard_err)?,
-            )?,
+            _ => {
+                // Streamed: the payload is never held whole.
+                let mut payload = serializer
+                    .payload_reader(codec, &stored)
+                    .map_err(shard_err)?;
+                let mut chunk = vec![0u8; 256 << 10];
+                loop {
+                    let n = payload.read_chunk(&mut chunk).map_err(shard_err)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.write_all(&chunk[..n])?;
+                }
+            }
         }
     } else if as_json {
-        for sample in serializer
-            .decode_values(codec, &stored)
-            .map_err(shard_err)?
-        {
+        // One sample decoded at a time: memory is the payload and one sample, not every sample.
+        let payload = serializer
+            .decode_payload(codec, &stored)
+            .map_err(shard_err)?;
+        let mut offset = 0;
+        for (index, bytes) in SampleBytes::new(&payload).enumerate() {
+            let bytes = bytes.map_err(shard_err)?;
+            let (sample, _) = Value::decode(bytes).map_err(|source| {
+                shard_err(ShardError::Msgpack {
+                    sample: index,
+                    offset,
+                    source,
+                })
+            })?;
+            offset += bytes.len();
             writeln!(out, "{}", render::json_line(&sample))?;
         }
     } else {
@@ -722,9 +903,13 @@ fn summarize(
         .decode_payload(codec, stored)
         .map_err(Summary::Shard)?;
     writeln!(out, "payload   {} bytes", payload.len())?;
-    let samples = squirrel_store::serializer::decode_values(&payload).map_err(Summary::Shard)?;
-    writeln!(out, "samples   {}", samples.len())?;
-    for (i, s) in samples.iter().take(SUMMARY_SAMPLES).enumerate() {
+    // Counted by walking the MessagePack, not by building every sample; only the samples shown
+    // are decoded.
+    let count = count_samples(&payload).map_err(Summary::Shard)?;
+    writeln!(out, "samples   {count}")?;
+    let shown = squirrel_store::serializer::decode_values_up_to(&payload, SUMMARY_SAMPLES)
+        .map_err(Summary::Shard)?;
+    for (i, s) in shown.iter().enumerate() {
         let mut line = render::summary(s);
         if let Some((cut, _)) = line.char_indices().nth(SUMMARY_WIDTH) {
             line.truncate(cut);
@@ -732,11 +917,11 @@ fn summarize(
         }
         writeln!(out, "  {i:<6}  {line}")?;
     }
-    if samples.len() > SUMMARY_SAMPLES {
+    if count > SUMMARY_SAMPLES as u64 {
         writeln!(
             out,
             "  … {} more samples (--json prints them all)",
-            samples.len() - SUMMARY_SAMPLES
+            count - SUMMARY_SAMPLES as u64
         )?;
     }
     Ok(())
@@ -763,6 +948,8 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
         }
         .into());
     }
+    // A new store directory is made here, not by the engine, so that its parent is synced too.
+    squirrel_store::squirrel_dir::create_dir_all_synced(store).map_err(Error::from)?;
     // Buffered: a killed import leaves every record it finished whole (and a torn tail at most);
     // the import syncs once at the end.
     let engine = Config::new(store).durability(Durability::Buffered).open()?;
@@ -786,7 +973,32 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
         HumanBytes(report.payload_bytes),
         HumanBytes(report.stored_bytes)
     )?;
-    Ok(Outcome::Done)
+    if report.skipped.is_empty() {
+        return Ok(Outcome::Done);
+    }
+    let names: Vec<String> = report
+        .skipped
+        .iter()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .collect();
+    eprintln!(
+        "squirrel-store: warning: skipped {} whose names make no valid key (not UTF-8, or \
+         containing a backslash, or too long): {}",
+        plural(report.skipped.len(), "file", "files"),
+        shown_list(names)
+    );
+    Ok(Outcome::Problem)
+}
+
+/// The first few of `names`, joined, with how many more there are.
+fn shown_list(mut names: Vec<String>) -> String {
+    const SHOWN: usize = 5;
+    if names.len() > SHOWN {
+        let more = names.len() - SHOWN;
+        names.truncate(SHOWN);
+        names.push(format!("… {more} more"));
+    }
+    names.join(", ")
 }
 
 fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
@@ -796,21 +1008,19 @@ fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
         transfer::export_squirrel_dir(&engine, dst, &ExportOptions::new(), &mut tick(&bar))?;
     bar.finish_and_clear();
     if !report.skipped_raw.is_empty() {
-        const SHOWN: usize = 5;
-        let mut names: Vec<String> = report
+        let names = report
             .skipped_raw
             .iter()
-            .take(SHOWN)
             .map(|k| format!("{k:?}"))
             .collect();
-        if report.skipped_raw.len() > SHOWN {
-            names.push(format!("… {} more", report.skipped_raw.len() - SHOWN));
-        }
         eprintln!(
-            "squirrel-store: warning: skipped {} records of raw bytes (not shards): {}",
-            report.skipped_raw.len(),
-            names.join(", ")
+            "squirrel-store: warning: skipped {} of raw bytes (not shards): {}",
+            plural(report.skipped_raw.len(), "record", "records"),
+            shown_list(names)
         );
+    }
+    for (key, reason) in &report.invalid_keys {
+        eprintln!("squirrel-store: key {key:?} cannot name a shard file ({reason}); not exported");
     }
     writeln!(
         io::stdout().lock(),
@@ -821,7 +1031,15 @@ fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
         HumanBytes(report.payload_bytes),
         HumanBytes(report.file_bytes)
     )?;
-    Ok(Outcome::Done)
+    if report.invalid_keys.is_empty() {
+        Ok(Outcome::Done)
+    } else {
+        eprintln!(
+            "squirrel-store: {} not exported",
+            plural(report.invalid_keys.len(), "key was", "keys were")
+        );
+        Ok(Outcome::Problem)
+    }
 }
 
 fn rebuild_index(store: &Path) -> Result<Outcome, CliError> {
