@@ -27,9 +27,9 @@ mod render;
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
-  1  a problem was found: verify found damage, the key does not exist (get, rm), import skipped
-     files whose names make no key, export skipped keys that make no file name, keys --null met
-     a key containing NUL
+  1  a problem was found: verify found damage; the key does not exist (get, rm) or its record is
+     damaged (get); import skipped files whose names make no key; export skipped keys that make
+     no file name; keys --null met a key containing NUL
   2  a usage error, or an error that stopped the command (missing store, locked store, I/O)";
 
 /// Inspect, check and maintain squirrel-store stores, and move shards to and from Python squirrel.
@@ -111,7 +111,8 @@ enum Command {
     /// Show one shard: a summary of its samples, its raw payload, or its samples as JSON.
     ///
     /// Without options it prints the codec, sizes and a one-line summary of the first samples.
-    /// Exits with 1 if the key does not exist.
+    /// Exits with 1 if the key does not exist, or its record is damaged or holds no readable
+    /// shard (the error names the key; nothing else is printed for it).
     #[command(after_help = EXIT_CODES)]
     Get {
         /// The store directory.
@@ -199,6 +200,8 @@ enum Outcome {
 enum CliError {
     Store(Error),
     Output(io::Error),
+    /// A usage problem found by the binary itself, said in full.
+    Usage(String),
 }
 
 impl From<Error> for CliError {
@@ -218,6 +221,7 @@ impl fmt::Display for CliError {
         match self {
             CliError::Store(e) => write!(f, "{e}"),
             CliError::Output(e) => write!(f, "cannot write to standard output: {e}"),
+            CliError::Usage(msg) => write!(f, "{msg}"),
         }
     }
 }
@@ -230,11 +234,66 @@ fn main() -> ExitCode {
         // A reader that stopped reading (`| head`) is not an error.
         Err(CliError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = e.to_string().replace('\n', " ");
+            let mut msg = e.to_string().replace('\n', " ");
+            if let CliError::Store(Error::NotFound { path }) = &e {
+                msg.push_str(&squirrel_dir_hint(path));
+            }
             eprintln!("squirrel-store: error: {msg}");
             ExitCode::from(2)
         }
     }
+}
+
+/// For a path that holds no store: a hint when it is a Python squirrel directory instead.
+fn squirrel_dir_hint(path: &Path) -> String {
+    let shards = squirrel_store::squirrel_dir::SquirrelDir::new(path)
+        .keys(true)
+        .map_or(0, |k| k.len());
+    if shards == 0 {
+        return String::new();
+    }
+    format!(
+        "; it is a Python squirrel directory ({}): `squirrel-store import {} STORE` copies it \
+         into a store",
+        plural(shards, "shard file", "shard files"),
+        path.display()
+    )
+}
+
+/// What a directory that holds no shard files holds instead, for `import`'s error.
+fn not_a_squirrel_dir(src: &Path) -> Option<String> {
+    let entries: Vec<(String, bool)> = std::fs::read_dir(src)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| {
+            let dir = e.file_type().is_ok_and(|t| t.is_dir());
+            (e.file_name().to_string_lossy().into_owned(), dir)
+        })
+        .collect();
+    let is_store = ["segment.sqs", "index.sqi"]
+        .iter()
+        .any(|f| entries.iter().any(|(n, _)| n == f));
+    let what = if is_store {
+        "a squirrel-store store (segment.sqs), not a Python squirrel directory; `squirrel-store \
+         export` writes a store out as one"
+            .to_owned()
+    } else if entries.is_empty() {
+        "an empty directory".to_owned()
+    } else {
+        let dirs = entries.iter().filter(|(_, d)| *d).count();
+        let mut names: Vec<String> = entries.iter().map(|(n, _)| format!("{n:?}")).collect();
+        names.sort();
+        format!(
+            "a directory of {} and {} ({})",
+            plural(entries.len() - dirs, "file", "files"),
+            plural(dirs, "directory", "directories"),
+            shown_list(names)
+        )
+    };
+    Some(format!(
+        "{} holds no shard files (KEY.gz), so there is nothing to import: it is {what}",
+        src.display()
+    ))
 }
 
 fn run(command: Command) -> Result<Outcome, CliError> {
@@ -708,6 +767,36 @@ fn missing_key(store: &Path, key: &str) -> Outcome {
 
 fn get(store: &Path, key: &str, raw: bool, as_json: bool) -> Result<Outcome, CliError> {
     let engine = open_read_only(store)?;
+    match get_shard(&engine, store, key, raw, as_json) {
+        // The key's record is damaged or is no readable shard: a problem found, as verify reports
+        // it (exit 1), not a failure of the command.
+        // (Asking for the samples of raw bytes stays a usage error.)
+        Err(CliError::Store(e @ (Error::Corruption { .. } | Error::Shard { .. })))
+            if !matches!(
+                &e,
+                Error::Shard {
+                    source: ShardError::NotSamples,
+                    ..
+                }
+            ) =>
+        {
+            eprintln!(
+                "squirrel-store: error: {}",
+                e.to_string().replace('\n', " ")
+            );
+            Ok(Outcome::Problem)
+        }
+        other => other,
+    }
+}
+
+fn get_shard(
+    engine: &Engine,
+    store: &Path,
+    key: &str,
+    raw: bool,
+    as_json: bool,
+) -> Result<Outcome, CliError> {
     let Some(stored) = engine.get(key)? else {
         return Ok(missing_key(store, key));
     };
@@ -847,6 +936,26 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
             source,
         }
         .into());
+    }
+    // A directory without a single shard file is not what the user meant to import.
+    let found = squirrel_store::squirrel_dir::SquirrelDir::new(src)
+        .keys_and_skipped(!top_level_only)
+        .map_err(Error::from)?;
+    if found.0.is_empty() && found.1.is_empty() {
+        let nested = squirrel_store::squirrel_dir::SquirrelDir::new(src)
+            .keys(true)
+            .map_or(0, |k| k.len());
+        if top_level_only && nested > 0 {
+            return Err(CliError::Usage(format!(
+                "{} holds no shard files at its top level, and {} in subdirectories; without \
+                 --top-level-only they are imported",
+                src.display(),
+                plural(nested, "shard file", "shard files")
+            )));
+        }
+        if let Some(msg) = not_a_squirrel_dir(src) {
+            return Err(CliError::Usage(msg));
+        }
     }
     // A new store directory is made here, not by the engine, so that its parent is synced too.
     squirrel_store::squirrel_dir::create_dir_all_synced(store).map_err(Error::from)?;
