@@ -179,3 +179,63 @@ fn get_of_a_key_whose_shard_is_unreadable_exits_1() {
     assert_code(&run(["get", p(&store), "nope"]), 1);
     assert_code(&run(["get", p(&tmp.path().join("no-store")), "good"]), 2);
 }
+
+#[test]
+fn the_exit_status_paragraph_is_in_the_main_help_only() {
+    let main = stdout(&run(["--help"]));
+    assert_eq!(main.matches("Exit status:").count(), 1, "{main}");
+    assert!(main.contains("verify found damage"), "{main}");
+    for sub in ["keys", "stats", "verify", "get", "import"] {
+        let help = stdout(&run([sub, "--help"]));
+        // A pointer to it, not the paragraph: `keys --help` does not talk about `rm`.
+        assert!(
+            help.contains("see `squirrel-store --help`"),
+            "{sub}: {help}"
+        );
+        assert!(!help.contains("verify found damage"), "{sub}: {help}");
+    }
+}
+
+#[test]
+fn quiet_prints_only_data_problems_and_errors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).expect("mkdir");
+    gzip(&src.join("a.gz"), b"\x01\x02");
+    gzip(&src.join("b.gz"), b"\x03");
+    let store = tmp.path().join("store");
+    let o = run(["import", "--quiet", p(&src), p(&store)]);
+    assert_code(&o, 0);
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{}", stdout(&o));
+    let o = run(["-q", "verify", p(&store)]);
+    assert_code(&o, 0);
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+    let out = tmp.path().join("out");
+    let o = run(["export", "-q", p(&store), p(&out)]);
+    assert_code(&o, 0);
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+    // Data is still printed.
+    let o = run(["keys", "-q", p(&store)]);
+    assert_eq!(stdout(&o), "a\nb\n");
+    let o = run(["verify", "-q", "--json", p(&store)]);
+    assert!(stdout(&o).starts_with('{'), "{}", stdout(&o));
+    let o = run(["compact", "-q", p(&store)]);
+    assert_code(&o, 0);
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+
+    // A problem is still said: only it.
+    let engine = squirrel_store::Engine::open(&store).expect("opens");
+    engine
+        .put("frame", Codec::MsgpackZstd.as_u8(), b"not a zstd frame")
+        .expect("puts");
+    engine.close().expect("closes");
+    let o = run(["verify", "-q", p(&store)]);
+    assert_code(&o, 1);
+    let text = stdout(&o);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.starts_with("bad shard \"frame\""), "{text}");
+    // Errors too.
+    let o = run(["verify", "-q", p(&tmp.path().join("nothing"))]);
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("no store"), "{}", stderr(&o));
+}

@@ -24,6 +24,26 @@ use squirrel_store::{Config, Durability, Engine, Error, IndexCheck};
 #[path = "squirrel-store/render.rs"]
 mod render;
 
+/// Set by `--quiet`.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `writeln!` for informational lines, which `--quiet` leaves out; `?` on the write.
+macro_rules! info {
+    ($quiet:expr, $out:expr, $($fmt:tt)+) => {
+        if !$quiet {
+            writeln!($out, $($fmt)+)?;
+        }
+    };
+}
+
+/// What each subcommand's help says about exit status: the paragraph itself is in `--help`.
+const EXIT_POINTER: &str =
+    "Exit status: 0 success, 1 a problem was found, 2 an error; see `squirrel-store --help`.";
+
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
@@ -38,9 +58,15 @@ Exit status:
 /// time may write to a store; the read-only commands (stats, verify, keys, get, export) work while
 /// a writer runs. Long commands (verify, compact, import, export, stats --compression) show a
 /// progress bar on standard error when it is a terminal, and nothing when it is not.
+///
+/// The exit status of every command is described below.
 #[derive(Parser, Debug)]
 #[command(name = "squirrel-store", version, after_help = EXIT_CODES)]
 struct Cli {
+    /// Print no progress bars, warnings or summaries: only what a command is asked for (stats,
+    /// keys, get, --json), the problems behind an exit status of 1, and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,7 +77,7 @@ enum Command {
     ///
     /// Opens the store read-only, so it works while a writer runs. Dead records are overwritten or
     /// deleted values that `compact` would drop.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Stats {
         /// The store directory.
         store: PathBuf,
@@ -72,7 +98,7 @@ enum Command {
     /// decodes its MessagePack samples. A torn tail (an unfinished last write left by a crash) is
     /// reported but is not damage: the next read-write open cuts it off. Works while a writer runs.
     /// Exits with 1 if anything is damaged.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Verify {
         /// The store directory.
         store: PathBuf,
@@ -88,7 +114,7 @@ enum Command {
     ///
     /// Needs the writer lock (fails if another process is writing) and about the live bytes in
     /// free space. Readers keep reading meanwhile. Prints the sizes before and after.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Compact {
         /// The store directory.
         store: PathBuf,
@@ -100,7 +126,7 @@ enum Command {
     /// those are written as they are. With --null, keys are written unescaped, each followed by a
     /// NUL byte (for `xargs -0`); a key that itself contains NUL cannot be written that way and is
     /// reported on standard error instead (exit status 1).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Keys {
         /// The store directory.
         store: PathBuf,
@@ -113,7 +139,7 @@ enum Command {
     /// Without options it prints the codec, sizes and a one-line summary of the first samples.
     /// Exits with 1 if the key does not exist, or its record is damaged or holds no readable
     /// shard (the error names the key; nothing else is printed for it).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Get {
         /// The store directory.
         store: PathBuf,
@@ -132,7 +158,7 @@ enum Command {
         json: bool,
     },
     /// Delete a key. Exits with 1 if the key does not exist.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Rm {
         /// The store directory.
         store: PathBuf,
@@ -148,7 +174,7 @@ enum Command {
     /// alone. Payloads are streamed, and one that gunzips to more than 1 GiB is refused (a
     /// decompression bomb). Files whose names make no key (not UTF-8, a backslash) are not
     /// imported: they are listed on standard error and the exit status is 1.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Import {
         /// The Python squirrel directory to read.
         squirrel_dir: PathBuf,
@@ -170,7 +196,7 @@ enum Command {
     /// (written with the byte-level API, not shards) are skipped with a warning. Keys that cannot
     /// name a file inside the directory (`..`, a backslash, a component too long for a file
     /// name) are reported and skipped, the others still exported, and the exit status is 1.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Export {
         /// The store directory to read.
         store: PathBuf,
@@ -181,7 +207,7 @@ enum Command {
     ///
     /// The index is derived data; rebuild it when verify reports it inconsistent. Needs the
     /// writer lock.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     RebuildIndex {
         /// The store directory.
         store: PathBuf,
@@ -228,6 +254,7 @@ impl fmt::Display for CliError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     match run(cli.command) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Problem) => ExitCode::from(1),
@@ -341,7 +368,7 @@ fn open_writable(store: &Path) -> Result<Engine, Error> {
 
 /// A progress bar on standard error when it is a terminal; hidden otherwise.
 fn progress_bar(what: &'static str, bytes: bool) -> ProgressBar {
-    if !io::stderr().is_terminal() {
+    if quiet() || !io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let template = if bytes {
@@ -572,15 +599,18 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 }
 
 fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Result<()> {
+    // With --quiet only the problems are printed.
+    let quiet = quiet();
     let report = f.report;
-    writeln!(
+    info!(
+        quiet,
         out,
         "{}: {} records read, {} intact, {} live keys",
         store.display(),
         report.records,
         report.intact,
         report.live_keys
-    )?;
+    );
     for d in &report.damaged {
         match &d.key {
             Some(k) => writeln!(
@@ -592,18 +622,20 @@ fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Resu
         }
     }
     if let Some((offset, bytes)) = report.torn_tail {
-        writeln!(
+        info!(
+            quiet,
             out,
             "torn tail of {bytes} bytes at offset {offset}, left by a crash; it is cut off at the \
              next read-write open"
-        )?;
+        );
     }
     match &report.index {
-        IndexCheck::Consistent => writeln!(out, "index: consistent")?,
-        IndexCheck::Unusable => writeln!(
+        IndexCheck::Consistent => info!(quiet, out, "index: consistent"),
+        IndexCheck::Unusable => info!(
+            quiet,
             out,
             "index: missing or left unfinished by a crash; it is rebuilt at the next read-write open"
-        )?,
+        ),
         IndexCheck::Inconsistent(issues) => {
             for issue in issues {
                 writeln!(out, "index: {issue}")?;
@@ -613,11 +645,12 @@ fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Resu
                 "index: inconsistent with the segment; `squirrel-store rebuild-index` rebuilds it"
             )?;
         }
-        other => writeln!(out, "index: {other:?}")?,
+        other => info!(quiet, out, "index: {other:?}"),
     }
     match f.scan {
         Ok(scan) => {
-            writeln!(
+            info!(
+                quiet,
                 out,
                 "shards: {} decoded, {} samples{}",
                 scan.shards,
@@ -630,7 +663,7 @@ fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Resu
                 } else {
                     String::new()
                 }
-            )?;
+            );
             for ShardFailure { key, error } in &f.bad_shards {
                 writeln!(out, "bad shard {key:?}: {error}")?;
             }
@@ -638,14 +671,16 @@ fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Resu
         Err(e) => writeln!(out, "shards: not decoded: {e}")?,
     }
     if f.problems == 0 {
-        writeln!(out, "ok")
+        info!(quiet, out, "ok");
     } else {
-        writeln!(
+        info!(
+            quiet,
             out,
             "damaged: {} found",
             plural(f.problems, "problem", "problems")
-        )
+        );
     }
+    Ok(())
 }
 
 /// `verify --json`: one object, each finding one field, so new findings are new fields.
@@ -702,7 +737,8 @@ fn compact(store: &Path) -> Result<Outcome, CliError> {
     let report = engine.compact_with_progress(&mut tick(&bar))?;
     bar.finish_and_clear();
     engine.close()?;
-    writeln!(
+    info!(
+        quiet(),
         io::stdout().lock(),
         "compacted {}: {} before, {} after, {} reclaimed; {} live records",
         store.display(),
@@ -710,7 +746,7 @@ fn compact(store: &Path) -> Result<Outcome, CliError> {
         HumanBytes(report.bytes_after),
         HumanBytes(report.reclaimed()),
         report.live_records
-    )?;
+    );
     Ok(Outcome::Done)
 }
 
@@ -969,7 +1005,8 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
     let report = transfer::import_squirrel_dir(src, &engine, &opts, &mut tick(&bar))?;
     bar.finish_and_clear();
     engine.close()?;
-    writeln!(
+    info!(
+        quiet(),
         io::stdout().lock(),
         "imported {} into {}: {} shards ({} written, {} unchanged), {} samples, {} of payload \
          stored as {}",
@@ -981,7 +1018,7 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
         report.samples,
         HumanBytes(report.payload_bytes),
         HumanBytes(report.stored_bytes)
-    )?;
+    );
     if report.skipped.is_empty() {
         return Ok(Outcome::Done);
     }
@@ -1016,7 +1053,7 @@ fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
     let report =
         transfer::export_squirrel_dir(&engine, dst, &ExportOptions::new(), &mut tick(&bar))?;
     bar.finish_and_clear();
-    if !report.skipped_raw.is_empty() {
+    if !report.skipped_raw.is_empty() && !quiet() {
         let names = report
             .skipped_raw
             .iter()
@@ -1031,7 +1068,8 @@ fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
     for (key, reason) in &report.invalid_keys {
         eprintln!("squirrel-store: key {key:?} cannot name a shard file ({reason}); not exported");
     }
-    writeln!(
+    info!(
+        quiet(),
         io::stdout().lock(),
         "exported {} into {}: {} shards, {} of payload in {} of gzip files",
         store.display(),
@@ -1039,7 +1077,7 @@ fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
         report.shards,
         HumanBytes(report.payload_bytes),
         HumanBytes(report.file_bytes)
-    )?;
+    );
     if report.invalid_keys.is_empty() {
         Ok(Outcome::Done)
     } else {
@@ -1055,11 +1093,12 @@ fn rebuild_index(store: &Path) -> Result<Outcome, CliError> {
     // Checked first so that a path that holds no store is reported as such, and is left as it was.
     drop(open_read_only(store)?);
     let stats = squirrel_store::rebuild_index(store)?;
-    writeln!(
+    info!(
+        quiet(),
         io::stdout().lock(),
         "rebuilt the index of {}: {} keys",
         store.display(),
         stats.live_records
-    )?;
+    );
     Ok(Outcome::Done)
 }
