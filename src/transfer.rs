@@ -651,7 +651,8 @@ pub enum ScanDepth {
     Sizes,
     /// Decompress every shard, split it into MessagePack samples and check each as decoding it
     /// into a [`crate::value::Value`] would (structure, depth, UTF-8): everything a reader of the
-    /// shard will do. Samples are walked, not built, so memory stays bounded by the payload.
+    /// shard will do. The payload is streamed and samples are walked, not built, so memory stays
+    /// bounded by the largest sample, not the payload.
     Samples,
 }
 
@@ -793,16 +794,28 @@ fn scan_one(
             samples: 0,
         });
     }
-    let payload = serializer
-        .decode_payload(codec, &stored)
+    // Streamed: a chunk and at most one unfinished sample in memory, whatever the payload's size.
+    let mut payload = serializer
+        .payload_reader(codec, &stored)
         .map_err(shard_err)?;
-    let samples = match depth {
-        ScanDepth::Sizes => 0,
-        _ => count_samples(&payload).map_err(shard_err)?,
+    let mut counter = (depth == ScanDepth::Samples).then(SampleCounter::new);
+    let mut chunk = vec![0u8; CHUNK];
+    loop {
+        let n = payload.read_chunk(&mut chunk).map_err(shard_err)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(c) = counter.as_mut() {
+            c.feed(&chunk[..n]).map_err(shard_err)?;
+        }
+    }
+    let samples = match counter {
+        Some(c) => c.finish().map_err(shard_err)?,
+        None => 0,
     };
     Ok(Scanned::Shard {
         stored: stored_len,
-        payload: payload.len() as u64,
+        payload: payload.bytes_read(),
         samples,
     })
 }

@@ -370,3 +370,53 @@ fn counting_checks_what_decoding_checks() {
     let first = decode_values_up_to(&vec![0u8; 1 << 20], 10).expect("valid");
     assert_eq!(first.len(), 10);
 }
+
+#[test]
+fn scan_streams_samples_that_span_chunks() {
+    use squirrel_store::transfer::{ScanDepth, scan_shards};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let engine = open(&tmp.path().join("store"));
+    let ser = MessagepackSerializer::default();
+    // Samples longer than the 256 KiB the scan reads at a time.
+    let mut payload = Vec::new();
+    rmp::encode::write_bin(&mut payload, &vec![9u8; 1 << 20]).expect("writes");
+    payload.push(0x05);
+    rmp::encode::write_str(&mut payload, &"s".repeat(300 << 10)).expect("writes");
+    engine
+        .put(
+            "long",
+            Codec::MsgpackZstd.as_u8(),
+            &ser.encode_payload(&payload).expect("encodes"),
+        )
+        .expect("puts");
+    // The same, with a str that stops being UTF-8 past the first chunk.
+    let mut bad = Vec::new();
+    let mut s = vec![b'x'; 300 << 10];
+    s[290 << 10] = 0xff;
+    rmp::encode::write_str_len(&mut bad, s.len() as u32).expect("writes");
+    bad.extend_from_slice(&s);
+    engine
+        .put("bad", Codec::Msgpack.as_u8(), &bad)
+        .expect("puts");
+    let scan = scan_shards(&engine, &ser, ScanDepth::Samples, &mut quiet()).expect("scans");
+    assert_eq!(scan.shards, 1);
+    assert_eq!(scan.samples, 3);
+    assert_eq!(scan.payload_bytes, payload.len() as u64);
+    assert_eq!(scan.failures.len(), 1);
+    assert_eq!(scan.failures[0].key, "bad");
+    assert!(
+        matches!(
+            &scan.failures[0].error,
+            Error::Shard {
+                source: ShardError::Msgpack {
+                    sample: 0,
+                    source: DecodeError::InvalidUtf8 { .. },
+                    ..
+                },
+                ..
+            }
+        ),
+        "{:?}",
+        scan.failures[0].error
+    );
+}

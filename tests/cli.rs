@@ -466,9 +466,16 @@ fn verify_names_a_corrupted_key_and_the_others_still_read() {
             "{key}"
         );
     }
-    // The damaged one is an error naming it, never wrong bytes.
+    // The damaged one is an error naming it, never wrong bytes; damage found is exit 1.
     let o = run(["get", "--raw", p(&store), "shard_1"]);
-    assert_error(&o, &["shard_1", "corruption"]);
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "one line: {err:?}");
+    assert!(err.starts_with("squirrel-store: error: "), "{err:?}");
+    assert!(
+        err.contains("shard_1") && err.contains("corruption"),
+        "{err:?}"
+    );
     assert!(o.stdout.is_empty());
 }
 

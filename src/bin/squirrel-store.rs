@@ -24,12 +24,32 @@ use squirrel_store::{Config, Durability, Engine, Error, IndexCheck};
 #[path = "squirrel-store/render.rs"]
 mod render;
 
+/// Set by `--quiet`.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `writeln!` for informational lines, which `--quiet` leaves out; `?` on the write.
+macro_rules! info {
+    ($quiet:expr, $out:expr, $($fmt:tt)+) => {
+        if !$quiet {
+            writeln!($out, $($fmt)+)?;
+        }
+    };
+}
+
+/// What each subcommand's help says about exit status: the paragraph itself is in `--help`.
+const EXIT_POINTER: &str =
+    "Exit status: 0 success, 1 a problem was found, 2 an error; see `squirrel-store --help`.";
+
 const EXIT_CODES: &str = "\
 Exit status:
   0  success
-  1  a problem was found: verify found damage, the key does not exist (get, rm), import skipped
-     files whose names make no key, export skipped keys that make no file name, keys --null met
-     a key containing NUL
+  1  a problem was found: verify found damage; the key does not exist (get, rm) or its record is
+     damaged (get); import skipped files whose names make no key; export skipped keys that make
+     no file name; keys --null met a key containing NUL
   2  a usage error, or an error that stopped the command (missing store, locked store, I/O)";
 
 /// Inspect, check and maintain squirrel-store stores, and move shards to and from Python squirrel.
@@ -38,9 +58,15 @@ Exit status:
 /// time may write to a store; the read-only commands (stats, verify, keys, get, export) work while
 /// a writer runs. Long commands (verify, compact, import, export, stats --compression) show a
 /// progress bar on standard error when it is a terminal, and nothing when it is not.
+///
+/// The exit status of every command is described below.
 #[derive(Parser, Debug)]
 #[command(name = "squirrel-store", version, after_help = EXIT_CODES)]
 struct Cli {
+    /// Print no progress bars, warnings or summaries: only what a command is asked for (stats,
+    /// keys, get, --json), the problems behind an exit status of 1, and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,7 +77,7 @@ enum Command {
     ///
     /// Opens the store read-only, so it works while a writer runs. Dead records are overwritten or
     /// deleted values that `compact` would drop.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Stats {
         /// The store directory.
         store: PathBuf,
@@ -72,7 +98,7 @@ enum Command {
     /// decodes its MessagePack samples. A torn tail (an unfinished last write left by a crash) is
     /// reported but is not damage: the next read-write open cuts it off. Works while a writer runs.
     /// Exits with 1 if anything is damaged.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Verify {
         /// The store directory.
         store: PathBuf,
@@ -88,7 +114,7 @@ enum Command {
     ///
     /// Needs the writer lock (fails if another process is writing) and about the live bytes in
     /// free space. Readers keep reading meanwhile. Prints the sizes before and after.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Compact {
         /// The store directory.
         store: PathBuf,
@@ -100,7 +126,7 @@ enum Command {
     /// those are written as they are. With --null, keys are written unescaped, each followed by a
     /// NUL byte (for `xargs -0`); a key that itself contains NUL cannot be written that way and is
     /// reported on standard error instead (exit status 1).
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Keys {
         /// The store directory.
         store: PathBuf,
@@ -111,8 +137,9 @@ enum Command {
     /// Show one shard: a summary of its samples, its raw payload, or its samples as JSON.
     ///
     /// Without options it prints the codec, sizes and a one-line summary of the first samples.
-    /// Exits with 1 if the key does not exist.
-    #[command(after_help = EXIT_CODES)]
+    /// Exits with 1 if the key does not exist, or its record is damaged or holds no readable
+    /// shard (the error names the key; nothing else is printed for it).
+    #[command(after_help = EXIT_POINTER)]
     Get {
         /// The store directory.
         store: PathBuf,
@@ -131,7 +158,7 @@ enum Command {
         json: bool,
     },
     /// Delete a key. Exits with 1 if the key does not exist.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Rm {
         /// The store directory.
         store: PathBuf,
@@ -147,7 +174,7 @@ enum Command {
     /// alone. Payloads are streamed, and one that gunzips to more than 1 GiB is refused (a
     /// decompression bomb). Files whose names make no key (not UTF-8, a backslash) are not
     /// imported: they are listed on standard error and the exit status is 1.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Import {
         /// The Python squirrel directory to read.
         squirrel_dir: PathBuf,
@@ -169,7 +196,7 @@ enum Command {
     /// (written with the byte-level API, not shards) are skipped with a warning. Keys that cannot
     /// name a file inside the directory (`..`, a backslash, a component too long for a file
     /// name) are reported and skipped, the others still exported, and the exit status is 1.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Export {
         /// The store directory to read.
         store: PathBuf,
@@ -182,7 +209,7 @@ enum Command {
     /// deletes each key whose newest record is damaged, and compacts. Every other record keeps
     /// its newest value, and the store then verifies clean. Nothing is destroyed: what is
     /// removed is in lost+found/. Needs the writer lock.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     Repair {
         /// The store directory.
         store: PathBuf,
@@ -192,7 +219,7 @@ enum Command {
     /// The index is derived data; rebuild it when verify reports it inconsistent. The new index
     /// is written beside the old one and renamed into place, so a failure changes nothing.
     /// Damaged records stay (see `repair`). Needs the writer lock.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = EXIT_POINTER)]
     RebuildIndex {
         /// The store directory.
         store: PathBuf,
@@ -211,6 +238,8 @@ enum Outcome {
 enum CliError {
     Store(Error),
     Output(io::Error),
+    /// A usage problem found by the binary itself, said in full.
+    Usage(String),
 }
 
 impl From<Error> for CliError {
@@ -230,23 +259,80 @@ impl fmt::Display for CliError {
         match self {
             CliError::Store(e) => write!(f, "{e}"),
             CliError::Output(e) => write!(f, "cannot write to standard output: {e}"),
+            CliError::Usage(msg) => write!(f, "{msg}"),
         }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     match run(cli.command) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Problem) => ExitCode::from(1),
         // A reader that stopped reading (`| head`) is not an error.
         Err(CliError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            let msg = e.to_string().replace('\n', " ");
+            let mut msg = e.to_string().replace('\n', " ");
+            if let CliError::Store(Error::NotFound { path }) = &e {
+                msg.push_str(&squirrel_dir_hint(path));
+            }
             eprintln!("squirrel-store: error: {msg}");
             ExitCode::from(2)
         }
     }
+}
+
+/// For a path that holds no store: a hint when it is a Python squirrel directory instead.
+fn squirrel_dir_hint(path: &Path) -> String {
+    let shards = squirrel_store::squirrel_dir::SquirrelDir::new(path)
+        .keys(true)
+        .map_or(0, |k| k.len());
+    if shards == 0 {
+        return String::new();
+    }
+    format!(
+        "; it is a Python squirrel directory ({}): `squirrel-store import {} STORE` copies it \
+         into a store",
+        plural(shards, "shard file", "shard files"),
+        path.display()
+    )
+}
+
+/// What a directory that holds no shard files holds instead, for `import`'s error.
+fn not_a_squirrel_dir(src: &Path) -> Option<String> {
+    let entries: Vec<(String, bool)> = std::fs::read_dir(src)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| {
+            let dir = e.file_type().is_ok_and(|t| t.is_dir());
+            (e.file_name().to_string_lossy().into_owned(), dir)
+        })
+        .collect();
+    let is_store = ["segment.sqs", "index.sqi"]
+        .iter()
+        .any(|f| entries.iter().any(|(n, _)| n == f));
+    let what = if is_store {
+        "a squirrel-store store (segment.sqs), not a Python squirrel directory; `squirrel-store \
+         export` writes a store out as one"
+            .to_owned()
+    } else if entries.is_empty() {
+        "an empty directory".to_owned()
+    } else {
+        let dirs = entries.iter().filter(|(_, d)| *d).count();
+        let mut names: Vec<String> = entries.iter().map(|(n, _)| format!("{n:?}")).collect();
+        names.sort();
+        format!(
+            "a directory of {} and {} ({})",
+            plural(entries.len() - dirs, "file", "files"),
+            plural(dirs, "directory", "directories"),
+            shown_list(names)
+        )
+    };
+    Some(format!(
+        "{} holds no shard files (KEY.gz), so there is nothing to import: it is {what}",
+        src.display()
+    ))
 }
 
 fn run(command: Command) -> Result<Outcome, CliError> {
@@ -295,7 +381,7 @@ fn open_writable(store: &Path) -> Result<Engine, Error> {
 
 /// A progress bar on standard error when it is a terminal; hidden otherwise.
 fn progress_bar(what: &'static str, bytes: bool) -> ProgressBar {
-    if !io::stderr().is_terminal() {
+    if quiet() || !io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let template = if bytes {
@@ -548,15 +634,18 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 }
 
 fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Result<()> {
+    // With --quiet only the problems are printed.
+    let quiet = quiet();
     let report = f.report;
-    writeln!(
+    info!(
+        quiet,
         out,
         "{}: {} records read, {} intact, {} live keys",
         store.display(),
         report.records,
         report.intact,
         report.live_keys
-    )?;
+    );
     for d in &report.damaged {
         match &d.key {
             Some(k) => writeln!(
@@ -568,18 +657,20 @@ fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Resu
         }
     }
     if let Some((offset, bytes)) = report.torn_tail {
-        writeln!(
+        info!(
+            quiet,
             out,
             "torn tail of {bytes} bytes at offset {offset}, left by a crash; the next read-write \
              open saves it into lost+found/ and cuts it off"
-        )?;
+        );
     }
     match &report.index {
-        IndexCheck::Consistent => writeln!(out, "index: consistent")?,
-        IndexCheck::Unusable => writeln!(
+        IndexCheck::Consistent => info!(quiet, out, "index: consistent"),
+        IndexCheck::Unusable => info!(
+            quiet,
             out,
             "index: missing or left unfinished by a crash; it is rebuilt at the next read-write open"
-        )?,
+        ),
         IndexCheck::Inconsistent(issues) => {
             for issue in issues {
                 writeln!(out, "index: {issue}")?;
@@ -589,11 +680,12 @@ fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Resu
                 "index: inconsistent with the segment; `squirrel-store rebuild-index` rebuilds it"
             )?;
         }
-        other => writeln!(out, "index: {other:?}")?,
+        other => info!(quiet, out, "index: {other:?}"),
     }
     match f.scan {
         Ok(scan) => {
-            writeln!(
+            info!(
+                quiet,
                 out,
                 "shards: {} decoded, {} samples{}",
                 scan.shards,
@@ -606,7 +698,7 @@ fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Resu
                 } else {
                     String::new()
                 }
-            )?;
+            );
             for ShardFailure { key, error } in &f.bad_shards {
                 writeln!(out, "bad shard {key:?}: {error}")?;
             }
@@ -626,13 +718,14 @@ fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Resu
         )?;
     }
     if f.problems == 0 {
-        writeln!(out, "ok")
+        info!(quiet, out, "ok");
     } else {
-        writeln!(
+        info!(
+            quiet,
             out,
             "damaged: {} found",
             plural(f.problems, "problem", "problems")
-        )?;
+        );
         if report.is_corrupt() {
             writeln!(
                 out,
@@ -641,8 +734,8 @@ fn verify_text(out: &mut impl Write, store: &Path, f: &Findings<'_>) -> io::Resu
                 store.display()
             )?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// `verify --json`: one object, each finding one field, so new findings are new fields.
@@ -743,7 +836,8 @@ fn compact(store: &Path) -> Result<Outcome, CliError> {
     let report = engine.compact_with_progress(&mut tick(&bar))?;
     bar.finish_and_clear();
     engine.close()?;
-    writeln!(
+    info!(
+        quiet(),
         io::stdout().lock(),
         "compacted {}: {} before, {} after, {} reclaimed; {} live records",
         store.display(),
@@ -751,7 +845,7 @@ fn compact(store: &Path) -> Result<Outcome, CliError> {
         HumanBytes(report.bytes_after),
         HumanBytes(report.reclaimed()),
         report.live_records
-    )?;
+    );
     Ok(Outcome::Done)
 }
 
@@ -808,6 +902,36 @@ fn missing_key(store: &Path, key: &str) -> Outcome {
 
 fn get(store: &Path, key: &str, raw: bool, as_json: bool) -> Result<Outcome, CliError> {
     let engine = open_read_only(store)?;
+    match get_shard(&engine, store, key, raw, as_json) {
+        // The key's record is damaged or is no readable shard: a problem found, as verify reports
+        // it (exit 1), not a failure of the command.
+        // (Asking for the samples of raw bytes stays a usage error.)
+        Err(CliError::Store(e @ (Error::Corruption { .. } | Error::Shard { .. })))
+            if !matches!(
+                &e,
+                Error::Shard {
+                    source: ShardError::NotSamples,
+                    ..
+                }
+            ) =>
+        {
+            eprintln!(
+                "squirrel-store: error: {}",
+                e.to_string().replace('\n', " ")
+            );
+            Ok(Outcome::Problem)
+        }
+        other => other,
+    }
+}
+
+fn get_shard(
+    engine: &Engine,
+    store: &Path,
+    key: &str,
+    raw: bool,
+    as_json: bool,
+) -> Result<Outcome, CliError> {
     let Some(stored) = engine.get(key)? else {
         return Ok(missing_key(store, key));
     };
@@ -948,6 +1072,26 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
         }
         .into());
     }
+    // A directory without a single shard file is not what the user meant to import.
+    let found = squirrel_store::squirrel_dir::SquirrelDir::new(src)
+        .keys_and_skipped(!top_level_only)
+        .map_err(Error::from)?;
+    if found.0.is_empty() && found.1.is_empty() {
+        let nested = squirrel_store::squirrel_dir::SquirrelDir::new(src)
+            .keys(true)
+            .map_or(0, |k| k.len());
+        if top_level_only && nested > 0 {
+            return Err(CliError::Usage(format!(
+                "{} holds no shard files at its top level, and {} in subdirectories; without \
+                 --top-level-only they are imported",
+                src.display(),
+                plural(nested, "shard file", "shard files")
+            )));
+        }
+        if let Some(msg) = not_a_squirrel_dir(src) {
+            return Err(CliError::Usage(msg));
+        }
+    }
     // A new store directory is made here, not by the engine, so that its parent is synced too.
     squirrel_store::squirrel_dir::create_dir_all_synced(store).map_err(Error::from)?;
     // Buffered: a killed import leaves every record it finished whole (and a torn tail at most);
@@ -960,7 +1104,8 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
     let report = transfer::import_squirrel_dir(src, &engine, &opts, &mut tick(&bar))?;
     bar.finish_and_clear();
     engine.close()?;
-    writeln!(
+    info!(
+        quiet(),
         io::stdout().lock(),
         "imported {} into {}: {} shards ({} written, {} unchanged), {} samples, {} of payload \
          stored as {}",
@@ -972,7 +1117,7 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
         report.samples,
         HumanBytes(report.payload_bytes),
         HumanBytes(report.stored_bytes)
-    )?;
+    );
     if report.skipped.is_empty() {
         return Ok(Outcome::Done);
     }
@@ -1007,7 +1152,7 @@ fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
     let report =
         transfer::export_squirrel_dir(&engine, dst, &ExportOptions::new(), &mut tick(&bar))?;
     bar.finish_and_clear();
-    if !report.skipped_raw.is_empty() {
+    if !report.skipped_raw.is_empty() && !quiet() {
         let names = report
             .skipped_raw
             .iter()
@@ -1022,7 +1167,8 @@ fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
     for (key, reason) in &report.invalid_keys {
         eprintln!("squirrel-store: key {key:?} cannot name a shard file ({reason}); not exported");
     }
-    writeln!(
+    info!(
+        quiet(),
         io::stdout().lock(),
         "exported {} into {}: {} shards, {} of payload in {} of gzip files",
         store.display(),
@@ -1030,7 +1176,7 @@ fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
         report.shards,
         HumanBytes(report.payload_bytes),
         HumanBytes(report.file_bytes)
-    )?;
+    );
     if report.invalid_keys.is_empty() {
         Ok(Outcome::Done)
     } else {
@@ -1046,11 +1192,12 @@ fn rebuild_index(store: &Path) -> Result<Outcome, CliError> {
     // Checked first so that a path that holds no store is reported as such, and is left as it was.
     drop(open_read_only(store)?);
     let stats = squirrel_store::rebuild_index(store)?;
-    writeln!(
+    info!(
+        quiet(),
         io::stdout().lock(),
         "rebuilt the index of {}: {} keys",
         store.display(),
         stats.live_records
-    )?;
+    );
     Ok(Outcome::Done)
 }
