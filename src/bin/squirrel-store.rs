@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use squirrel_store::serializer::{
-    Codec, MessagepackSerializer, SampleBytes, Serializer, ShardError, count_samples,
+    Codec, MessagepackSerializer, SampleBytes, SampleCounter, Serializer, ShardError,
 };
 use squirrel_store::transfer::{
     self, ExportOptions, ImportOptions, ScanDepth, ShardFailure, ShardScan,
@@ -1023,15 +1023,28 @@ fn summarize(
         writeln!(out, "not a shard; --raw writes its bytes")?;
         return Ok(());
     }
-    let payload = serializer
-        .decode_payload(codec, stored)
+    // Streamed and counted by walking the MessagePack, not by building every sample: only the
+    // bytes of the samples shown are kept, and only they are decoded.
+    let mut payload = serializer
+        .payload_reader(codec, stored)
         .map_err(Summary::Shard)?;
-    writeln!(out, "payload   {} bytes", payload.len())?;
-    // Counted by walking the MessagePack, not by building every sample; only the samples shown
-    // are decoded.
-    let count = count_samples(&payload).map_err(Summary::Shard)?;
+    let mut counter = SampleCounter::new();
+    let mut head = Vec::new();
+    let mut chunk = vec![0u8; 256 << 10];
+    loop {
+        let n = payload.read_chunk(&mut chunk).map_err(Summary::Shard)?;
+        if n == 0 {
+            break;
+        }
+        if counter.samples() < SUMMARY_SAMPLES as u64 {
+            head.extend_from_slice(&chunk[..n]);
+        }
+        counter.feed(&chunk[..n]).map_err(Summary::Shard)?;
+    }
+    let count = counter.finish().map_err(Summary::Shard)?;
+    writeln!(out, "payload   {} bytes", payload.bytes_read())?;
     writeln!(out, "samples   {count}")?;
-    let shown = squirrel_store::serializer::decode_values_up_to(&payload, SUMMARY_SAMPLES)
+    let shown = squirrel_store::serializer::decode_values_up_to(&head, SUMMARY_SAMPLES)
         .map_err(Summary::Shard)?;
     for (i, s) in shown.iter().enumerate() {
         let mut line = render::summary(s);
