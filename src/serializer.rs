@@ -134,29 +134,53 @@ pub enum ShardError {
     },
 }
 
+/// A shard encoded for the engine: the record bytes and the [`Codec`] they were stored under.
+///
+/// The codec is chosen per shard (see [`MessagepackSerializer`]'s adaptive compression), so it
+/// travels with the bytes: the engine stores it beside the record, and readers decode by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// The codec of [`Encoded::bytes`]: [`Codec::Msgpack`] or [`Codec::MsgpackZstd`] for a
+    /// [`MessagepackSerializer`].
+    pub codec: Codec,
+    /// The record bytes to store.
+    pub bytes: Vec<u8>,
+}
+
 /// Turns shards of samples into record bytes and back.
+///
+/// Encoding returns an [`Encoded`]: the record bytes together with the codec chosen for that
+/// shard, which may differ from shard to shard. Decoding takes the codec the record was stored
+/// under.
 ///
 /// Generic methods make this a compile-time interface, not a trait object; the store is generic
 /// over it.
 pub trait Serializer: Send + Sync {
-    /// The codec [`Serializer::encode`] and friends produce.
-    fn codec(&self) -> Codec;
-
     /// Stores an already-concatenated payload (e.g. the gunzipped content of a squirrel `KEY.gz`)
-    /// as record bytes for [`Serializer::codec`], without touching the samples.
+    /// as record bytes, without touching the samples, choosing the codec.
     ///
     /// # Errors
     ///
     /// [`ShardError::Compress`] when compression fails.
-    fn encode_payload(&self, payload: &[u8]) -> Result<Vec<u8>, ShardError>;
+    fn encode_payload(&self, payload: &[u8]) -> Result<Encoded, ShardError>;
+
+    /// As [`Serializer::encode_payload`], for a payload the caller no longer needs: an
+    /// implementation may keep it as the record without copying. By default it is borrowed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Serializer::encode_payload`].
+    fn encode_payload_owned(&self, payload: Vec<u8>) -> Result<Encoded, ShardError> {
+        self.encode_payload(&payload)
+    }
 
     /// Serializes typed samples (structs as maps with field names) into record bytes.
     ///
     /// # Errors
     ///
     /// [`ShardError::Encode`] when a sample cannot be serialized; [`ShardError::Compress`].
-    fn encode<T: Serialize>(&self, samples: &[T]) -> Result<Vec<u8>, ShardError> {
-        self.encode_payload(&payload_from_samples(samples)?)
+    fn encode<T: Serialize>(&self, samples: &[T]) -> Result<Encoded, ShardError> {
+        self.encode_payload_owned(payload_from_samples(samples)?)
     }
 
     /// Encodes [`Value`] samples byte-exactly into record bytes.
@@ -164,8 +188,8 @@ pub trait Serializer: Send + Sync {
     /// # Errors
     ///
     /// [`ShardError::EncodeValue`]; [`ShardError::Compress`].
-    fn encode_values(&self, samples: &[Value]) -> Result<Vec<u8>, ShardError> {
-        self.encode_payload(&encode_values(samples)?)
+    fn encode_values(&self, samples: &[Value]) -> Result<Encoded, ShardError> {
+        self.encode_payload_owned(encode_values(samples)?)
     }
 
     /// The concatenated samples in a record: borrowed when stored uncompressed.
@@ -205,27 +229,95 @@ pub trait Serializer: Send + Sync {
     }
 }
 
-/// Python squirrel's `MessagepackSerializer`, with zstd in place of gzip.
+/// When a [`MessagepackSerializer`] compresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    /// Per shard: zstd at `level`, kept only when it saves at least `min_saving` (in basis points,
+    /// 1/10000) of the payload; `sample` judges a sample first.
+    Adaptive {
+        level: i32,
+        min_saving: u16,
+        sample: bool,
+    },
+    /// Always zstd at this level.
+    Always(i32),
+    /// Never compressed.
+    Never,
+}
+
+/// Python squirrel's `MessagepackSerializer`, with zstd in place of gzip, compressing only where
+/// it pays.
+///
+/// Three policies:
+///
+/// * **adaptive** (the default): each shard is compressed with zstd (level 3) and the frame kept
+///   only when it saves at least a fraction of the payload ([`MessagepackSerializer::min_saving`],
+///   by default [`MessagepackSerializer::DEFAULT_MIN_SAVING`]); otherwise the payload is stored
+///   as it is ([`Codec::Msgpack`]). A payload of at least [`MessagepackSerializer::SAMPLE_MIN_LEN`]
+///   bytes is first judged from a few slices spread over it, compressed at a fast level, so an
+///   incompressible shard (random floats, already-compressed JPEG bytes) costs a small fraction of
+///   a full compression;
+/// * **always** zstd at a level ([`MessagepackSerializer::level`]), as every shard was stored
+///   before adaptive compression;
+/// * **never** ([`MessagepackSerializer::uncompressed`]).
+///
+/// Readers need no configuration for any of them: each record's codec byte says how it was
+/// stored.
+///
+/// ```
+/// use squirrel_store::serializer::{Codec, MessagepackSerializer, Serializer};
+///
+/// let ser = MessagepackSerializer::default();
+/// let repetitive = vec![7u8; 1 << 20];
+/// assert_eq!(ser.encode_payload(&repetitive)?.codec, Codec::MsgpackZstd);
+/// let noise: Vec<u8> = (0..1u32 << 18).flat_map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()).collect();
+/// assert_eq!(ser.encode_payload(&noise)?.codec, Codec::Msgpack);
+/// # Ok::<(), squirrel_store::serializer::ShardError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessagepackSerializer {
-    /// zstd level; `None` stores payloads uncompressed ([`Codec::Msgpack`]).
-    level: Option<i32>,
+    compression: Compression,
     /// Largest payload a record may decompress to.
     max_decompressed: u64,
 }
 
 impl Default for MessagepackSerializer {
-    /// zstd level 3 (zstd's own default: fast, and most of the gain) and a 1 GiB decompression limit.
+    /// Adaptive: zstd level 3 where it saves at least 20%, sampled first; a 1 GiB decompression
+    /// limit.
     fn default() -> Self {
         MessagepackSerializer {
-            level: Some(Self::DEFAULT_LEVEL),
+            compression: Compression::Adaptive {
+                level: Self::DEFAULT_LEVEL,
+                min_saving: fraction_to_bp(Self::DEFAULT_MIN_SAVING),
+                sample: true,
+            },
             max_decompressed: Self::DEFAULT_MAX_DECOMPRESSED,
         }
     }
 }
 
+/// A fraction in basis points, clamped to 0..=1 (NaN counts as 0).
+fn fraction_to_bp(fraction: f64) -> u16 {
+    let f = if fraction.is_nan() {
+        0.0
+    } else {
+        fraction.clamp(0.0, 1.0)
+    };
+    // In 0..=10000 after the clamp, so the cast cannot truncate.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let bp = (f * 10_000.0).round() as u16;
+    bp
+}
+
+/// Slices of this many bytes make up the sample the adaptive policy judges first.
+const SAMPLE_SLICE: usize = 32 << 10;
+/// How many slices, spread evenly over the payload.
+const SAMPLE_SLICES: usize = 4;
+/// The zstd level the sample is compressed at: fast, and close enough to level 3's ratio to judge.
+const SAMPLE_LEVEL: i32 = 1;
+
 impl MessagepackSerializer {
-    /// The zstd level of [`MessagepackSerializer::default`].
+    /// The zstd level of [`MessagepackSerializer::default`], for shards where compression pays.
     pub const DEFAULT_LEVEL: i32 = 3;
     /// The decompression limit of [`MessagepackSerializer::default`]: 1 GiB.
     ///
@@ -234,23 +326,66 @@ impl MessagepackSerializer {
     /// [`MessagepackSerializer::max_decompressed`] for larger legitimate shards.
     pub const DEFAULT_MAX_DECOMPRESSED: u64 = 1 << 30;
 
-    /// The default serializer: zstd level 3, 1 GiB limit.
+    /// The least saving (a fraction of the payload) for which the default keeps a shard
+    /// compressed: 20%.
+    ///
+    /// Below that, zstd costs more than it saves for a memory-mapped local store: random float32
+    /// image data saves about 11% at level 3, and costs about 7× on write and 5× on a random shard
+    /// get against storing it as it is.
+    pub const DEFAULT_MIN_SAVING: f64 = 0.2;
+    /// Payloads at least this long are judged from a sample before being compressed whole by the
+    /// adaptive policy; shorter ones are simply compressed and measured.
+    pub const SAMPLE_MIN_LEN: usize = 2 * SAMPLE_SLICE * SAMPLE_SLICES;
+
+    /// The default serializer: adaptive zstd level 3, 1 GiB limit.
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Compresses with zstd at `level` (1..=22; negative levels are faster still).
+    /// Always compresses with zstd at `level` (1..=22; negative levels are faster still), whatever
+    /// the saving.
     #[must_use]
     pub fn level(mut self, level: i32) -> Self {
-        self.level = Some(level);
+        self.compression = Compression::Always(level);
+        self
+    }
+
+    /// Compresses each shard and keeps the frame only when it saves at least `fraction` of the
+    /// payload (clamped to 0..=1; 0 keeps any frame not larger than the payload), else stores the
+    /// payload uncompressed. Keeps the level set before (`.level(9).min_saving(0.2)` is adaptive
+    /// at level 9), or [`MessagepackSerializer::DEFAULT_LEVEL`] after
+    /// [`MessagepackSerializer::uncompressed`].
+    #[must_use]
+    pub fn min_saving(mut self, fraction: f64) -> Self {
+        let (level, sample) = match self.compression {
+            Compression::Adaptive { level, sample, .. } => (level, sample),
+            Compression::Always(level) => (level, true),
+            Compression::Never => (Self::DEFAULT_LEVEL, true),
+        };
+        self.compression = Compression::Adaptive {
+            level,
+            min_saving: fraction_to_bp(fraction),
+            sample,
+        };
+        self
+    }
+
+    /// Whether the adaptive policy judges a sample of a long payload before compressing it whole
+    /// (on by default). Off, every shard is compressed whole and measured: slower on
+    /// incompressible data, never fooled by a sample. No effect on the other policies.
+    #[must_use]
+    pub fn sampling(mut self, on: bool) -> Self {
+        if let Compression::Adaptive { sample, .. } = &mut self.compression {
+            *sample = on;
+        }
         self
     }
 
     /// Stores payloads uncompressed.
     #[must_use]
     pub fn uncompressed(mut self) -> Self {
-        self.level = None;
+        self.compression = Compression::Never;
         self
     }
 
@@ -261,10 +396,24 @@ impl MessagepackSerializer {
         self
     }
 
-    /// The zstd level, or `None` when payloads are stored uncompressed.
+    /// The zstd level shards are compressed at (always, or where it pays), or `None` when payloads
+    /// are stored uncompressed.
     #[must_use]
     pub fn compression_level(&self) -> Option<i32> {
-        self.level
+        match self.compression {
+            Compression::Adaptive { level, .. } | Compression::Always(level) => Some(level),
+            Compression::Never => None,
+        }
+    }
+
+    /// The least saving for which a shard is kept compressed, when the policy is adaptive;
+    /// `None` when it always or never compresses.
+    #[must_use]
+    pub fn min_saving_fraction(&self) -> Option<f64> {
+        match self.compression {
+            Compression::Adaptive { min_saving, .. } => Some(f64::from(min_saving) / 10_000.0),
+            _ => None,
+        }
     }
 
     /// The decompression limit in bytes.
@@ -272,23 +421,92 @@ impl MessagepackSerializer {
     pub fn decompressed_limit(&self) -> u64 {
         self.max_decompressed
     }
-}
 
-impl Serializer for MessagepackSerializer {
-    fn codec(&self) -> Codec {
-        match self.level {
-            Some(_) => Codec::MsgpackZstd,
-            None => Codec::Msgpack,
+    /// The zstd frame to store for `payload`, or `None` to store it uncompressed.
+    fn frame(&self, payload: &[u8]) -> Result<Option<Vec<u8>>, ShardError> {
+        match self.compression {
+            // bulk compression writes the content size into the frame header, which lets the
+            // reader allocate once and check the limit up front.
+            Compression::Always(level) => zstd::bulk::compress(payload, level)
+                .map(Some)
+                .map_err(ShardError::Compress),
+            Compression::Adaptive {
+                level,
+                min_saving,
+                sample,
+            } => Self::adaptive(payload, level, min_saving, sample),
+            Compression::Never => Ok(None),
         }
     }
 
-    fn encode_payload(&self, payload: &[u8]) -> Result<Vec<u8>, ShardError> {
-        match self.level {
-            // bulk compression writes the content size into the frame header, which lets the
-            // reader allocate once and check the limit up front.
-            Some(level) => zstd::bulk::compress(payload, level).map_err(ShardError::Compress),
-            None => Ok(payload.to_vec()),
+    /// The adaptive choice for `payload`: the zstd frame when it is worth keeping, else `None`.
+    fn adaptive(
+        payload: &[u8],
+        level: i32,
+        min_saving: u16,
+        sample: bool,
+    ) -> Result<Option<Vec<u8>>, ShardError> {
+        if payload.is_empty() {
+            return Ok(None);
         }
+        // `kept <= len * (1 - saving)`, in integers: `kept * 10000 <= len * (10000 - bp)`.
+        let pays = |len: usize, kept: usize| {
+            (kept as u128) * 10_000 <= (len as u128) * u128::from(10_000 - min_saving.min(10_000))
+        };
+        if sample && payload.len() >= Self::SAMPLE_MIN_LEN {
+            let mut compressor =
+                zstd::bulk::Compressor::new(SAMPLE_LEVEL).map_err(ShardError::Compress)?;
+            let stride = (payload.len() - SAMPLE_SLICE) / (SAMPLE_SLICES - 1);
+            let (mut raw, mut kept) = (0usize, 0usize);
+            for i in 0..SAMPLE_SLICES {
+                let Some(slice) = payload.get(i * stride..i * stride + SAMPLE_SLICE) else {
+                    continue;
+                };
+                raw += slice.len();
+                kept += compressor
+                    .compress(slice)
+                    .map_err(ShardError::Compress)?
+                    .len();
+            }
+            // The sample, at its fast level, gains a little less than the whole payload at the
+            // real level would: it refuses only when it falls clearly short of the bar, at less
+            // than 4/5 of the saving asked for.
+            let short = (kept as u128) * 10_000 * 5
+                > (raw as u128) * (5 * 10_000 - 4 * u128::from(min_saving.min(10_000)));
+            if short {
+                return Ok(None);
+            }
+        }
+        let frame = zstd::bulk::compress(payload, level).map_err(ShardError::Compress)?;
+        Ok(pays(payload.len(), frame.len()).then_some(frame))
+    }
+}
+
+impl Serializer for MessagepackSerializer {
+    fn encode_payload(&self, payload: &[u8]) -> Result<Encoded, ShardError> {
+        Ok(match self.frame(payload)? {
+            Some(bytes) => Encoded {
+                codec: Codec::MsgpackZstd,
+                bytes,
+            },
+            None => Encoded {
+                codec: Codec::Msgpack,
+                bytes: payload.to_vec(),
+            },
+        })
+    }
+
+    fn encode_payload_owned(&self, payload: Vec<u8>) -> Result<Encoded, ShardError> {
+        Ok(match self.frame(&payload)? {
+            Some(bytes) => Encoded {
+                codec: Codec::MsgpackZstd,
+                bytes,
+            },
+            None => Encoded {
+                codec: Codec::Msgpack,
+                bytes: payload,
+            },
+        })
     }
 
     fn decode_payload<'a>(

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::serializer::{
-    Codec, MessagepackSerializer, PayloadReader, SampleCounter, Serializer, ShardError,
+    Codec, Encoded, MessagepackSerializer, PayloadReader, SampleCounter, Serializer, ShardError,
     count_samples,
 };
 use crate::squirrel_dir::{ShardFileReader, SquirrelDir, SquirrelDirError};
@@ -49,7 +49,8 @@ pub struct ImportOptions {
 }
 
 impl Default for ImportOptions {
-    /// Nested keys included, the default [`MessagepackSerializer`] (zstd level 3), shards of up to
+    /// Nested keys included, the default [`MessagepackSerializer`] (zstd level 3 where it saves at
+    /// least 20%, else uncompressed, chosen per shard), shards of up to
     /// [`SquirrelDir::DEFAULT_MAX_SHARD_BYTES`].
     fn default() -> Self {
         ImportOptions {
@@ -213,10 +214,16 @@ pub fn import_squirrel_dir(
                 }
             }
         }
-        let codec = opts.serializer.codec().as_u8();
-        engine.set_many_with_codec(writes.iter().map(|(k, v)| (*k, codec, v.as_slice())))?;
+        engine.set_many_with_codec(
+            writes
+                .iter()
+                .map(|(k, v)| (*k, v.codec.as_u8(), v.bytes.as_slice())),
+        )?;
         report.written += writes.len() as u64;
-        report.stored_bytes += writes.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
+        report.stored_bytes += writes
+            .iter()
+            .map(|(_, v)| v.bytes.len() as u64)
+            .sum::<u64>();
         if let Some(e) = failure {
             engine.sync()?;
             return Err(e);
@@ -231,7 +238,7 @@ pub fn import_squirrel_dir(
 /// One shard file, read and checked: the record value to write, or `None` when the store already
 /// holds the identical payload.
 struct Prepared {
-    value: Option<Vec<u8>>,
+    value: Option<Encoded>,
     payload_len: u64,
     samples: u64,
 }
@@ -271,7 +278,9 @@ fn prepare_import(
             samples,
         });
     }
-    let value = serializer.encode_payload(&payload).map_err(shard_err)?;
+    let value = serializer
+        .encode_payload_owned(payload)
+        .map_err(shard_err)?;
     Ok(Prepared {
         value: Some(value),
         payload_len,
@@ -340,8 +349,12 @@ fn prepare_large_import(
                 std::io::Error::other("the shard file changed while it was imported"),
             ),
         })?;
+    // Shards too large to hold whole stay compressed: judging them would need them whole.
     Ok(Prepared {
-        value: Some(value),
+        value: Some(Encoded {
+            codec: Codec::MsgpackZstd,
+            bytes: value,
+        }),
         payload_len,
         samples,
     })
@@ -666,6 +679,26 @@ pub struct ShardFailure {
     pub error: Error,
 }
 
+/// Shards of one codec that [`scan_shards`] read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CodecTally {
+    /// How many shards.
+    pub shards: u64,
+    /// Their stored value bytes.
+    pub stored_bytes: u64,
+    /// Their payload bytes (decompressed).
+    pub payload_bytes: u64,
+}
+
+impl CodecTally {
+    fn add(&mut self, stored: u64, payload: u64) {
+        self.shards += 1;
+        self.stored_bytes += stored;
+        self.payload_bytes += payload;
+    }
+}
+
 /// What [`scan_shards`] found.
 #[derive(Debug, Default)]
 #[non_exhaustive]
@@ -681,6 +714,10 @@ pub struct ShardScan {
     pub stored_bytes: u64,
     /// Payload bytes (decompressed) of the shards read.
     pub payload_bytes: u64,
+    /// Of the shards read, those stored compressed ([`Codec::MsgpackZstd`]).
+    pub compressed: CodecTally,
+    /// Of the shards read, those stored uncompressed ([`Codec::Msgpack`]).
+    pub uncompressed: CodecTally,
     /// Records that failed, in key order.
     pub failures: Vec<ShardFailure>,
 }
@@ -733,10 +770,16 @@ pub fn scan_shards(
         for (key, r) in batch.iter().zip(results) {
             match r {
                 Ok(Scanned::Shard {
+                    codec,
                     stored,
                     payload,
                     samples,
                 }) => {
+                    if codec == Codec::MsgpackZstd {
+                        scan.compressed.add(stored, payload);
+                    } else {
+                        scan.uncompressed.add(stored, payload);
+                    }
                     scan.shards += 1;
                     scan.stored_bytes += stored;
                     scan.payload_bytes += payload;
@@ -758,6 +801,7 @@ pub fn scan_shards(
 
 enum Scanned {
     Shard {
+        codec: Codec,
         stored: u64,
         payload: u64,
         samples: u64,
@@ -789,6 +833,7 @@ fn scan_one(
         && let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(&stored)
     {
         return Ok(Scanned::Shard {
+            codec,
             stored: stored_len,
             payload: size,
             samples: 0,
@@ -814,6 +859,7 @@ fn scan_one(
         None => 0,
     };
     Ok(Scanned::Shard {
+        codec,
         stored: stored_len,
         payload: payload.bytes_read(),
         samples,

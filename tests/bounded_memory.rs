@@ -231,8 +231,10 @@ fn export_streams_and_refuses_a_zstd_bomb_naming_the_key() {
         .put("bomb", Codec::MsgpackZstd.as_u8(), &bomb)
         .expect("puts");
     let ok = MessagepackSerializer::default()
+        .level(3)
         .encode_payload(&[1, 2, 3])
-        .expect("encodes");
+        .expect("encodes")
+        .bytes;
     engine
         .put("fine", Codec::MsgpackZstd.as_u8(), &ok)
         .expect("puts");
@@ -376,7 +378,7 @@ fn scan_streams_samples_that_span_chunks() {
     use squirrel_store::transfer::{ScanDepth, scan_shards};
     let tmp = tempfile::tempdir().expect("tempdir");
     let engine = open(&tmp.path().join("store"));
-    let ser = MessagepackSerializer::default();
+    let ser = MessagepackSerializer::default().level(3); // records put as codec 2: always zstd
     // Samples longer than the 256 KiB the scan reads at a time.
     let mut payload = Vec::new();
     rmp::encode::write_bin(&mut payload, &vec![9u8; 1 << 20]).expect("writes");
@@ -386,7 +388,7 @@ fn scan_streams_samples_that_span_chunks() {
         .put(
             "long",
             Codec::MsgpackZstd.as_u8(),
-            &ser.encode_payload(&payload).expect("encodes"),
+            &ser.encode_payload(&payload).expect("encodes").bytes,
         )
         .expect("puts");
     // The same, with a str that stops being UTF-8 past the first chunk.

@@ -247,6 +247,19 @@ fn stats_json_parses_and_counts_the_keys() {
         .sum();
     assert_eq!(c["payload_bytes"].as_u64(), Some(total));
     assert!(c["ratio"].as_f64().expect("a number") > 1.0);
+    // Split by the codec each shard was stored with, under the same field names as the totals;
+    // `import --level` always compresses.
+    let (z, plain) = (&c["compressed"], &c["uncompressed"]);
+    for field in ["shards", "stored_bytes", "payload_bytes"] {
+        let sum = z[field].as_u64().expect("a count") + plain[field].as_u64().expect("a count");
+        assert_eq!(Some(sum), c[field].as_u64(), "{field}");
+    }
+    assert_eq!(z["shards"].as_u64(), Some(6));
+    let o = run(["stats", "--compression", p(&store)]);
+    assert_code(&o, 0);
+    let text = stdout(&o);
+    assert!(text.contains("  compressed    6 shards"), "{text}");
+    assert!(text.contains("  uncompressed  0 shards"), "{text}");
 
     let o = run(["stats", p(&store)]);
     assert_code(&o, 0);
@@ -503,13 +516,13 @@ fn verify_decodes_every_shard() {
     {
         // Intact records whose contents are not samples: only decoding finds them.
         let db = Engine::open(&store).expect("opens");
-        let ser = MessagepackSerializer::default();
+        let ser = MessagepackSerializer::new().level(3);
         let mut cut = payload(&fixture_store().join("shard_0.gz"));
         cut.truncate(cut.len() - 1);
         db.put(
             "truncated",
             Codec::MsgpackZstd.as_u8(),
-            &ser.encode_payload(&cut).expect("encodes"),
+            &ser.encode_payload(&cut).expect("encodes").bytes,
         )
         .expect("puts");
         db.put("not-zstd", Codec::MsgpackZstd.as_u8(), b"plain text")

@@ -53,13 +53,13 @@ fn store_with(dir: &Path, shards: &[(&str, &[u8])]) -> PathBuf {
         .durability(Durability::Buffered)
         .open()
         .expect("opens");
-    let ser = MessagepackSerializer::default();
+    let ser = MessagepackSerializer::default().level(3); // records put as codec 2: always zstd
     for (key, payload) in shards {
         engine
             .put(
                 key,
                 Codec::MsgpackZstd.as_u8(),
-                &ser.encode_payload(payload).expect("encodes"),
+                &ser.encode_payload(payload).expect("encodes").bytes,
             )
             .expect("puts");
     }

@@ -82,8 +82,8 @@ fn assert_one_line_error(o: &Output, needles: &[&str]) {
 #[test]
 fn import_of_a_directory_without_shards_fails_saying_what_it_holds() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let ser = MessagepackSerializer::default();
-    let frame = ser.encode_payload(b"\x01").expect("encodes");
+    let ser = MessagepackSerializer::default().level(3); // records put as codec 2: always zstd
+    let frame = ser.encode_payload(b"\x01").expect("encodes").bytes;
     let store = store_with(tmp.path(), &[("a", Codec::MsgpackZstd.as_u8(), &frame)]);
     let target = tmp.path().join("target");
 
@@ -153,8 +153,8 @@ fn commands_on_a_squirrel_directory_suggest_import() {
 #[test]
 fn get_of_a_key_whose_shard_is_unreadable_exits_1() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let ser = MessagepackSerializer::default();
-    let good = ser.encode_payload(b"\x01").expect("encodes");
+    let ser = MessagepackSerializer::default().level(3); // records put as codec 2: always zstd
+    let good = ser.encode_payload(b"\x01").expect("encodes").bytes;
     let store = store_with(
         tmp.path(),
         &[

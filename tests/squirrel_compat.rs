@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use squirrel_store::array::{ArrayError, NdArray, NdScalar, PyComplex};
 use squirrel_store::serializer::{
-    Codec, MessagepackSerializer, Samples, Serializer, decode_values, encode_values,
-    payload_from_samples, split_samples,
+    MessagepackSerializer, Samples, Serializer, decode_values, encode_values, payload_from_samples,
+    split_samples,
 };
 use squirrel_store::squirrel_dir::SquirrelDir;
 use squirrel_store::value::Value;
@@ -163,17 +163,19 @@ fn every_shard_decodes_as_squirrel_does_and_reencodes_byte_exactly() {
         for ser in [&zstd, &plain] {
             let record = ser.encode_payload(&payload).expect("compresses");
             let back = ser
-                .decode_payload(ser.codec(), &record)
+                .decode_payload(record.codec, &record.bytes)
                 .expect("decompresses");
             assert_eq!(
                 &*back,
                 payload.as_slice(),
                 "{key}: payload through {:?}",
-                ser.codec()
+                record.codec
             );
             let record = ser.encode_values(&values).expect("encodes");
-            let decoded = ser.decode_values(ser.codec(), &record).expect("decodes");
-            assert_eq!(decoded, values, "{key}: values through {:?}", ser.codec());
+            let decoded = ser
+                .decode_values(record.codec, &record.bytes)
+                .expect("decodes");
+            assert_eq!(decoded, values, "{key}: values through {:?}", record.codec);
             assert_eq!(encode_values(&decoded).expect("encodes"), payload);
         }
     }
@@ -226,7 +228,7 @@ fn typed_samples_read_python_shards_and_write_the_same_bytes() {
         // And the typed path through the serializer.
         let ser = MessagepackSerializer::default();
         let record = ser.encode(&samples).expect("encodes");
-        let back: Vec<SeedSample> = ser.decode(Codec::MsgpackZstd, &record).expect("decodes");
+        let back: Vec<SeedSample> = ser.decode(record.codec, &record.bytes).expect("decodes");
         assert_eq!(back, samples);
     }
 }

@@ -436,7 +436,29 @@ struct CompressionJson {
     stored_bytes: u64,
     payload_bytes: u64,
     ratio: f64,
+    /// Shards stored as zstd frames (codec 2).
+    compressed: TallyJson,
+    /// Shards stored as plain MessagePack (codec 1).
+    uncompressed: TallyJson,
     unreadable: usize,
+}
+
+/// One codec's shards, with the same field names as the totals above.
+#[derive(serde::Serialize)]
+struct TallyJson {
+    shards: u64,
+    stored_bytes: u64,
+    payload_bytes: u64,
+}
+
+impl From<transfer::CodecTally> for TallyJson {
+    fn from(t: transfer::CodecTally) -> Self {
+        TallyJson {
+            shards: t.shards,
+            stored_bytes: t.stored_bytes,
+            payload_bytes: t.payload_bytes,
+        }
+    }
 }
 
 fn stats(store: &Path, as_json: bool, compression: bool) -> Result<Outcome, CliError> {
@@ -478,6 +500,8 @@ fn stats(store: &Path, as_json: bool, compression: bool) -> Result<Outcome, CliE
                 stored_bytes: c.stored_bytes,
                 payload_bytes: c.payload_bytes,
                 ratio: c.compression_ratio(),
+                compressed: c.compressed.into(),
+                uncompressed: c.uncompressed.into(),
                 unreadable: c.failures.len(),
             }),
         };
@@ -543,6 +567,19 @@ fn stats(store: &Path, as_json: bool, compression: bool) -> Result<Outcome, CliE
                 HumanBytes(c.payload_bytes),
                 HumanBytes(c.stored_bytes),
                 c.shards
+            )?;
+            writeln!(
+                out,
+                "  compressed    {} shards: {} of payload in {} stored",
+                c.compressed.shards,
+                HumanBytes(c.compressed.payload_bytes),
+                HumanBytes(c.compressed.stored_bytes)
+            )?;
+            writeln!(
+                out,
+                "  uncompressed  {} shards: {} stored",
+                c.uncompressed.shards,
+                HumanBytes(c.uncompressed.stored_bytes)
             )?;
             if c.raw_records > 0 {
                 writeln!(out, "raw records     {} (not shards)", c.raw_records)?;

@@ -89,8 +89,10 @@ fn open_segment() {
     let mut seg = segment_header(FIXED_ID).to_vec();
     let payload = encode_values(&[Value::from(1i64), Value::from("x")]).expect("encode");
     let frame = MessagepackSerializer::new()
+        .level(3)
         .encode_payload(&payload)
-        .expect("compress");
+        .expect("compress")
+        .bytes;
     seg.extend(encode_record(1, 2, b"shard", &frame));
     seg.extend(encode_record(1, 0, b"\xff\xfe", b"not utf-8"));
     write("open_segment", "shard-and-bad-key", &with_mode(0, &seg));
