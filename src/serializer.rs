@@ -310,7 +310,7 @@ fn fraction_to_bp(fraction: f64) -> u16 {
 }
 
 /// Slices of this many bytes make up the sample the adaptive policy judges first.
-const SAMPLE_SLICE: usize = 32 << 10;
+const SAMPLE_SLICE: usize = 16 << 10;
 /// How many slices, spread evenly over the payload.
 const SAMPLE_SLICES: usize = 4;
 /// The zstd level the sample is compressed at: fast, and close enough to level 3's ratio to judge.
@@ -335,7 +335,7 @@ impl MessagepackSerializer {
     pub const DEFAULT_MIN_SAVING: f64 = 0.2;
     /// Payloads at least this long are judged from a sample before being compressed whole by the
     /// adaptive policy; shorter ones are simply compressed and measured.
-    pub const SAMPLE_MIN_LEN: usize = 2 * SAMPLE_SLICE * SAMPLE_SLICES;
+    pub const SAMPLE_MIN_LEN: usize = 4 * SAMPLE_SLICE * SAMPLE_SLICES;
 
     /// The default serializer: adaptive zstd level 3, 1 GiB limit.
     #[must_use]
