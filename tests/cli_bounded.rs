@@ -1,80 +1,11 @@
 //! Issue 10, item 4, through the binary: `get`, `verify`, `export` of a zstd record that expands
 //! to tens of MiB, and `import` of a gzip bomb, stay in bounded memory (run under `ulimit -v`).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::cli::*;
+
 use std::process::Output;
-
-use assert_cmd::Command;
-use flate2::Compression;
-use flate2::write::GzEncoder;
-use squirrel_store::serializer::{Codec, MessagepackSerializer, Serializer};
-use squirrel_store::{Config, Durability};
-
-fn run<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    Command::cargo_bin("squirrel-store")
-        .expect("the binary is built")
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_code(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(o),
-        stderr(o)
-    );
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
-/// A store holding `shards`, each a payload stored as zstd.
-fn store_with(dir: &Path, shards: &[(&str, &[u8])]) -> PathBuf {
-    let store = dir.join("store");
-    let engine = Config::new(&store)
-        .durability(Durability::Buffered)
-        .open()
-        .expect("opens");
-    let ser = MessagepackSerializer::default().level(3); // records put as codec 2: always zstd
-    for (key, payload) in shards {
-        engine
-            .put(
-                key,
-                Codec::MsgpackZstd.as_u8(),
-                &ser.encode_payload(payload).expect("encodes").bytes,
-            )
-            .expect("puts");
-    }
-    engine.close().expect("closes");
-    store
-}
-
-fn gzip(path: &Path, payload: &[u8]) {
-    let mut gz = GzEncoder::new(
-        std::fs::File::create(path).expect("creates"),
-        Compression::fast(),
-    );
-    gz.write_all(payload).expect("writes");
-    gz.finish().expect("finishes");
-}
 
 #[test]
 fn get_summary_counts_a_bomb_of_samples_without_building_them() {

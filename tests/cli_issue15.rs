@@ -2,74 +2,14 @@
 //! what it found; commands on a squirrel directory suggest `import`; `get` of a damaged key exits
 //! 1 as documented.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::cli::*;
+
 use std::process::Output;
 
-use assert_cmd::Command;
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use squirrel_store::serializer::{Codec, MessagepackSerializer, Serializer};
-use squirrel_store::{Config, Durability};
 
-fn run<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    Command::cargo_bin("squirrel-store")
-        .expect("the binary is built")
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_code(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(o),
-        stderr(o)
-    );
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
-fn store_with(dir: &Path, shards: &[(&str, u8, &[u8])]) -> PathBuf {
-    let store = dir.join("store");
-    let engine = Config::new(&store)
-        .durability(Durability::Buffered)
-        .open()
-        .expect("opens");
-    for (key, codec, value) in shards {
-        engine.put(key, *codec, value).expect("puts");
-    }
-    engine.close().expect("closes");
-    store
-}
-
-fn gzip(path: &Path, payload: &[u8]) {
-    let mut gz = GzEncoder::new(
-        std::fs::File::create(path).expect("creates"),
-        Compression::fast(),
-    );
-    gz.write_all(payload).expect("writes");
-    gz.finish().expect("finishes");
-}
-
-#[track_caller]
 fn assert_one_line_error(o: &Output, needles: &[&str]) {
     assert_code(o, 2);
     let err = stderr(o);
@@ -84,7 +24,7 @@ fn import_of_a_directory_without_shards_fails_saying_what_it_holds() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let ser = MessagepackSerializer::default().level(3); // records put as codec 2: always zstd
     let frame = ser.encode_payload(b"\x01").expect("encodes").bytes;
-    let store = store_with(tmp.path(), &[("a", Codec::MsgpackZstd.as_u8(), &frame)]);
+    let store = store_with_records(tmp.path(), &[("a", Codec::MsgpackZstd.as_u8(), &frame)]);
     let target = tmp.path().join("target");
 
     // A squirrel-store store is no squirrel directory.
@@ -155,7 +95,7 @@ fn get_of_a_key_whose_shard_is_unreadable_exits_1() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let ser = MessagepackSerializer::default().level(3); // records put as codec 2: always zstd
     let good = ser.encode_payload(b"\x01").expect("encodes").bytes;
-    let store = store_with(
+    let store = store_with_records(
         tmp.path(),
         &[
             ("bad", Codec::MsgpackZstd.as_u8(), b"not a zstd frame"),

@@ -1,68 +1,12 @@
 //! `verify --json`: the findings machine-readably (issue 10), and the text's grammar (issue 15).
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+mod common;
 
-use assert_cmd::Command;
+use common::cli::*;
+
 use serde_json::Value as Json;
-use squirrel_store::serializer::{Codec, MessagepackSerializer, Serializer};
-use squirrel_store::{Config, Durability, Engine};
-
-fn run<I, S>(args: I) -> Output
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    Command::cargo_bin("squirrel-store")
-        .expect("the binary is built")
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-#[track_caller]
-fn assert_code(o: &Output, code: i32) {
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "stdout:\n{}\nstderr:\n{}",
-        stdout(o),
-        stderr(o)
-    );
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().expect("utf-8 temp path")
-}
-
-/// A store holding `shards`, each a payload stored as zstd.
-fn store_with(dir: &Path, shards: &[(&str, &[u8])]) -> PathBuf {
-    let store = dir.join("store");
-    let engine = Config::new(&store)
-        .durability(Durability::Buffered)
-        .open()
-        .expect("opens");
-    let ser = MessagepackSerializer::default().level(3); // records put as codec 2: always zstd
-    for (key, payload) in shards {
-        engine
-            .put(
-                key,
-                Codec::MsgpackZstd.as_u8(),
-                &ser.encode_payload(payload).expect("encodes").bytes,
-            )
-            .expect("puts");
-    }
-    engine.close().expect("closes");
-    store
-}
+use squirrel_store::Engine;
+use squirrel_store::serializer::Codec;
 
 #[test]
 fn verify_json_gives_the_findings() {

@@ -1,6 +1,8 @@
 //! Helpers shared by the reliability tests.
 #![allow(dead_code)]
 
+pub mod cli;
+
 /// A value that proves which key and version it belongs to: a header (key length, version,
 /// length) then bytes derived from both, so a torn, stale-mixed or foreign value cannot pass.
 pub fn value_for(key: &str, version: u64, len: usize) -> Vec<u8> {
