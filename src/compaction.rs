@@ -246,8 +246,8 @@ impl Inner {
             at += len;
         }
         // Damage the scans of this handle met is not copied: save it before the old segment goes.
-        for d in &st.damaged {
-            self.salvage(&st, &current.segment, d.offset, d.len)?;
+        for d in st.damaged.clone() {
+            self.salvage(&mut st, &current.segment, d.offset, d.len)?;
         }
         copier.flush()?;
         let new_end = copier.at;

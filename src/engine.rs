@@ -343,6 +343,8 @@ pub(crate) struct State {
     pub(crate) proven: u64,
     /// Damage found by this handle's scans.
     pub(crate) damaged: Vec<Damaged>,
+    /// Files in `lost+found/`: listed at open, counted up as this handle saves more.
+    pub(crate) lost_found_files: u64,
 }
 
 pub(crate) struct Inner {
@@ -568,6 +570,7 @@ impl Engine {
                     let from = usize::try_from(end).unwrap_or(usize::MAX);
                     let to = usize::try_from(keep).unwrap_or(usize::MAX);
                     crate::lost_found::save(dir, opened.segment_id, end, &bytes[from..to])?;
+                    // Counted by the listing below.
                 }
                 b.discard(end, file_len - end).at(&seg_path)?;
             }
@@ -613,6 +616,7 @@ impl Engine {
             synced: if writable { end } else { 0 },
             proven,
             damaged,
+            lost_found_files: crate::lost_found::list(dir)?.len() as u64,
         };
         let view = View {
             segment: opened.map,
@@ -629,9 +633,9 @@ impl Engine {
 
     /// Saves `len` segment bytes at `offset` into `lost+found/`.
     pub(crate) fn save_damage(&self, offset: u64, len: u64) -> Result<()> {
-        let st = self.inner.state.lock();
+        let mut st = self.inner.state.lock();
         let view = self.inner.view.load();
-        self.inner.salvage(&st, &view.segment, offset, len)
+        self.inner.salvage(&mut st, &view.segment, offset, len)
     }
 
     /// The directory of this store.
@@ -789,7 +793,7 @@ impl Engine {
             // Whatever is left of the damaged record is saved before the tombstone makes it dead
             // bytes that compaction drops.
             self.inner
-                .salvage(&st, &view.segment, loc.offset, loc.len)?;
+                .salvage(&mut st, &view.segment, loc.offset, loc.len)?;
         }
         drop(view);
         let rec = Pending {
@@ -960,8 +964,7 @@ impl Engine {
             torn_tail_bytes: st.torn,
             index_rebuilt: st.index_rebuilt,
             damaged_records: st.damaged.len() as u64,
-            lost_found_files: crate::lost_found::list(&self.inner.dir)
-                .map_or(0, |l| l.len() as u64),
+            lost_found_files: st.lost_found_files,
             format_version: st.version,
         }
     }
@@ -1125,7 +1128,7 @@ impl Inner {
     /// Copies `len` segment bytes at `offset` into `lost+found/` (bounded by the map).
     pub(crate) fn salvage(
         &self,
-        st: &State,
+        st: &mut State,
         segment: &SegmentMap,
         offset: u64,
         len: u64,
@@ -1137,8 +1140,9 @@ impl Inner {
         let to = usize::try_from(offset.saturating_add(len))
             .unwrap_or(usize::MAX)
             .min(bytes.len());
-        if to > from {
-            crate::lost_found::save(&self.dir, st.segment_id, offset, &bytes[from..to])?;
+        if to > from && crate::lost_found::save(&self.dir, st.segment_id, offset, &bytes[from..to])?
+        {
+            st.lost_found_files += 1;
         }
         Ok(())
     }
@@ -1169,16 +1173,13 @@ impl Inner {
                 let b = first.enc.batch();
                 first.enc.set_batch(record::Batch { follows: true, ..b });
             }
-            let (head, crc) = record::encode_mark(
+            let enc = record::encode_mark(
                 st.synced,
                 record::Batch {
                     continues,
                     follows: false,
                 },
             );
-            let mut enc = record::Encoded::new(Kind::Mark, 0, b"", &[], record::Batch::ALONE);
-            enc.head = head;
-            enc.crc = crc;
             records.insert(
                 0,
                 Pending {

@@ -8,7 +8,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
 use crate::recovery::sync_dir;
@@ -26,8 +26,9 @@ pub struct LostFile {
 }
 
 /// Copies `bytes` (segment bytes at `offset` of segment `segment_id`) into the store's
-/// `lost+found/`, durably: the file and the directory are synced before this returns.
-pub(crate) fn save(dir: &Path, segment_id: u64, offset: u64, bytes: &[u8]) -> Result<PathBuf> {
+/// `lost+found/`, durably: the file and the directory are synced before this returns. Returns
+/// whether a new file was made (false when the same region was saved before).
+pub(crate) fn save(dir: &Path, segment_id: u64, offset: u64, bytes: &[u8]) -> Result<bool> {
     let lf = dir.join(LOST_FOUND_DIR);
     if !lf.is_dir() {
         fs::create_dir(&lf)
@@ -44,7 +45,7 @@ pub(crate) fn save(dir: &Path, segment_id: u64, offset: u64, bytes: &[u8]) -> Re
     let name = format!("{segment_id:016x}-{offset:016x}.bin");
     let path = lf.join(&name);
     if fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
-        return Ok(path);
+        return Ok(false);
     }
     let tmp = lf.join(format!(".{name}.tmp"));
     let mut f = File::create(&tmp).at(&tmp)?;
@@ -53,7 +54,7 @@ pub(crate) fn save(dir: &Path, segment_id: u64, offset: u64, bytes: &[u8]) -> Re
     drop(f);
     fs::rename(&tmp, &path).at(&path)?;
     sync_dir(&lf)?;
-    Ok(path)
+    Ok(true)
 }
 
 /// What `lost+found/` of the store in `dir` holds, sorted by name (empty if there is none).

@@ -241,14 +241,14 @@ impl Encoded {
 /// Builds a sync mark record stating that segment bytes `[0, synced)` were durable before it was
 /// written. `batch` places it in its append like any other record (a mark is the first record of
 /// the append it leads, so a torn append that lost the mark's sector is still one append).
-pub(crate) fn encode_mark(synced: u64, batch: Batch) -> (Vec<u8>, u32) {
+pub(crate) fn encode_mark(synced: u64, batch: Batch) -> Encoded {
     let value = synced.to_le_bytes();
-    let e = Encoded::new(Kind::Mark, 0, b"", &value, batch);
-    let mut head = e.head;
-    head.extend_from_slice(&value);
-    (head, e.crc)
+    let mut e = Encoded::new(Kind::Mark, 0, b"", &value, batch);
+    // A mark is written whole from its head: it has no caller's buffer to write the value from.
+    // Its batch flags are final (`set_batch` reads the key from the head, which a mark lacks).
+    e.head.extend_from_slice(&value);
+    e
 }
-
 /// The synced length a mark record states, if `record` (a whole intact record) is one.
 pub(crate) fn mark_value(header: &Header, record: &[u8]) -> Option<u64> {
     if header.kind != Kind::Mark {

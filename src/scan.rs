@@ -445,8 +445,7 @@ mod tests {
 
     fn mark(b: &mut Vec<u8>, batch: Batch) -> u64 {
         let at = b.len() as u64;
-        let (m, _) = encode_mark(at, batch);
-        b.extend_from_slice(&m);
+        b.extend_from_slice(&encode_mark(at, batch).head);
         at
     }
 
