@@ -5,7 +5,6 @@
 //! never leaves a stale lock behind.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -45,25 +44,14 @@ impl WriterLock {
 /// Opens (creating when `create`) the lock file, refusing a FIFO or other non-regular file before
 /// anything can block on it.
 fn open_lock_file(path: &Path, create: bool) -> Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(21) | Some(6) => Error::NotRegular {
-                path: path.to_owned(),
-            },
-            _ => Error::io(path, e),
-        })?;
-    if !file.metadata().map_err(|e| Error::io(path, e))?.is_file() {
-        return Err(Error::NotRegular {
-            path: path.to_owned(),
-        });
-    }
-    Ok(file)
+    crate::recovery::open_regular_with(
+        path,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false),
+    )
 }
 
 /// Whether a writer holds the store in `dir` open right now (false when there is no lock file).

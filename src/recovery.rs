@@ -252,26 +252,33 @@ pub(crate) fn open_segment(dir: &Path, writable: bool, create: bool) -> Result<O
     })
 }
 
-/// Opens `path` if it is a regular file (following symlinks). A FIFO, device or directory is
-/// refused before anything blocks on it: opening is non-blocking, the type checked on the handle.
+/// Opens `path` read-only or read-write if it is a regular file (following symlinks).
 pub(crate) fn open_regular(path: &Path, writable: bool) -> Result<File> {
+    open_regular_with(path, OpenOptions::new().read(true).write(writable))
+}
+
+/// Opens `path` with `options` if it is a regular file (following symlinks). A FIFO, device or
+/// directory is refused before anything blocks on it: the open is non-blocking, and the type is
+/// checked on the handle.
+pub(crate) fn open_regular_with(path: &Path, options: &mut OpenOptions) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(writable)
+    let not_regular = || Error::NotRegular {
+        path: path.to_owned(),
+    };
+    let file = options
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)
-        .map_err(|e| match e.raw_os_error() {
+        .map_err(|e| {
             // A directory opened for writing, or a device without a driver.
-            Some(21) | Some(6) => Error::NotRegular {
-                path: path.to_owned(),
-            },
-            _ => Error::io(path, e),
+            let nxio = e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error());
+            if e.kind() == std::io::ErrorKind::IsADirectory || nxio {
+                not_regular()
+            } else {
+                Error::io(path, e)
+            }
         })?;
     if !file.metadata().at(path)?.is_file() {
-        return Err(Error::NotRegular {
-            path: path.to_owned(),
-        });
+        return Err(not_regular());
     }
     // Clear O_NONBLOCK again: it means nothing for a regular file, but say exactly what we use.
     rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())

@@ -266,6 +266,20 @@ fn special_files_are_refused_not_read() {
             Err(Error::NotRegular { .. })
         ));
     }
+    // A FIFO as the lock file: a writer's open is refused, not hung.
+    let dir = fast_tempdir();
+    batches(dir.path(), 1, 2);
+    std::fs::remove_file(dir.path().join("LOCK")).unwrap();
+    let ok = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("LOCK"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo");
+    assert!(matches!(
+        Engine::open(dir.path()),
+        Err(Error::NotRegular { .. })
+    ));
     let dir = fast_tempdir();
     std::fs::create_dir(dir.path().join("segment.sqs")).unwrap();
     assert!(matches!(
