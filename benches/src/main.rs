@@ -320,19 +320,19 @@ fn workload_section(
     }
     let mut rows: Vec<Row> = rows
         .into_iter()
-            .map(|(label, better, get)| Row {
-                label,
-                better,
-                cells: figures
-                    .iter()
-                    .map(|f| match get(f) {
-                        Some(v) => Cell::Num(v),
-                        None if f.error.is_some() => Cell::Failed,
-                        None => Cell::NotApplicable,
-                    })
-                    .collect(),
-            })
-            .collect();
+        .map(|(label, better, get)| Row {
+            label,
+            better,
+            cells: figures
+                .iter()
+                .map(|f| match get(f) {
+                    Some(v) => Cell::Num(v),
+                    None if f.error.is_some() => Cell::Failed,
+                    None => Cell::NotApplicable,
+                })
+                .collect(),
+        })
+        .collect();
     rows.push(Row {
         label: "compaction speed ÷ sequential write + 1 fsync of the same bytes (↑)".into(),
         better: Better::Neither,
@@ -363,7 +363,10 @@ fn bulk_section(sizes: &[usize], results: &[Bulk]) -> Section {
     let mut rows = Vec::new();
     for &n in sizes {
         for (mode, how) in [
-            (BulkMode::Batched, format!("batches of {}", measure::BULK_BATCH)),
+            (
+                BulkMode::Batched,
+                format!("batches of {}", measure::BULK_BATCH),
+            ),
             (BulkMode::OneByOne, "one set per key".to_owned()),
         ] {
             let cell = |f: fn(&Bulk) -> f64| -> Vec<Cell> {
