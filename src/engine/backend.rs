@@ -29,6 +29,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// durable, like `fdatasync`.
     fn sync_data(&self) -> io::Result<()>;
 
+    /// Copies `len` bytes of `src` from `src_offset` to `offset` in this file inside the kernel
+    /// (`copy_file_range`), without a trip through user space. `Ok(false)` means this backend or
+    /// file system cannot (nothing was written): the caller writes the bytes with
+    /// [`Backend::write_at`] instead. The default always says so, so a wrapping backend sees
+    /// every byte written through `write_at`.
+    fn copy_from(&self, src: &File, src_offset: u64, len: u64, offset: u64) -> io::Result<bool> {
+        let _ = (src, src_offset, len, offset);
+        Ok(false)
+    }
+
     /// Turns `len` bytes from `offset` into zeros without changing the file's length, freeing
     /// their space where the file system can (`FALLOC_FL_PUNCH_HOLE`). The default writes zeros.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -75,6 +85,45 @@ impl Backend for FileBackend {
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn copy_from(&self, src: &File, src_offset: u64, len: u64, offset: u64) -> io::Result<bool> {
+        let (mut from, mut to) = (src_offset, offset);
+        let end = src_offset.saturating_add(len);
+        while from < end {
+            let want = usize::try_from(end - from)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            match rustix::fs::copy_file_range(src, Some(&mut from), &self.file, Some(&mut to), want)
+            {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "copy_file_range: the source ended before the range did",
+                    ));
+                }
+                Ok(_) => {}
+                Err(e)
+                    if from == src_offset
+                        && [
+                            rustix::io::Errno::XDEV,
+                            rustix::io::Errno::INVAL,
+                            rustix::io::Errno::NOSYS,
+                            rustix::io::Errno::OPNOTSUPP,
+                            rustix::io::Errno::BADF,
+                        ]
+                        .contains(&e) =>
+                {
+                    // Not possible here (another file system, an old kernel, a special file):
+                    // nothing was copied, so the caller's write_at does the whole range.
+                    return Ok(false);
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
