@@ -169,9 +169,9 @@ impl Inner {
                 }
             }
         };
-        let space = rustix::fs::statvfs(&self.dir)
-            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-            .map_err(|e| Error::io(&self.dir, e.into()))?;
+        let space = crate::engine::platform::available_space(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))?
+            .unwrap_or(u64::MAX);
         let needed = live_bytes
             .saturating_add(segment::HEADER_LEN)
             .saturating_add(live_bytes / 64);
