@@ -17,21 +17,39 @@ use super::platform;
 #[allow(clippy::len_without_is_empty)] // `len` is a file's length, not a collection's
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The file's current length in bytes.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
     fn len(&self) -> io::Result<u64>;
     /// Fills `buf` from `offset`; an error if the file ends first.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `data` at `offset`.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
     /// Grows or shrinks the file to `len` bytes. Growth must allocate the space (not leave a
     /// hole): the engine maps the file, and a page that cannot be allocated when touched through
     /// a map is a `SIGBUS`, where a full disk here is a clean error.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes written data (and the metadata needed to read it back, such as the file length)
     /// durable, like `fdatasync`.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
     fn sync_data(&self) -> io::Result<()>;
 
     /// Turns `len` bytes from `offset` into zeros without changing the file's length, freeing
     /// their space where the file system can (`FALLOC_FL_PUNCH_HOLE`). The default writes zeros.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         let zeros = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20)];
         let mut at = offset;
