@@ -265,8 +265,9 @@ impl Inner {
         let mut i = 0;
         while i < live.len() {
             let run_start = live[i].1.offset;
-            let mut run_end = run_start;
-            let mut j = i;
+            self.checked_record(old, live[i].1)?;
+            let mut run_end = run_start + live[i].1.len;
+            let mut j = i + 1;
             while j < live.len()
                 && live[j].1.offset == run_end
                 && (run_end - run_start) < COPY_BUF as u64
@@ -274,15 +275,6 @@ impl Inner {
                 self.checked_record(old, live[j].1)?;
                 run_end += live[j].1.len;
                 j += 1;
-            }
-            if j == i {
-                // Not reached: a record always starts its own run. Kept as a typed error.
-                return Err(Error::corruption(
-                    &self.seg_path,
-                    run_start,
-                    None,
-                    "overlapping index entries",
-                ));
             }
             let bytes = &old[run_start as usize..run_end as usize];
             let new_start = copier.push_run(bytes, &old_file, run_start)?;
