@@ -471,6 +471,9 @@ fn long_records_are_checked_once_per_mapping_short_ones_every_time() {
     let served = db.get("long").unwrap().unwrap();
     assert_eq!(served[150_000], long[150_000] ^ 0x40);
     assert!(matches!(db.get("short"), Err(Error::Corruption { .. })));
+    // A read-only handle's refresh maps the file anew, and checks again.
+    db.refresh().unwrap();
+    assert!(matches!(db.get("long"), Err(Error::Corruption { .. })));
     // A new handle (a new mapping) remembers nothing: both are refused.
     let again = Config::new(dir.path()).read_only(true).open().unwrap();
     assert!(matches!(again.get("long"), Err(Error::Corruption { .. })));
