@@ -76,6 +76,11 @@ struct Cli {
 enum Command {
     /// Show the size of a store: keys, live and dead records, file sizes, format version.
     ///
+    /// Bytes of records count each record whole (header, key and value), as `compact` counts
+    /// them; bytes stored (`--compression`, `import`) count the values alone, as kept on disk
+    /// after compression; payload bytes count the values decompressed (what Python squirrel
+    /// keeps gunzipped in KEY.gz).
+    ///
     /// Opens the store read-only, so it works while a writer runs. Dead records are overwritten or
     /// deleted values that `compact` would drop.
     #[command(after_help = EXIT_POINTER)]
@@ -580,20 +585,20 @@ fn stats(store: &Path, as_json: bool, compression: bool) -> Result<Outcome, CliE
     writeln!(out, "keys            {}", engine.len())?;
     writeln!(
         out,
-        "live records    {} ({})",
+        "live records    {} ({} with their keys and headers)",
         st.live_records,
         HumanBytes(st.live_bytes)
     )?;
     writeln!(
         out,
-        "dead records    {} ({})",
+        "dead records    {} ({}, sync marks included)",
         st.dead_records,
         HumanBytes(st.dead_bytes)
     )?;
     writeln!(out, "dead ratio      {:.1}%", st.dead_ratio() * 100.0)?;
     writeln!(
         out,
-        "segment file    {} ({} in records)",
+        "segment file    {} ({} of records and the segment header, the rest preallocated)",
         HumanBytes(st.segment_file_len),
         HumanBytes(st.segment_len)
     )?;
@@ -1285,7 +1290,7 @@ fn import(src: &Path, store: &Path, level: i32, flags: ImportFlags) -> Result<Ou
             quiet(),
             io::stdout().lock(),
             "imported {} into {}: {} shards ({} written, {} unchanged{}), {} samples, {} of \
-             payload; the written shards take {}",
+             payload; the written shards are stored in {}",
             src.display(),
             store.display(),
             report.shards,
