@@ -76,14 +76,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => MessagepackSerializer::default(),
     };
     let images = args.get(2).is_some_and(|a| a == "images");
-    let reps: usize = std::env::var("REPS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
     // STORE=DIR reads a store written by an earlier run (phases other than write).
     let existing = std::env::var_os("STORE").filter(|_| phase != "write");
     let keys: Vec<String> = (0..200).map(|i| format!("shard_{i:05}")).collect();
     let tmp = tempfile::tempdir()?;
-    let path = existing.clone().map_or_else(|| tmp.path().to_owned(), Into::into);
+    let path = existing
+        .clone()
+        .map_or_else(|| tmp.path().to_owned(), Into::into);
     let fresh = existing.is_none() || !std::path::Path::new(&path).join("segment.sqs").exists();
-    let data = if fresh { shards(200, 100, images) } else { Vec::new() };
+    let data = if fresh {
+        shards(200, 100, images)
+    } else {
+        Vec::new()
+    };
     let engine = Config::new(&path).durability(Durability::Buffered).open()?;
     let store = SquirrelStore::new(engine, ser);
     let t = Instant::now();
@@ -141,7 +150,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let shard: Vec<Sample> = store.get(key)?.ok_or("missing")?;
             std::hint::black_box(shard);
         }
-        eprintln!("get {:.4} ms", t.elapsed().as_secs_f64() * 1e3 / gets as f64);
+        eprintln!(
+            "get {:.4} ms",
+            t.elapsed().as_secs_f64() * 1e3 / gets as f64
+        );
     }
     Ok(())
 }
