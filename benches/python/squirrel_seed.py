@@ -29,12 +29,23 @@ from squirrel.store import SquirrelStore
 SEED = 0x5EED5EED
 
 
-def make_shards(shards: int, samples: int) -> list[list[dict]]:
-    """The seed shards: random floats, so nothing compresses trivially."""
+def make_images(rng: np.random.Generator, samples: int, kind: str) -> np.ndarray:
+    """float32: uniform random (the seed's data, does not compress). uint8: a gradient per channel
+    plus 3 bits of noise, (4x + 4y + 64c + noise) mod 256, as the Rust side makes (compresses)."""
+    if kind == "float32":
+        return rng.random((samples, 3, 32, 32), dtype=np.float32)
+    c, y, x = np.meshgrid(np.arange(3), np.arange(32), np.arange(32), indexing="ij")
+    base = 4 * x + 4 * y + 64 * c
+    noise = rng.integers(0, 8, size=(samples, 3, 32, 32))
+    return ((base[None] + noise) % 256).astype(np.uint8)
+
+
+def make_shards(shards: int, samples: int, kind: str = "float32") -> list[list[dict]]:
+    """The seed shards: random floats, so nothing compresses trivially (or structured uint8)."""
     rng = np.random.default_rng(SEED)
     out = []
     for s in range(shards):
-        images = rng.random((samples, 3, 32, 32), dtype=np.float32)
+        images = make_images(rng, samples, kind)
         labels = rng.integers(0, 10, size=samples)
         out.append(
             [
@@ -56,9 +67,10 @@ def main() -> int:
     parser.add_argument("--gets", type=int, default=100, help="random single-shard gets to time")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tmp", default=None, help="parent of the temporary store directory")
+    parser.add_argument("--images", choices=["float32", "uint8"], default="float32")
     args = parser.parse_args()
 
-    shards = make_shards(args.shards, args.samples)
+    shards = make_shards(args.shards, args.samples, args.images)
     raw = sum(sample["image"].nbytes for shard in shards for sample in shard)
     keys = [f"shard_{i:05d}" for i in range(args.shards)]
     tmp = tempfile.mkdtemp(prefix="squirrel-seed-", dir=args.tmp)
@@ -102,6 +114,7 @@ def main() -> int:
         {
             "version": getattr(squirrel, "__version__", "unknown"),
             "python": sys.version.split()[0],
+            "images": args.images,
             "shards": args.shards,
             "samples_per_shard": args.samples,
             "workers": args.workers,

@@ -180,11 +180,12 @@ enum Command {
         squirrel_dir: PathBuf,
         /// The store directory to write (created if missing).
         store: PathBuf,
-        /// zstd compression level (1-22; higher is smaller and slower). Shards the store already
+        /// Compress every shard with zstd at this level (1-22; higher is smaller and slower).
+        /// Without it, as the library's default: zstd level 3, kept only for the shards where it
+        /// saves at least 20% (the others are stored as they are). Shards the store already
         /// holds identically are not recompressed.
-        #[arg(long, default_value_t = MessagepackSerializer::DEFAULT_LEVEL,
-              value_parser = clap::value_parser!(i32).range(1..=22))]
-        level: i32,
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+        level: Option<i32>,
         /// Only the shards at the top of the directory, not those in subdirectories.
         #[arg(long)]
         top_level_only: bool,
@@ -1113,7 +1114,12 @@ fn rm(store: &Path, key: &str) -> Result<Outcome, CliError> {
     })
 }
 
-fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<Outcome, CliError> {
+fn import(
+    src: &Path,
+    store: &Path,
+    level: Option<i32>,
+    top_level_only: bool,
+) -> Result<Outcome, CliError> {
     // Checked before the store is created, so a mistyped source leaves nothing behind.
     if let Err(source) = std::fs::read_dir(src) {
         return Err(Error::Io {
@@ -1149,7 +1155,10 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
     let engine = Config::new(store).durability(Durability::Buffered).open()?;
     let opts = ImportOptions::new()
         .nested(!top_level_only)
-        .serializer(MessagepackSerializer::new().level(level));
+        .serializer(match level {
+            Some(level) => MessagepackSerializer::new().level(level),
+            None => MessagepackSerializer::default(),
+        });
     let bar = progress_bar("importing", false);
     let report = transfer::import_squirrel_dir(src, &engine, &opts, &mut tick(&bar))?;
     bar.finish_and_clear();
