@@ -41,9 +41,22 @@ fn shards(n: usize, samples: usize, images: bool) -> Vec<Vec<Sample>> {
             (0..samples)
                 .map(|i| {
                     let image = if images {
-                        // Structured uint8 "images": smooth gradients plus a little noise.
-                        let px: Vec<u8> = (0..3 * 32 * 32)
-                            .map(|p| ((p % 32 + p / 32 % 32) as u64 * 4 + next(&mut rng) % 8) as u8)
+                        // Structured uint8 "images", as benches/ makes them: a gradient
+                        // rectangle with 1 bit of noise on a flat background.
+                        let background = next(&mut rng) % 256;
+                        let (x0, y0) = (next(&mut rng) % 16, next(&mut rng) % 16);
+                        let (w, h) = (8 + next(&mut rng) % 9, 8 + next(&mut rng) % 9);
+                        let px: Vec<u8> = (0..3 * 32 * 32u64)
+                            .map(|p| {
+                                let (c, y, x) = (p / 1024, p / 32 % 32, p % 32);
+                                let inside = (x0..x0 + w).contains(&x) && (y0..y0 + h).contains(&y);
+                                let v = if inside {
+                                    4 * x + 4 * y + 64 * c + next(&mut rng) % 2
+                                } else {
+                                    background
+                                };
+                                (v % 256) as u8
+                            })
                             .collect();
                         NdArray::from_slice([3, 32, 32], &px).expect("shape")
                     } else {

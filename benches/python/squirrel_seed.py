@@ -30,14 +30,21 @@ SEED = 0x5EED5EED
 
 
 def make_images(rng: np.random.Generator, samples: int, kind: str) -> np.ndarray:
-    """float32: uniform random (the seed's data, does not compress). uint8: a gradient per channel
-    plus 3 bits of noise, (4x + 4y + 64c + noise) mod 256, as the Rust side makes (compresses)."""
+    """float32: uniform random (the seed's data, does not compress). uint8: an object (a rectangle
+    of 8 to 16 pixels a side holding a gradient, (4x + 4y + 64c + 1 bit of noise) mod 256) on a
+    flat background of a random value, as the Rust side makes (compresses)."""
     if kind == "float32":
         return rng.random((samples, 3, 32, 32), dtype=np.float32)
     c, y, x = np.meshgrid(np.arange(3), np.arange(32), np.arange(32), indexing="ij")
-    base = 4 * x + 4 * y + 64 * c
-    noise = rng.integers(0, 8, size=(samples, 3, 32, 32))
-    return ((base[None] + noise) % 256).astype(np.uint8)
+    out = np.empty((samples, 3, 32, 32), dtype=np.uint8)
+    for i in range(samples):
+        background = rng.integers(0, 256)
+        x0, y0 = rng.integers(0, 16, size=2)
+        w, h = rng.integers(8, 17, size=2)
+        inside = (x >= x0) & (x < x0 + w) & (y >= y0) & (y < y0 + h)
+        noise = rng.integers(0, 2, size=(3, 32, 32))
+        out[i] = np.where(inside, (4 * x + 4 * y + 64 * c + noise) % 256, background).astype(np.uint8)
+    return out
 
 
 def make_shards(shards: int, samples: int, kind: str = "float32") -> list[list[dict]]:

@@ -19,6 +19,7 @@
 //! may not claim more than the input holds, and nesting is limited.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::{self, Read};
 use std::marker::PhantomData;
 
@@ -450,9 +451,7 @@ impl MessagepackSerializer {
         match self.compression {
             // bulk compression writes the content size into the frame header, which lets the
             // reader allocate once and check the limit up front.
-            Compression::Always(level) => zstd::bulk::compress(payload, level)
-                .map(Some)
-                .map_err(ShardError::Compress),
+            Compression::Always(level) => compress(payload, level).map(Some),
             Compression::Adaptive {
                 level,
                 min_saving,
@@ -477,8 +476,6 @@ impl MessagepackSerializer {
             (kept as u128) * 10_000 <= (len as u128) * u128::from(10_000 - min_saving.min(10_000))
         };
         if sample && payload.len() >= Self::SAMPLE_MIN_LEN {
-            let mut compressor =
-                zstd::bulk::Compressor::new(SAMPLE_LEVEL).map_err(ShardError::Compress)?;
             let stride = (payload.len() - SAMPLE_SLICE) / (SAMPLE_SLICES - 1);
             let (mut raw, mut kept) = (0usize, 0usize);
             for i in 0..SAMPLE_SLICES {
@@ -486,10 +483,7 @@ impl MessagepackSerializer {
                     continue;
                 };
                 raw += slice.len();
-                kept += compressor
-                    .compress(slice)
-                    .map_err(ShardError::Compress)?
-                    .len();
+                kept += compress(slice, SAMPLE_LEVEL)?.len();
             }
             // The sample, at its fast level, gains a little less than the whole payload at the
             // real level would: it refuses only when it falls clearly short of the bar, at less
@@ -500,7 +494,7 @@ impl MessagepackSerializer {
                 return Ok(None);
             }
         }
-        let frame = zstd::bulk::compress(payload, level).map_err(ShardError::Compress)?;
+        let frame = compress(payload, level)?;
         Ok(pays(payload.len(), frame.len()).then_some(frame))
     }
 }
@@ -728,6 +722,58 @@ fn corrupt_frame(what: &str) -> ShardError {
     ShardError::Decompress(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()))
 }
 
+/// Levels up to this one keep their compression context per thread; higher ones (whose contexts
+/// take tens of MB) make a fresh one per shard.
+const CACHED_LEVELS: i32 = 9;
+
+thread_local! {
+    /// This thread's zstd contexts: making one per shard cost a large allocation (and its page
+    /// faults) each time, a few percent of a get and more of a write.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// One zstd frame of `data` at `level`, with its content size in the header.
+fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, ShardError> {
+    if level > CACHED_LEVELS {
+        return zstd::bulk::compress(data, level).map_err(ShardError::Compress);
+    }
+    COMPRESSOR
+        .with(|cell| {
+            // A context in use further up this thread's stack cannot be lent: use a fresh one.
+            let Ok(mut slot) = cell.try_borrow_mut() else {
+                return zstd::bulk::compress(data, level);
+            };
+            let compressor = match slot.as_mut() {
+                Some(c) => {
+                    c.set_compression_level(level)?;
+                    c
+                }
+                None => slot.insert(zstd::bulk::Compressor::new(level)?),
+            };
+            compressor.compress(data)
+        })
+        .map_err(ShardError::Compress)
+}
+
+/// Runs `f` with this thread's decompression context (a fresh one if it is in use).
+fn with_decompressor<R>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> io::Result<R>,
+) -> io::Result<R> {
+    DECOMPRESSOR.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return f(&mut zstd::bulk::Decompressor::new()?);
+        };
+        let decompressor = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        f(decompressor)
+    })
+}
+
 /// Decompresses zstd frames into at most `limit` bytes.
 fn decompress(bytes: &[u8], limit: u64) -> Result<Vec<u8>, ShardError> {
     let mut out = Vec::new();
@@ -764,8 +810,7 @@ fn decompress_into(bytes: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), Sh
         // no zero-filling and no copy out of a stream's window. A frame that does not fit (it
         // lied, or more frames follow) is refused as a stream would refuse it below.
         out.reserve(size);
-        let mut dctx = zstd::bulk::Decompressor::new().map_err(ShardError::Decompress)?;
-        dctx.decompress_to_buffer(bytes, out)
+        with_decompressor(|d| d.decompress_to_buffer(bytes, out))
             .map_err(ShardError::Decompress)?;
         if out.len() != size {
             return Err(corrupt(

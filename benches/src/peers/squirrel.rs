@@ -159,9 +159,9 @@ struct Metadata {
 pub enum Images {
     /// float32 3x32x32, uniform random in [0, 1): the seed's tutorial data; does not compress.
     Floats,
-    /// uint8 3x32x32 with structure: a gradient per channel plus 3 bits of noise
-    /// (`(4x + 4y + 64c + noise) mod 256`), as `benches/python/squirrel_seed.py --images uint8`
-    /// makes; compresses well.
+    /// uint8 3x32x32 with structure: an object (a rectangle of 8 to 16 pixels a side holding a
+    /// gradient, `(4x + 4y + 64c + 1 bit of noise) mod 256`) on a flat background of a random
+    /// value, as `benches/python/squirrel_seed.py --images uint8` makes; compresses well.
     Uint8,
 }
 
@@ -173,12 +173,21 @@ fn image(kind: Images, rng: &mut StdRng) -> Result<NdArray> {
             NdArray::from_slice([3, 32, 32], &pixels)?
         }
         Images::Uint8 => {
+            let background: u32 = rng.random_range(0..256);
+            let (x0, y0): (u32, u32) = (rng.random_range(0..16), rng.random_range(0..16));
+            let (w, h): (u32, u32) = (rng.random_range(8..17), rng.random_range(8..17));
             let mut pixels = Vec::with_capacity(3 * 32 * 32);
             for c in 0..3u32 {
                 for y in 0..32u32 {
                     for x in 0..32u32 {
-                        let noise: u32 = rng.random_range(0..8);
-                        pixels.push(((4 * x + 4 * y + 64 * c + noise) % 256) as u8);
+                        let noise: u32 = rng.random_range(0..2);
+                        let inside = (x0..x0 + w).contains(&x) && (y0..y0 + h).contains(&y);
+                        let v = if inside {
+                            4 * x + 4 * y + 64 * c + noise
+                        } else {
+                            background
+                        };
+                        pixels.push((v % 256) as u8);
                     }
                 }
             }
