@@ -516,6 +516,10 @@ fn end_to_end_section(
                 rust.map(|r| r.read_decode_mbps / r.loop_mbps),
             ),
             info(
+                "CPU time, Loader ÷ plain loop (×; 1 = no extra work)".into(),
+                rust.map(|r| r.loader_cpu_ratio),
+            ),
+            info(
                 format!(
                     "shards the default kept compressed (of {})",
                     workload::SEED_SHARDS

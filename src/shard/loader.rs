@@ -2,7 +2,8 @@
 //!
 //! A loader lists the keys (all of the store's, or the caller's), optionally shuffles them with a
 //! seed, keeps this rank's share, and decodes the shards on a pool of worker threads while the
-//! caller consumes them. It yields shards ([`ShardIter`]) or samples ([`SampleIter`]), in key
+//! caller consumes them; when the shard whose turn it is is not ready yet, the consuming thread
+//! decodes a queued one itself instead of waiting. It yields shards ([`ShardIter`]) or samples ([`SampleIter`]), in key
 //! order by default, optionally mixed through a seeded shuffle buffer.
 //!
 //! # Memory
@@ -168,8 +169,9 @@ impl<St: Store + Clone + 'static> Loader<St> {
         self
     }
 
-    /// Decodes on `n` worker threads (default: one per core). `0` decodes on the consuming
-    /// thread, with no threads at all.
+    /// Decodes on `n` worker threads (default: one per core), helped by the consuming thread
+    /// whenever the shard whose turn it is is not ready. `0` decodes on the consuming thread,
+    /// with no threads at all.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
@@ -349,6 +351,9 @@ pub struct ShardIter<T> {
     prefetch: usize,
     /// Decodes on the consuming thread when there are no workers.
     inline: Option<Job<T>>,
+    /// With workers: the job queue and the job, so that the consuming thread, instead of
+    /// waiting for the shard whose turn it is, decodes a queued shard itself.
+    help: Option<(Receiver<(usize, String)>, Job<T>)>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -391,6 +396,11 @@ impl<T: Send + 'static> ShardIter<T> {
                 Err(_) => break,
             }
         }
+        let (inline, help) = if handles.is_empty() {
+            (Some(job), None)
+        } else {
+            (None, Some((job_rx, job)))
+        };
         ShardIter {
             pending: keys.into_iter().enumerate(),
             jobs: Some(job_tx),
@@ -399,7 +409,8 @@ impl<T: Send + 'static> ShardIter<T> {
             next: 0,
             sent: 0,
             prefetch,
-            inline: handles.is_empty().then_some(job),
+            inline,
+            help,
             workers: handles,
         }
     }
@@ -433,6 +444,16 @@ impl<T: Send + 'static> Iterator for ShardIter<T> {
                 self.next += 1;
                 self.top_up();
                 return Some(shard);
+            }
+            // Rather than wait, decode a shard no worker has started (the earliest queued, so
+            // often the one whose turn it is): the consuming thread's core is not left idle, and
+            // a descheduled worker holds up less. It counts against `prefetch` as before.
+            if let Some((queue, job)) = &self.help
+                && let Ok((index, key)) = queue.try_recv()
+            {
+                let shard = job(&key).map(|samples| Shard { key, samples });
+                self.ready.insert(index, shard);
+                continue;
             }
             match self.results.recv() {
                 Ok((index, Ok(shard))) => {

@@ -137,6 +137,22 @@ pub struct EndToEnd {
     pub raw_bytes: u64,
     /// Shards the default serializer kept compressed.
     pub compressed_shards: u64,
+    /// CPU time (user + system, all threads) of the loader's rounds over the plain loop's: the
+    /// extra work the parallel read does, which the machine's load does not change much.
+    pub loader_cpu_ratio: f64,
+}
+
+/// CPU time this process has used so far (user + system, all threads), seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: `getrusage` writes one `rusage` into the zeroed struct it is given and reads
+    // nothing else; `RUSAGE_SELF` is a valid `who`.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// One end-to-end sample as Python squirrel stores it: `{image, label, metadata}`.
@@ -262,23 +278,28 @@ pub fn squirrel_layer_e2e(
         read(key)?;
     }
     let (mut best_loader, mut best_loop) = (f64::MAX, f64::MAX);
+    let (mut cpu_loader, mut cpu_loop) = (0.0, 0.0);
     for _ in 0..rounds.max(1) {
+        let cpu = cpu_seconds();
         let t = Instant::now();
         let mut got = 0u64;
         for sample in store.loader().samples::<Sample>()? {
             got += sample?.image.data().len() as u64;
         }
         best_loader = best_loader.min(t.elapsed().as_secs_f64());
+        cpu_loader += cpu_seconds() - cpu;
         anyhow::ensure!(
             got == raw,
             "loader read back {got} image bytes, wrote {raw}"
         );
+        let cpu = cpu_seconds();
         let t = Instant::now();
         let mut got = 0u64;
         for key in store.keys()? {
             got += read(&key)?;
         }
         best_loop = best_loop.min(t.elapsed().as_secs_f64());
+        cpu_loop += cpu_seconds() - cpu;
         anyhow::ensure!(got == raw, "loop read back {got} image bytes, wrote {raw}");
     }
     let mbps = |secs: f64| raw as f64 / 1e6 / secs;
@@ -304,5 +325,6 @@ pub fn squirrel_layer_e2e(
         disk_bytes,
         raw_bytes: raw,
         compressed_shards,
+        loader_cpu_ratio: cpu_loader / cpu_loop,
     })
 }
