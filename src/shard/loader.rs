@@ -246,8 +246,9 @@ impl<St: Store + Clone + 'static> Loader<St> {
         self.shards_map(|sample: T| sample)
     }
 
-    /// [`Loader::shards`], each sample passed through `f` on the worker thread that decoded it
-    /// (for per-sample preprocessing that should use the cores too).
+    /// [`Loader::shards`], each sample passed through `f` on the thread that decoded it (for
+    /// per-sample preprocessing that should use the cores too): a worker, or the consuming
+    /// thread when it decodes a shard itself rather than wait.
     ///
     /// # Errors
     ///
@@ -289,7 +290,8 @@ impl<St: Store + Clone + 'static> Loader<St> {
         self.samples_map(|sample: T| sample)
     }
 
-    /// [`Loader::samples`], each sample passed through `f` on a worker thread.
+    /// [`Loader::samples`], each sample passed through `f` on the thread that decoded it (see
+    /// [`Loader::shards_map`]).
     ///
     /// # Errors
     ///
