@@ -331,6 +331,9 @@ pub struct Shard<T> {
 
 type Job<U> = Arc<dyn Fn(&str) -> Result<Vec<U>> + Send + Sync>;
 
+/// A shard to decode: its position in the plan and its key.
+type Queued = (usize, String);
+
 /// What a worker sends back for shard number `.0`.
 type Outcome<U> = (usize, thread::Result<Result<Shard<U>>>);
 
@@ -342,7 +345,7 @@ pub struct ShardIter<T> {
     /// Keys not yet handed to a worker, with their position in the plan.
     pending: std::iter::Enumerate<std::vec::IntoIter<String>>,
     /// `None` once the iterator is being dropped, which tells idle workers to exit.
-    jobs: Option<Sender<(usize, String)>>,
+    jobs: Option<Sender<Queued>>,
     results: Receiver<Outcome<T>>,
     /// Shards that finished before their turn, by position.
     ready: HashMap<usize, Result<Shard<T>>>,
@@ -355,7 +358,7 @@ pub struct ShardIter<T> {
     inline: Option<Job<T>>,
     /// With workers: the job queue and the job, so that the consuming thread, instead of
     /// waiting for the shard whose turn it is, decodes a queued shard itself.
-    help: Option<(Receiver<(usize, String)>, Job<T>)>,
+    help: Option<(Receiver<Queued>, Job<T>)>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -371,7 +374,7 @@ impl<T> fmt::Debug for ShardIter<T> {
 
 impl<T: Send + 'static> ShardIter<T> {
     fn start(keys: Vec<String>, job: Job<T>, workers: usize, prefetch: usize) -> Self {
-        let (job_tx, job_rx) = crossbeam_channel::unbounded::<(usize, String)>();
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<Queued>();
         // Unbounded, but never holding more than `prefetch` results: that many jobs at most are
         // out at once.
         let (result_tx, result_rx) = crossbeam_channel::unbounded::<Outcome<T>>();
