@@ -135,7 +135,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let run_loader = || -> Result<usize, Box<dyn std::error::Error>> {
         let mut n = 0;
-        for s in store.loader().samples::<Sample>()? {
+        let mut loader = store.loader();
+        if let Some(n) = std::env::var("PREFETCH").ok().and_then(|p| p.parse().ok()) {
+            loader = loader.prefetch(n);
+        }
+        if let Some(n) = std::env::var("WORKERS").ok().and_then(|p| p.parse().ok()) {
+            loader = loader.workers(n);
+        }
+        for s in loader.samples::<Sample>()? {
             n += s?.image.data().len();
         }
         Ok(n)
