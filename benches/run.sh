@@ -16,7 +16,8 @@ nice -n 15 cargo build -p squirrel-store-benches --release
 
 py_args=()
 py_json="$(mktemp)"
-trap 'rm -f "$py_json"' EXIT
+py_images_json="$(mktemp)"
+trap 'rm -f "$py_json" "$py_images_json"' EXIT
 if python3 -c 'import squirrel, squirrel.store, squirrel.serialization' 2>/dev/null; then
   gets=100
   [[ ${#quick[@]} -gt 0 ]] && gets=30
@@ -25,6 +26,12 @@ if python3 -c 'import squirrel, squirrel.store, squirrel.serialization' 2>/dev/n
     py_args=(--python-json "$py_json")
   else
     echo "the Python run failed; its column will say n/a" >&2
+  fi
+  echo "running Python squirrel-core on the compressible (uint8 images) workload…" >&2
+  if nice -n 15 python3 benches/python/squirrel_seed.py --images uint8 --gets "$gets" >"$py_images_json"; then
+    py_args+=(--python-images-json "$py_images_json")
+  else
+    echo "the Python run (uint8 images) failed; its column will say n/a" >&2
   fi
 else
   echo "python3 cannot import squirrel (pip install squirrel-core==0.20.2); Python column: n/a" >&2

@@ -78,12 +78,40 @@ fn p(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")
 }
 
-/// A store holding the Python fixture, imported with the binary.
+/// A store holding the Python fixture, imported with the binary, every shard compressed
+/// (`--level 3`; without it only the shards where zstd pays are).
 fn imported(tmp: &Path) -> PathBuf {
     let store = tmp.join("store");
-    let o = run(["import", p(&fixture_store()), p(&store)]);
+    let o = run(["import", "--level", "3", p(&fixture_store()), p(&store)]);
     assert_code(&o, 0);
     store
+}
+
+#[test]
+fn import_without_a_level_chooses_per_shard_as_the_library_default() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = tmp.path().join("store");
+    assert_code(&run(["import", p(&fixture_store()), p(&store)]), 0);
+    let engine = Engine::open(&store).expect("opens");
+    let default = MessagepackSerializer::default();
+    for key in FIXTURE_KEYS {
+        let shard = payload(&fixture_store().join(format!("{key}.gz")));
+        let expected = default.encode_payload(&shard).expect("encodes").codec;
+        let record = engine.get(key).expect("reads").expect("imported");
+        assert_eq!(record.codec(), expected.as_u8(), "{key}");
+    }
+    // `--level` still compresses every shard, whatever it saves.
+    drop(engine);
+    let forced = tmp.path().join("forced");
+    assert_code(
+        &run(["import", "--level", "1", p(&fixture_store()), p(&forced)]),
+        0,
+    );
+    let engine = Engine::open(&forced).expect("opens");
+    for key in FIXTURE_KEYS {
+        let record = engine.get(key).expect("reads").expect("imported");
+        assert_eq!(record.codec(), Codec::MsgpackZstd.as_u8(), "{key}");
+    }
 }
 
 fn payload(path: &Path) -> Vec<u8> {
@@ -622,7 +650,7 @@ fn generated_payloads(n: usize) -> Vec<(String, Vec<u8>)> {
                 noise.fill(&mut data);
                 Value::Map(vec![
                     (Value::from("i"), Value::from((i * 5 + j) as u64)),
-                    (Value::from("data"), Value::Bin(data)),
+                    (Value::from("data"), Value::Bin(data.into())),
                 ])
                 .encode(&mut payload)
                 .expect("encodes");
@@ -689,9 +717,9 @@ fn a_killed_import_leaves_a_store_that_verifies_and_resumes() {
     for key in &present {
         let i: usize = key["shard_".len()..].parse().expect("a generated key");
         let stored = db.get(key).expect("reads").expect("present");
-        let got = ser
-            .decode_payload(Codec::MsgpackZstd, &stored)
-            .expect("decompresses");
+        // The import chose each shard's codec (these are noise: stored as they are).
+        let codec = Codec::try_from(stored.codec()).expect("a shard codec");
+        let got = ser.decode_payload(codec, &stored).expect("decodes");
         assert!(*got == shards[i].1[..], "{key} differs from its source");
     }
     drop(db);

@@ -85,14 +85,14 @@ fn ndarray_len_of_opaque_dtype_with_huge_shape_does_not_overflow() {
     );
     // Read from a sample: the msgpack-numpy map msgpack-numpy would write, with that shape.
     let map = Value::Map(vec![
-        (Value::Bin(b"nd".to_vec()), Value::Bool(true)),
-        (Value::Bin(b"type".to_vec()), Value::Str("|O".into())),
-        (Value::Bin(b"kind".to_vec()), Value::Bin(Vec::new())),
+        (Value::Bin(b"nd".into()), Value::Bool(true)),
+        (Value::Bin(b"type".into()), Value::Str("|O".into())),
+        (Value::Bin(b"kind".into()), Value::Bin(Default::default())),
         (
-            Value::Bin(b"shape".to_vec()),
+            Value::Bin(b"shape".into()),
             Value::Array(vec![Value::from(1u64 << 40), Value::from(1u64 << 40)]),
         ),
-        (Value::Bin(b"data".to_vec()), Value::Bin(Vec::new())),
+        (Value::Bin(b"data".into()), Value::Bin(Default::default())),
     ]);
     assert!(
         matches!(map.to_ndarray(), Err(ArrayError::ShapeOverflow { .. })),

@@ -254,7 +254,11 @@ fn decodes_on_several_threads_at_once() {
     let state = seen.0.lock().expect("lock");
     let ids = &state.0;
     assert!(ids.len() >= 2, "decoded on {} thread(s)", ids.len());
-    assert!(!ids.contains(&thread::current().id()), "not on the caller");
+    // The caller may have decoded some shards itself (it helps rather than wait), but never all.
+    assert!(
+        ids.iter().any(|id| *id != thread::current().id()),
+        "only on the caller"
+    );
 }
 
 #[test]

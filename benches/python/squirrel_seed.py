@@ -29,12 +29,30 @@ from squirrel.store import SquirrelStore
 SEED = 0x5EED5EED
 
 
-def make_shards(shards: int, samples: int) -> list[list[dict]]:
-    """The seed shards: random floats, so nothing compresses trivially."""
+def make_images(rng: np.random.Generator, samples: int, kind: str) -> np.ndarray:
+    """float32: uniform random (the seed's data, does not compress). uint8: an object (a rectangle
+    of 8 to 16 pixels a side holding a gradient, (4x + 4y + 64c + 1 bit of noise) mod 256) on a
+    flat background of a random value, as the Rust side makes (compresses)."""
+    if kind == "float32":
+        return rng.random((samples, 3, 32, 32), dtype=np.float32)
+    c, y, x = np.meshgrid(np.arange(3), np.arange(32), np.arange(32), indexing="ij")
+    out = np.empty((samples, 3, 32, 32), dtype=np.uint8)
+    for i in range(samples):
+        background = rng.integers(0, 256)
+        x0, y0 = rng.integers(0, 16, size=2)
+        w, h = rng.integers(8, 17, size=2)
+        inside = (x >= x0) & (x < x0 + w) & (y >= y0) & (y < y0 + h)
+        noise = rng.integers(0, 2, size=(3, 32, 32))
+        out[i] = np.where(inside, (4 * x + 4 * y + 64 * c + noise) % 256, background).astype(np.uint8)
+    return out
+
+
+def make_shards(shards: int, samples: int, kind: str = "float32") -> list[list[dict]]:
+    """The seed shards: random floats, so nothing compresses trivially (or structured uint8)."""
     rng = np.random.default_rng(SEED)
     out = []
     for s in range(shards):
-        images = rng.random((samples, 3, 32, 32), dtype=np.float32)
+        images = make_images(rng, samples, kind)
         labels = rng.integers(0, 10, size=samples)
         out.append(
             [
@@ -56,9 +74,10 @@ def main() -> int:
     parser.add_argument("--gets", type=int, default=100, help="random single-shard gets to time")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tmp", default=None, help="parent of the temporary store directory")
+    parser.add_argument("--images", choices=["float32", "uint8"], default="float32")
     args = parser.parse_args()
 
-    shards = make_shards(args.shards, args.samples)
+    shards = make_shards(args.shards, args.samples, args.images)
     raw = sum(sample["image"].nbytes for shard in shards for sample in shard)
     keys = [f"shard_{i:05d}" for i in range(args.shards)]
     tmp = tempfile.mkdtemp(prefix="squirrel-seed-", dir=args.tmp)
@@ -102,6 +121,7 @@ def main() -> int:
         {
             "version": getattr(squirrel, "__version__", "unknown"),
             "python": sys.version.split()[0],
+            "images": args.images,
             "shards": args.shards,
             "samples_per_shard": args.samples,
             "workers": args.workers,

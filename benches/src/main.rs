@@ -55,7 +55,17 @@ struct Args {
     /// JSON printed by `benches/python/squirrel_seed.py`, merged into the end-to-end table.
     #[arg(long)]
     python_json: Option<PathBuf>,
+    /// JSON printed by `benches/python/squirrel_seed.py --images uint8`, merged into the
+    /// end-to-end table of the compressible workload.
+    #[arg(long)]
+    python_images_json: Option<PathBuf>,
+    /// Only the end-to-end tables (no engine workloads, reference points or open-time rows).
+    #[arg(long)]
+    end_to_end_only: bool,
 }
+
+/// `RunInfo::mode` of a run with `--end-to-end-only`; its results go to `end_to_end.*`.
+const END_TO_END_MODE: &str = "end-to-end";
 
 /// What `benches/python/squirrel_seed.py` prints.
 #[derive(Debug, Deserialize)]
@@ -74,6 +84,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let started = Instant::now();
     let mut info = RunInfo::collect(args.quick);
+    if args.end_to_end_only {
+        info.mode = END_TO_END_MODE.into();
+    }
     let kinds: Vec<Kind> = match &args.engines {
         None => Kind::ALL.to_vec(),
         Some(ids) => {
@@ -91,7 +104,7 @@ fn main() -> Result<()> {
         }
     };
     let which: Vec<Which> = match args.workload {
-        _ if args.only_bulk => Vec::new(),
+        _ if args.only_bulk || args.end_to_end_only => Vec::new(),
         Which::All => vec![Which::Seed, Which::Small, Which::Large],
         one => vec![one],
     };
@@ -132,7 +145,7 @@ fn main() -> Result<()> {
         sections.push(reference_section(&references));
     }
 
-    if !args.skip_bulk {
+    if !args.skip_bulk && !args.end_to_end_only {
         let sizes: &[usize] = if args.quick {
             &[2_000_000]
         } else {
@@ -155,7 +168,7 @@ fn main() -> Result<()> {
         sections.push(bulk_section(sizes, &results));
     }
 
-    if !args.skip_open_scale && !args.only_bulk {
+    if !args.skip_open_scale && !args.only_bulk && !args.end_to_end_only {
         let sizes: &[usize] = if args.quick {
             &[100_000, 1_000_000]
         } else {
@@ -174,27 +187,50 @@ fn main() -> Result<()> {
         sections.push(open_scale_section(sizes, &results));
     }
 
-    let python = match &args.python_json {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Some(serde_json::from_str::<PythonSeed>(&text).context("parsing the Python JSON")?)
+    let read_python = |path: &Option<PathBuf>| -> Result<Option<PythonSeed>> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Ok(Some(
+                    serde_json::from_str::<PythonSeed>(&text).context("parsing the Python JSON")?,
+                ))
+            }
+            None => Ok(None),
         }
-        None => None,
     };
-    if !args.only_bulk {
-        eprintln!("end to end: seed workload through the Rust squirrel layer…");
-        let rust = peers::squirrel::squirrel_layer_seed(
+    let e2e = if args.only_bulk {
+        Vec::new()
+    } else {
+        vec![
+            (
+                peers::squirrel::Images::Floats,
+                read_python(&args.python_json)?,
+            ),
+            (
+                peers::squirrel::Images::Uint8,
+                read_python(&args.python_images_json)?,
+            ),
+        ]
+    };
+    for (images, python) in e2e {
+        eprintln!("end to end: {images:?} images through the Rust squirrel layer…");
+        let rust = peers::squirrel::squirrel_layer_e2e(
             root.path(),
+            images,
             workload::SEED_SHARDS,
             workload::SEED_SAMPLES,
             if args.quick { 30 } else { 100 },
-            threads,
+            if args.quick { 3 } else { 7 },
         );
         if let Err(e) = &rust {
             eprintln!("    error: {e:#}");
         }
-        sections.push(end_to_end_section(rust.as_ref().ok(), python.as_ref()));
+        sections.push(end_to_end_section(
+            images,
+            rust.as_ref().ok(),
+            python.as_ref(),
+        ));
     }
 
     root.close().context("removing the temporary stores")?;
@@ -478,15 +514,27 @@ fn open_scale_section(sizes: &[usize], results: &[OpenScale]) -> Section {
 }
 
 fn end_to_end_section(
+    images: peers::squirrel::Images,
     rust: Option<&peers::squirrel::EndToEnd>,
     python: Option<&PythonSeed>,
 ) -> Section {
+    use peers::squirrel::Images;
+    let (title, what) = match images {
+        Images::Floats => (
+            "End to end: seed workload through the squirrel layer",
+            "float32 3×32×32 (uniform random: does not compress)",
+        ),
+        Images::Uint8 => (
+            "End to end: compressible workload (uint8 images) through the squirrel layer",
+            "uint8 3×32×32 with structure (a gradient rectangle with 1 bit of noise on a flat background: compresses)",
+        ),
+    };
     let mut notes = vec![format!(
-        "{} shards × {} samples {{image: float32 3×32×32, label, metadata}}, written with `SquirrelStore` + `MessagepackSerializer`, then all shards read and decoded in parallel, then random single-shard gets. MB/s counts raw image bytes.",
+        "{} shards × {} samples {{image: {what}, label, metadata}}, written with `SquirrelStore` + `MessagepackSerializer`, then all shards read and decoded in parallel, then random single-shard gets. MB/s counts raw image bytes.",
         workload::SEED_SHARDS,
         workload::SEED_SAMPLES
     )];
-    notes.push("squirrel-store: typed samples (`NdArray` image) through `SquirrelStore` with the default `MessagepackSerializer` (MessagePack + zstd level 3), engine in `Durability::Buffered` and one `sync` at the end; reads on every core with one thread each. Python: msgpack-numpy + gzip, one `KEY.gz` file per shard, no fsync, reads in a thread pool.".into());
+    notes.push("squirrel-store: typed samples (`NdArray` image) through `SquirrelStore` at default settings (`MessagepackSerializer::default()`: zstd level 3 kept only where it saves ≥ 20%), engine in `Durability::Buffered` and one `sync` at the end. Parallel read: `store.loader().samples()` (one worker per core); the plain loop is `get` of every key on one thread; both are the best of several interleaved rounds. Python: msgpack-numpy + gzip, one `KEY.gz` file per shard, no fsync, reads in a thread pool.".into());
     if rust.is_none() {
         notes.push("squirrel-store column: the Rust run failed (see the run's stderr).".into());
     }
@@ -496,12 +544,22 @@ fn end_to_end_section(
             p.version, p.shards, p.samples_per_shard, p.workers
         )),
         None => notes.push(
-            "Python column: n/a (run `benches/run.sh`, which runs benches/python/squirrel_seed.py when squirrel-core is importable, or pass --python-json).".into(),
+            "Python column: n/a (run `benches/run.sh`, which runs benches/python/squirrel_seed.py when squirrel-core is importable, or pass --python-json / --python-images-json).".into(),
         ),
     }
     let cells = |r: Option<f64>, p: Option<f64>| vec![Cell::from(r), Cell::from(p)];
+    let speedup = |r: Option<f64>, p: Option<f64>, higher: bool| match (r, p) {
+        (Some(r), Some(p)) if higher => Some(r / p),
+        (Some(r), Some(p)) => Some(p / r),
+        _ => None,
+    };
+    let info = |label: String, v: Option<f64>| Row {
+        label,
+        better: Better::Neither,
+        cells: cells(v, None),
+    };
     Section {
-        title: "End to end: seed workload through the squirrel layer".into(),
+        title: title.into(),
         notes,
         columns: vec![
             "squirrel-store (Rust squirrel layer)".into(),
@@ -534,6 +592,53 @@ fn end_to_end_section(
                     python.map(|p| p.size_on_disk as f64 / 1e6),
                 ),
             },
+            info(
+                "write: × squirrel-core (target ≥ 20)".into(),
+                speedup(
+                    rust.map(|r| r.write_mbps),
+                    python.map(|p| p.write_mbps),
+                    true,
+                ),
+            ),
+            info(
+                "parallel read + decode: × squirrel-core (target ≥ 10)".into(),
+                speedup(
+                    rust.map(|r| r.read_decode_mbps),
+                    python.map(|p| p.read_decode_mbps),
+                    true,
+                ),
+            ),
+            info(
+                "random get + decode: × squirrel-core (target ≥ 50)".into(),
+                speedup(
+                    rust.map(|r| r.get_shard_ms),
+                    python.map(|p| p.get_shard_ms),
+                    false,
+                ),
+            ),
+            info(
+                "read + decode, plain loop on 1 thread (MB/s)".into(),
+                rust.map(|r| r.loop_mbps),
+            ),
+            info(
+                "Loader ÷ plain loop (×, target ≥ 1.7 on 2 cores)".into(),
+                rust.map(|r| r.read_decode_mbps / r.loop_mbps),
+            ),
+            info(
+                "CPU time, Loader ÷ plain loop (×; 1 = no extra work)".into(),
+                rust.map(|r| r.loader_cpu_ratio),
+            ),
+            info(
+                format!(
+                    "shards the default kept compressed (of {})",
+                    workload::SEED_SHARDS
+                ),
+                rust.map(|r| r.compressed_shards as f64),
+            ),
+            info(
+                "size on disk ÷ raw image bytes".into(),
+                rust.map(|r| r.disk_bytes as f64 / r.raw_bytes as f64),
+            ),
         ],
         ratio: true,
     }
@@ -547,7 +652,13 @@ fn write_outputs(
 ) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let heading = format!("squirrel-store vs peers — {} run, {}", info.mode, info.date);
-    for stem in ["latest", info.mode.as_str()] {
+    // An end-to-end-only run leaves latest.* (the last full table) alone.
+    let stems: Vec<&str> = if info.mode == END_TO_END_MODE {
+        vec!["end_to_end"]
+    } else {
+        vec!["latest", info.mode.as_str()]
+    };
+    for stem in stems {
         let svg = format!("{stem}.svg");
         plot::draw(&out.join(&svg), &heading, panels, 4)?;
         let md = report::document(info, sections, &svg);
@@ -557,7 +668,7 @@ fn write_outputs(
             out.join(format!("{stem}.json")),
             serde_json::to_string_pretty(&json)?,
         )?;
-        if stem == "latest" {
+        if stem != info.mode {
             println!("{md}");
         }
     }

@@ -243,7 +243,7 @@ fn numpy_map(input: &mut Input<'_>) -> Value {
             _ => b"",
         };
         let key = if k & 0x80 == 0 {
-            Value::Bin(name.to_vec())
+            Value::Bin(name.to_vec().into())
         } else {
             Value::Str(String::from_utf8_lossy(name).into_owned())
         };
@@ -251,12 +251,12 @@ fn numpy_map(input: &mut Input<'_>) -> Value {
             0 => Value::Bool(true),
             1 => Value::Bool(false),
             2 => Value::Str(dtype(input)),
-            3 => Value::Bin(Vec::new()),
+            3 => Value::Bin(Default::default()),
             4 => {
                 let len = usize::from(input.u16() % 4096);
                 let mut d = input.bytes(len).to_vec();
                 d.resize(len, 0xa5);
-                Value::Bin(d)
+                Value::Bin(d.into())
             }
             5 => Value::Array(
                 shape(input)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 from . import _native
 from ._errors import (
@@ -81,15 +81,25 @@ def _path(url: PathLike) -> str:
 
 class MessagepackSerializer:
     """squirrel's ``MessagepackSerializer``: samples as MessagePack (msgpack-numpy's encoding),
-    each shard compressed with zstd at ``level`` (1..22; squirrel uses gzip instead)."""
+    each shard compressed with zstd at ``level`` (1..22; squirrel uses gzip instead) and kept
+    compressed only where that saves at least ``min_saving`` of its bytes (by default 0.2, as the
+    Rust library's default; others are stored as they are, their arrays then zero-copy views into
+    the store's memory map). ``min_saving=None`` compresses every shard."""
 
-    def __init__(self, level: int = 3) -> None:
+    def __init__(self, level: int = 3, min_saving: Optional[float] = 0.2) -> None:
         if not isinstance(level, int) or isinstance(level, bool):
             raise TypeError(f"level must be an int, not {type(level).__name__}")
+        if min_saving is not None:
+            if not isinstance(min_saving, (int, float)) or isinstance(min_saving, bool):
+                raise TypeError(f"min_saving must be a float or None, not {type(min_saving).__name__}")
+            if not 0.0 <= min_saving <= 1.0:
+                raise ValueError(f"min_saving must be between 0 and 1, not {min_saving!r}")
+            min_saving = float(min_saving)
         self.level: Optional[int] = level
+        self.min_saving: Optional[float] = min_saving
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(level={self.level})"
+        return f"{type(self).__name__}(level={self.level}, min_saving={self.min_saving})"
 
 
 class UncompressedSerializer(MessagepackSerializer):
@@ -98,20 +108,25 @@ class UncompressedSerializer(MessagepackSerializer):
 
     def __init__(self) -> None:
         self.level = None
+        self.min_saving = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
-def _level_of(serializer: Any) -> Optional[int]:
+_DEFAULT = (3, 0.2)
+
+
+def _compression_of(serializer: Any) -> Tuple[Optional[int], Optional[float]]:
+    """(zstd level or None for uncompressed, least saving to keep a shard compressed or None)."""
     if serializer is None:
-        return 3
+        return _DEFAULT
     if isinstance(serializer, MessagepackSerializer):
-        return serializer.level
+        return serializer.level, serializer.min_saving
     # squirrel-core's own MessagepackSerializer (a class with static methods): same samples.
     cls = serializer if isinstance(serializer, type) else type(serializer)
     if cls.__name__ == "MessagepackSerializer":
-        return 3
+        return _DEFAULT
     raise TypeError(
         f"serializer must be a squirrel_store MessagepackSerializer or UncompressedSerializer, not {cls.__name__}"
     )
@@ -123,7 +138,7 @@ class SquirrelStore:
     Args:
         url: the store directory (created when missing, unless ``read_only``); ``file://`` URLs
             are accepted, remote ones are not.
-        serializer: :class:`MessagepackSerializer` (zstd, the default),
+        serializer: :class:`MessagepackSerializer` (zstd where it saves >= 20%, the default),
             :class:`UncompressedSerializer`, or squirrel's own ``MessagepackSerializer``.
         read_only: open without taking the writer lock; any number of read-only handles, in any
             process, may read while one writer writes (they see new writes after
@@ -147,8 +162,9 @@ class SquirrelStore:
     ) -> None:
         self.url = _path(url)
         self.serializer = serializer if serializer is not None else MessagepackSerializer()
+        level, min_saving = _compression_of(serializer)
         self._native = _native.Store(
-            self.url, read_only=read_only, durability=durability, level=_level_of(serializer)
+            self.url, read_only=read_only, durability=durability, level=level, min_saving=min_saving
         )
 
     def set(self, value: Any, key: Optional[str] = None, **kwargs: Any) -> str:

@@ -181,20 +181,24 @@ fn closed(py: Python<'_>, path: &std::path::Path) -> PyErr {
 #[pymethods]
 impl NativeStore {
     /// Opens (creating unless read-only) the store in directory `path`. `level` is the zstd
-    /// level records are written with, or `None` to write them uncompressed.
+    /// level records are written with, or `None` to write them uncompressed; `min_saving` keeps
+    /// a shard compressed only when zstd saves at least that fraction (as the Rust default,
+    /// 0.2), `None` compresses every shard.
     #[new]
-    #[pyo3(signature = (path, *, read_only = false, durability = "fsync", level = Some(3)))]
+    #[pyo3(signature = (path, *, read_only = false, durability = "fsync", level = Some(3), min_saving = Some(0.2)))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
         read_only: bool,
         durability: &str,
         level: Option<i32>,
+        min_saving: Option<f64>,
     ) -> PyResult<Self> {
         let durability = parse_durability(durability)?;
-        let serializer = match level {
-            Some(l) => MessagepackSerializer::new().level(l),
-            None => MessagepackSerializer::new().uncompressed(),
+        let serializer = match (level, min_saving) {
+            (Some(l), Some(f)) => MessagepackSerializer::new().level(l).min_saving(f),
+            (Some(l), None) => MessagepackSerializer::new().level(l),
+            (None, _) => MessagepackSerializer::new().uncompressed(),
         };
         let engine = py
             .detach(|| {
@@ -344,6 +348,7 @@ impl NativeStore {
         d.set_item("format_version", s.format_version)?;
         d.set_item("read_only", store.engine().is_read_only())?;
         d.set_item("compression_level", store.serializer().compression_level())?;
+        d.set_item("min_saving", store.serializer().min_saving_fraction())?;
         Ok(d)
     }
 

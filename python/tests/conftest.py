@@ -78,8 +78,9 @@ def assert_same(a: Any, b: Any, path: str = "sample") -> None:
 
 
 def load_fixture(path: Path, level: Optional[int]) -> _native.Store:
-    """A store holding the fixture's shards, payloads copied untouched."""
-    st = _native.Store(str(path), level=level)
+    """A store holding the fixture's shards, payloads copied untouched (every shard compressed
+    when a level is given)."""
+    st = _native.Store(str(path), level=level, min_saving=None)
     for key, payload in fixture_payloads().items():
         st.set_payload(payload, key)
     return st

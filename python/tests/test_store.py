@@ -132,6 +132,23 @@ def test_serializer_choice(tmp_path):
         z.set([{"a": np.zeros(10000)}], key="k")
         assert z.stats()["compression_level"] == 9
         assert z.stats()["live_bytes"] < 10000
+    # The default, as the Rust library's: zstd only where it saves at least 20%.
+    rng = np.random.default_rng(7)
+    with SquirrelStore(tmp_path / "d") as d:
+        assert d.stats()["compression_level"] == 3
+        assert d.stats()["min_saving"] == pytest.approx(0.2)
+        d.set([{"a": np.zeros(100000)}], key="zeros")
+        zeros = d.stats()["live_bytes"]
+        assert zeros < 10000
+        d.set([{"a": rng.random(100000)}], key="noise")
+        # Random floats save ~10% under zstd: stored as they are.
+        assert d.stats()["live_bytes"] - zeros > 800000
+    with SquirrelStore(tmp_path / "a", serializer=MessagepackSerializer(min_saving=None)) as a:
+        a.set([{"a": rng.random(100000)}], key="noise")
+        assert a.stats()["min_saving"] is None
+        assert a.stats()["live_bytes"] < 800000
+    with pytest.raises(ValueError):
+        MessagepackSerializer(min_saving=1.5)
     with SquirrelStore(tmp_path / "u", serializer=UncompressedSerializer()) as u:
         u.set([{"a": np.zeros(10000)}], key="k")
         assert u.stats()["compression_level"] is None

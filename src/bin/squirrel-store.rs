@@ -194,11 +194,12 @@ enum Command {
         squirrel_dir: PathBuf,
         /// The store directory to write (created if missing).
         store: PathBuf,
-        /// zstd compression level (1-22; higher is smaller and slower). Shards the store already
+        /// Compress every shard with zstd at this level (1-22; higher is smaller and slower).
+        /// Without it, as the library's default: zstd level 3, kept only for the shards where it
+        /// saves at least 20% (the others are stored as they are). Shards the store already
         /// holds identically are not recompressed.
-        #[arg(long, default_value_t = MessagepackSerializer::DEFAULT_LEVEL,
-              value_parser = clap::value_parser!(i32).range(1..=22))]
-        level: i32,
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..=22))]
+        level: Option<i32>,
         /// Only the shards at the top of the directory, not those in subdirectories.
         #[arg(long)]
         top_level_only: bool,
@@ -1219,7 +1220,12 @@ struct ImportFlags {
     json: bool,
 }
 
-fn import(src: &Path, store: &Path, level: i32, flags: ImportFlags) -> Result<Outcome, CliError> {
+fn import(
+    src: &Path,
+    store: &Path,
+    level: Option<i32>,
+    flags: ImportFlags,
+) -> Result<Outcome, CliError> {
     let top_level_only = flags.top_level_only;
     // Checked before the store is created, so a mistyped source leaves nothing behind.
     if let Err(source) = std::fs::read_dir(src) {
@@ -1257,7 +1263,10 @@ fn import(src: &Path, store: &Path, level: i32, flags: ImportFlags) -> Result<Ou
     let opts = ImportOptions::new()
         .nested(!top_level_only)
         .keep_going(flags.keep_going)
-        .serializer(MessagepackSerializer::new().level(level));
+        .serializer(match level {
+            Some(level) => MessagepackSerializer::new().level(level),
+            None => MessagepackSerializer::default(),
+        });
     let bar = progress_bar("importing", false);
     let report = transfer::import_squirrel_dir(src, &engine, &opts, &mut tick(&bar))?;
     bar.finish_and_clear();

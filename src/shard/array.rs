@@ -15,13 +15,16 @@
 //! Dtype strings this module does not know are kept as opaque text; only the typed views refuse
 //! them.
 
+use std::any::Any;
 use std::fmt;
+use std::panic::{RefUnwindSafe, UnwindSafe};
+use std::sync::OnceLock;
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
-use serde_bytes::{ByteBuf, Bytes};
+use serde_bytes::ByteBuf;
 
-use crate::shard::value::Value;
+use crate::shard::value::{self, Bytes, Value};
 
 /// Why a numpy value could not be built, read or viewed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,7 +149,9 @@ mod sealed {
 ///
 /// Sealed: every implementor is plain data whose bytes are its value, which the borrowed views
 /// rely on.
-pub trait Element: sealed::Sealed + Copy + fmt::Debug + 'static {
+pub trait Element:
+    sealed::Sealed + Copy + fmt::Debug + Send + Sync + UnwindSafe + RefUnwindSafe + 'static
+{
     /// numpy's kind character: `b`, `i`, `u` or `f`.
     const KIND: u8;
     /// The dtype as kind and size, e.g. `f4`, for messages.
@@ -288,12 +293,44 @@ fn element_bytes<T: Element>(data: &[T]) -> &[u8] {
 }
 
 /// A numpy array: dtype string, shape and C-order data bytes.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// An array read from a store shares the shard's bytes rather than copying them (see
+/// [`Bytes`]): for an uncompressed record its data is a window into the store's memory map, so a
+/// shard get copies no array data. [`NdArray::is_shared`] tells, and [`NdArray::into_owned`]
+/// copies the data out (to keep an array long after its shard is dropped). Arrays built in code
+/// own their data.
+///
+/// Shared data sits wherever the array lies in the record, so it is often not aligned for its
+/// element type. [`NdArray::data`] and [`NdArray::to_vec`] do not care; [`NdArray::as_slice`]
+/// borrows the data when it is aligned, and otherwise makes an aligned copy once, on the first
+/// call, kept in the array for the next ones.
 pub struct NdArray {
     dtype: String,
     shape: Vec<usize>,
-    data: Vec<u8>,
+    data: Bytes,
+    /// The aligned copy [`NdArray::as_slice`] made of misaligned data: a `Vec<T>` for the one
+    /// element type `T` the dtype holds.
+    aligned: OnceLock<Box<dyn Any + Send + Sync + UnwindSafe + RefUnwindSafe>>,
 }
+
+impl Clone for NdArray {
+    fn clone(&self) -> Self {
+        NdArray {
+            dtype: self.dtype.clone(),
+            shape: self.shape.clone(),
+            data: self.data.clone(),
+            aligned: OnceLock::new(),
+        }
+    }
+}
+
+impl PartialEq for NdArray {
+    fn eq(&self, other: &NdArray) -> bool {
+        self.dtype == other.dtype && self.shape == other.shape && self.data == other.data
+    }
+}
+
+impl Eq for NdArray {}
 
 impl fmt::Debug for NdArray {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -317,9 +354,32 @@ impl NdArray {
         shape: impl Into<Vec<usize>>,
         data: Vec<u8>,
     ) -> Result<NdArray, ArrayError> {
+        NdArray::from_bytes(dtype, shape, Bytes::from(data))
+    }
+
+    /// An array from its parts, with data that may be shared (see [`Bytes`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`NdArray::new`].
+    pub fn from_bytes(
+        dtype: impl Into<String>,
+        shape: impl Into<Vec<usize>>,
+        data: Bytes,
+    ) -> Result<NdArray, ArrayError> {
         let (dtype, shape) = (dtype.into(), shape.into());
         check_len(&dtype, &shape, data.len())?;
-        Ok(NdArray { dtype, shape, data })
+        Ok(NdArray::parts(dtype, shape, data))
+    }
+
+    /// An array from parts already checked.
+    fn parts(dtype: String, shape: Vec<usize>, data: Bytes) -> NdArray {
+        NdArray {
+            dtype,
+            shape,
+            data,
+            aligned: OnceLock::new(),
+        }
     }
 
     /// An array of `T` in the machine's byte order, copied from `data` (C order).
@@ -353,10 +413,32 @@ impl NdArray {
         &self.data
     }
 
-    /// The elements' bytes, taken out of the array.
+    /// The elements' bytes, taken out of the array (copied when shared).
     #[must_use]
     pub fn into_data(self) -> Vec<u8> {
-        self.data
+        self.data.into_vec()
+    }
+
+    /// The elements' bytes as [`Bytes`], owned or shared as they are.
+    #[must_use]
+    pub fn bytes(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// Whether the data is shared with a shard's payload (see [`Bytes`]) rather than owned.
+    #[must_use]
+    pub fn is_shared(&self) -> bool {
+        self.data.is_shared()
+    }
+
+    /// The same array with its data owned: copied out of the shard's payload when shared, so the
+    /// payload can be freed.
+    #[must_use]
+    pub fn into_owned(self) -> NdArray {
+        if !self.is_shared() {
+            return self;
+        }
+        NdArray::parts(self.dtype, self.shape, self.data.into_owned())
     }
 
     /// The number of elements (1 for a 0-d array).
@@ -377,16 +459,29 @@ impl NdArray {
         parse_dtype(&self.dtype).map(|d| d.itemsize)
     }
 
-    /// Borrows the elements as `&[T]`, without copying.
+    /// The elements as `&[T]`: borrowed when the data is aligned for `T`; otherwise copied once
+    /// into an aligned buffer that the array keeps (later calls borrow it).
     ///
     /// # Errors
     ///
     /// [`ArrayError::DtypeMismatch`] when the dtype is not `T`'s; [`ArrayError::ByteOrder`] when
-    /// it is `T` in the other byte order, and [`ArrayError::Misaligned`] when the bytes are not
-    /// aligned for `T` ([`NdArray::to_vec`] handles both); [`ArrayError::InvalidBool`] for a bool
-    /// array holding bytes other than 0 and 1.
+    /// it is `T` in the other byte order ([`NdArray::to_vec`] swaps); [`ArrayError::InvalidBool`]
+    /// for a bool array holding bytes other than 0 and 1.
     pub fn as_slice<T: Element>(&self) -> Result<&[T], ArrayError> {
-        view(&self.dtype, &self.data)
+        match view(&self.dtype, &self.data) {
+            Err(ArrayError::Misaligned { align }) => {
+                // `view` checked dtype, byte order and bool bytes: only alignment is missing.
+                let copy = self.aligned.get_or_init(|| {
+                    Box::new(read_all::<T>(&self.data, cfg!(target_endian = "big")))
+                });
+                // Only one element type passes the dtype check, so the copy is a `Vec<T>`.
+                let copy: &dyn Any = &**copy;
+                copy.downcast_ref::<Vec<T>>()
+                    .map(Vec::as_slice)
+                    .ok_or(ArrayError::Misaligned { align })
+            }
+            other => other,
+        }
     }
 
     /// Copies the elements into a `Vec<T>`, swapping bytes when the dtype's order is not the
@@ -472,7 +567,7 @@ const DATA: &[u8] = b"data";
 const COMPLEX: &[u8] = b"complex";
 
 fn bin(key: &[u8]) -> Value {
-    Value::Bin(key.to_vec())
+    Value::Bin(key.into())
 }
 
 impl From<&NdArray> for Value {
@@ -481,7 +576,7 @@ impl From<&NdArray> for Value {
         Value::Map(vec![
             (bin(ND), Value::Bool(true)),
             (bin(TYPE), Value::Str(a.dtype.clone())),
-            (bin(KIND), Value::Bin(Vec::new())),
+            (bin(KIND), Value::Bin(Bytes::default())),
             (bin(SHAPE), Value::Array(shape)),
             (bin(DATA), Value::Bin(a.data.clone())),
         ])
@@ -494,7 +589,7 @@ impl From<NdArray> for Value {
         Value::Map(vec![
             (bin(ND), Value::Bool(true)),
             (bin(TYPE), Value::Str(a.dtype)),
-            (bin(KIND), Value::Bin(Vec::new())),
+            (bin(KIND), Value::Bin(Bytes::default())),
             (bin(SHAPE), Value::Array(shape)),
             (bin(DATA), Value::Bin(a.data)),
         ])
@@ -506,7 +601,7 @@ impl From<&NdScalar> for Value {
         Value::Map(vec![
             (bin(ND), Value::Bool(false)),
             (bin(TYPE), Value::Str(s.dtype.clone())),
-            (bin(DATA), Value::Bin(s.data.clone())),
+            (bin(DATA), Value::Bin(s.data.clone().into())),
         ])
     }
 }
@@ -563,17 +658,14 @@ impl TryFrom<&Value> for NdArray {
             .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
             .collect::<Option<Vec<usize>>>()
             .ok_or_else(|| not("shape holds something other than sizes"))?;
-        let data = v
-            .get_bin(DATA)
-            .and_then(Value::as_bin)
-            .ok_or_else(|| not("no bin under bin key data"))?;
+        let data = match v.get_bin(DATA).map(Value::unwide) {
+            Some(Value::Bin(data)) => data,
+            _ => return Err(not("no bin under bin key data")),
+        };
         // Check before copying: a lying shape should not cost a copy of the data.
         check_len(dtype, &shape, data.len())?;
-        Ok(NdArray {
-            dtype: dtype.to_owned(),
-            shape,
-            data: data.to_vec(),
-        })
+        // A shared bin stays shared: the array is a window into the same payload.
+        Ok(NdArray::parts(dtype.to_owned(), shape, data.clone()))
     }
 }
 
@@ -634,14 +726,16 @@ impl Value {
 // Serde: the same maps as above, with bin keys (through serde_bytes), so that typed samples
 // written with rmp-serde are what msgpack-numpy writes.
 
+use serde_bytes::Bytes as SerBytes;
+
 impl Serialize for NdArray {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(5))?;
-        m.serialize_entry(Bytes::new(ND), &true)?;
-        m.serialize_entry(Bytes::new(TYPE), &self.dtype)?;
-        m.serialize_entry(Bytes::new(KIND), Bytes::new(b""))?;
-        m.serialize_entry(Bytes::new(SHAPE), &self.shape)?;
-        m.serialize_entry(Bytes::new(DATA), Bytes::new(&self.data))?;
+        m.serialize_entry(SerBytes::new(ND), &true)?;
+        m.serialize_entry(SerBytes::new(TYPE), &self.dtype)?;
+        m.serialize_entry(SerBytes::new(KIND), SerBytes::new(b""))?;
+        m.serialize_entry(SerBytes::new(SHAPE), &self.shape)?;
+        m.serialize_entry(SerBytes::new(DATA), SerBytes::new(&self.data))?;
         m.end()
     }
 }
@@ -649,9 +743,9 @@ impl Serialize for NdArray {
 impl Serialize for NdScalar {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(3))?;
-        m.serialize_entry(Bytes::new(ND), &false)?;
-        m.serialize_entry(Bytes::new(TYPE), &self.dtype)?;
-        m.serialize_entry(Bytes::new(DATA), Bytes::new(&self.data))?;
+        m.serialize_entry(SerBytes::new(ND), &false)?;
+        m.serialize_entry(SerBytes::new(TYPE), &self.dtype)?;
+        m.serialize_entry(SerBytes::new(DATA), SerBytes::new(&self.data))?;
         m.end()
     }
 }
@@ -659,8 +753,8 @@ impl Serialize for NdScalar {
 impl Serialize for PyComplex {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry(Bytes::new(COMPLEX), &true)?;
-        m.serialize_entry(Bytes::new(DATA), &self.repr)?;
+        m.serialize_entry(SerBytes::new(COMPLEX), &true)?;
+        m.serialize_entry(SerBytes::new(DATA), &self.repr)?;
         m.end()
     }
 }
@@ -728,23 +822,27 @@ struct Fields {
 
 /// `data` is bin for arrays and scalars, str for complex numbers.
 enum DataField {
-    Bin(Vec<u8>),
+    Bin(Bytes),
     Str(String),
 }
 
 impl<'de> Deserialize<'de> for DataField {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<DataField, D::Error> {
         struct DataVisitor;
-        impl Visitor<'_> for DataVisitor {
+        impl<'de> Visitor<'de> for DataVisitor {
             type Value = DataField;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("bin or str data")
             }
             fn visit_bytes<E>(self, v: &[u8]) -> Result<DataField, E> {
-                Ok(DataField::Bin(v.to_vec()))
+                Ok(DataField::Bin(v.into()))
+            }
+            // Bytes lent from the input: shared with the payload being decoded, when there is one.
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<DataField, E> {
+                Ok(DataField::Bin(value::share(v)))
             }
             fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<DataField, E> {
-                Ok(DataField::Bin(v))
+                Ok(DataField::Bin(v.into()))
             }
             fn visit_str<E>(self, v: &str) -> Result<DataField, E> {
                 Ok(DataField::Str(v.to_owned()))
@@ -810,7 +908,7 @@ impl<'de> Deserialize<'de> for NdArray {
         let Some(DataField::Bin(data)) = f.data else {
             return Err(missing("bin data"));
         };
-        NdArray::new(dtype, shape, data).map_err(de::Error::custom)
+        NdArray::from_bytes(dtype, shape, data).map_err(de::Error::custom)
     }
 }
 
@@ -824,7 +922,7 @@ impl<'de> Deserialize<'de> for NdScalar {
         let Some(DataField::Bin(data)) = f.data else {
             return Err(missing("bin data"));
         };
-        NdScalar::new(dtype, data).map_err(de::Error::custom)
+        NdScalar::new(dtype, data.into_vec()).map_err(de::Error::custom)
     }
 }
 
@@ -874,11 +972,7 @@ mod ndarray_impl {
                     .flat_map(|x| element_bytes(std::slice::from_ref(x)).to_vec())
                     .collect(),
             };
-            NdArray {
-                dtype: native_dtype::<T>(),
-                shape,
-                data,
-            }
+            NdArray::parts(native_dtype::<T>(), shape, data.into())
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! A loader lists the keys (all of the store's, or the caller's), optionally shuffles them with a
 //! seed, keeps this rank's share, and decodes the shards on a pool of worker threads while the
-//! caller consumes them. It yields shards ([`ShardIter`]) or samples ([`SampleIter`]), in key
+//! caller consumes them; when the shard whose turn it is is not ready yet, the consuming thread
+//! decodes a queued one itself instead of waiting. It yields shards ([`ShardIter`]) or samples ([`SampleIter`]), in key
 //! order by default, optionally mixed through a seeded shuffle buffer.
 //!
 //! # Memory
@@ -168,8 +169,9 @@ impl<St: Store + Clone + 'static> Loader<St> {
         self
     }
 
-    /// Decodes on `n` worker threads (default: one per core). `0` decodes on the consuming
-    /// thread, with no threads at all.
+    /// Decodes on `n` worker threads (default: one per core), helped by the consuming thread
+    /// whenever the shard whose turn it is is not ready. `0` decodes on the consuming thread,
+    /// with no threads at all.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
@@ -244,8 +246,9 @@ impl<St: Store + Clone + 'static> Loader<St> {
         self.shards_map(|sample: T| sample)
     }
 
-    /// [`Loader::shards`], each sample passed through `f` on the worker thread that decoded it
-    /// (for per-sample preprocessing that should use the cores too).
+    /// [`Loader::shards`], each sample passed through `f` on the thread that decoded it (for
+    /// per-sample preprocessing that should use the cores too): a worker, or the consuming
+    /// thread when it decodes a shard itself rather than wait.
     ///
     /// # Errors
     ///
@@ -287,7 +290,8 @@ impl<St: Store + Clone + 'static> Loader<St> {
         self.samples_map(|sample: T| sample)
     }
 
-    /// [`Loader::samples`], each sample passed through `f` on a worker thread.
+    /// [`Loader::samples`], each sample passed through `f` on the thread that decoded it (see
+    /// [`Loader::shards_map`]).
     ///
     /// # Errors
     ///
@@ -327,6 +331,9 @@ pub struct Shard<T> {
 
 type Job<U> = Arc<dyn Fn(&str) -> Result<Vec<U>> + Send + Sync>;
 
+/// A shard to decode: its position in the plan and its key.
+type Queued = (usize, String);
+
 /// What a worker sends back for shard number `.0`.
 type Outcome<U> = (usize, thread::Result<Result<Shard<U>>>);
 
@@ -338,7 +345,7 @@ pub struct ShardIter<T> {
     /// Keys not yet handed to a worker, with their position in the plan.
     pending: std::iter::Enumerate<std::vec::IntoIter<String>>,
     /// `None` once the iterator is being dropped, which tells idle workers to exit.
-    jobs: Option<Sender<(usize, String)>>,
+    jobs: Option<Sender<Queued>>,
     results: Receiver<Outcome<T>>,
     /// Shards that finished before their turn, by position.
     ready: HashMap<usize, Result<Shard<T>>>,
@@ -349,6 +356,9 @@ pub struct ShardIter<T> {
     prefetch: usize,
     /// Decodes on the consuming thread when there are no workers.
     inline: Option<Job<T>>,
+    /// With workers: the job queue and the job, so that the consuming thread, instead of
+    /// waiting for the shard whose turn it is, decodes a queued shard itself.
+    help: Option<(Receiver<Queued>, Job<T>)>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -364,7 +374,7 @@ impl<T> fmt::Debug for ShardIter<T> {
 
 impl<T: Send + 'static> ShardIter<T> {
     fn start(keys: Vec<String>, job: Job<T>, workers: usize, prefetch: usize) -> Self {
-        let (job_tx, job_rx) = crossbeam_channel::unbounded::<(usize, String)>();
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<Queued>();
         // Unbounded, but never holding more than `prefetch` results: that many jobs at most are
         // out at once.
         let (result_tx, result_rx) = crossbeam_channel::unbounded::<Outcome<T>>();
@@ -391,6 +401,11 @@ impl<T: Send + 'static> ShardIter<T> {
                 Err(_) => break,
             }
         }
+        let (inline, help) = if handles.is_empty() {
+            (Some(job), None)
+        } else {
+            (None, Some((job_rx, job)))
+        };
         ShardIter {
             pending: keys.into_iter().enumerate(),
             jobs: Some(job_tx),
@@ -399,7 +414,8 @@ impl<T: Send + 'static> ShardIter<T> {
             next: 0,
             sent: 0,
             prefetch,
-            inline: handles.is_empty().then_some(job),
+            inline,
+            help,
             workers: handles,
         }
     }
@@ -433,6 +449,16 @@ impl<T: Send + 'static> Iterator for ShardIter<T> {
                 self.next += 1;
                 self.top_up();
                 return Some(shard);
+            }
+            // Rather than wait, decode a shard no worker has started (the earliest queued, so
+            // often the one whose turn it is): the consuming thread's core is not left idle, and
+            // a descheduled worker holds up less. It counts against `prefetch` as before.
+            if let Some((queue, job)) = &self.help
+                && let Ok((index, key)) = queue.try_recv()
+            {
+                let shard = job(&key).map(|samples| Shard { key, samples });
+                self.ready.insert(index, shard);
+                continue;
             }
             match self.results.recv() {
                 Ok((index, Ok(shard))) => {

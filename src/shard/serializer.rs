@@ -19,6 +19,7 @@
 //! may not claim more than the input holds, and nesting is limited.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::{self, Read};
 use std::marker::PhantomData;
 
@@ -203,6 +204,29 @@ pub trait Serializer: Send + Sync {
         codec: Codec,
         bytes: &'a [u8],
     ) -> Result<Cow<'a, [u8]>, ShardError>;
+
+    /// As [`Serializer::decode_payload`], for a caller that reuses buffers: a payload that must
+    /// be decompressed is written into `buf` (replacing what it held) and `Ok(None)` returned;
+    /// one stored as it is comes back borrowed, `Ok(Some(bytes))`, and `buf` is left alone. By
+    /// default it calls [`Serializer::decode_payload`] and moves an owned result into `buf`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Serializer::decode_payload`].
+    fn decode_payload_into<'a>(
+        &self,
+        codec: Codec,
+        bytes: &'a [u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<&'a [u8]>, ShardError> {
+        match self.decode_payload(codec, bytes)? {
+            Cow::Borrowed(b) => Ok(Some(b)),
+            Cow::Owned(v) => {
+                *buf = v;
+                Ok(None)
+            }
+        }
+    }
 
     /// All samples of a record, typed.
     ///
@@ -427,9 +451,7 @@ impl MessagepackSerializer {
         match self.compression {
             // bulk compression writes the content size into the frame header, which lets the
             // reader allocate once and check the limit up front.
-            Compression::Always(level) => zstd::bulk::compress(payload, level)
-                .map(Some)
-                .map_err(ShardError::Compress),
+            Compression::Always(level) => compress(payload, level).map(Some),
             Compression::Adaptive {
                 level,
                 min_saving,
@@ -454,8 +476,6 @@ impl MessagepackSerializer {
             (kept as u128) * 10_000 <= (len as u128) * u128::from(10_000 - min_saving.min(10_000))
         };
         if sample && payload.len() >= Self::SAMPLE_MIN_LEN {
-            let mut compressor =
-                zstd::bulk::Compressor::new(SAMPLE_LEVEL).map_err(ShardError::Compress)?;
             let stride = (payload.len() - SAMPLE_SLICE) / (SAMPLE_SLICES - 1);
             let (mut raw, mut kept) = (0usize, 0usize);
             for i in 0..SAMPLE_SLICES {
@@ -463,10 +483,7 @@ impl MessagepackSerializer {
                     continue;
                 };
                 raw += slice.len();
-                kept += compressor
-                    .compress(slice)
-                    .map_err(ShardError::Compress)?
-                    .len();
+                kept += compress(slice, SAMPLE_LEVEL)?.len();
             }
             // The sample, at its fast level, gains a little less than the whole payload at the
             // real level would: it refuses only when it falls clearly short of the bar, at less
@@ -477,7 +494,7 @@ impl MessagepackSerializer {
                 return Ok(None);
             }
         }
-        let frame = zstd::bulk::compress(payload, level).map_err(ShardError::Compress)?;
+        let frame = compress(payload, level)?;
         Ok(pays(payload.len(), frame.len()).then_some(frame))
     }
 }
@@ -518,6 +535,22 @@ impl Serializer for MessagepackSerializer {
             Codec::Raw => Err(ShardError::NotSamples),
             Codec::Msgpack => Ok(Cow::Borrowed(bytes)),
             Codec::MsgpackZstd => decompress(bytes, self.max_decompressed).map(Cow::Owned),
+        }
+    }
+
+    fn decode_payload_into<'a>(
+        &self,
+        codec: Codec,
+        bytes: &'a [u8],
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<&'a [u8]>, ShardError> {
+        match codec {
+            Codec::Raw => Err(ShardError::NotSamples),
+            Codec::Msgpack => Ok(Some(bytes)),
+            Codec::MsgpackZstd => {
+                decompress_into(bytes, self.max_decompressed, buf)?;
+                Ok(None)
+            }
         }
     }
 }
@@ -689,8 +722,68 @@ fn corrupt_frame(what: &str) -> ShardError {
     ShardError::Decompress(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()))
 }
 
+/// Levels up to this one keep their compression context per thread; higher ones (whose contexts
+/// take tens of MB) make a fresh one per shard.
+const CACHED_LEVELS: i32 = 9;
+
+thread_local! {
+    /// This thread's zstd contexts: making one per shard cost a large allocation (and its page
+    /// faults) each time, a few percent of a get and more of a write.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// One zstd frame of `data` at `level`, with its content size in the header.
+fn compress(data: &[u8], level: i32) -> Result<Vec<u8>, ShardError> {
+    if level > CACHED_LEVELS {
+        return zstd::bulk::compress(data, level).map_err(ShardError::Compress);
+    }
+    COMPRESSOR
+        .with(|cell| {
+            // A context in use further up this thread's stack cannot be lent: use a fresh one.
+            let Ok(mut slot) = cell.try_borrow_mut() else {
+                return zstd::bulk::compress(data, level);
+            };
+            let compressor = match slot.as_mut() {
+                Some(c) => {
+                    c.set_compression_level(level)?;
+                    c
+                }
+                None => slot.insert(zstd::bulk::Compressor::new(level)?),
+            };
+            compressor.compress(data)
+        })
+        .map_err(ShardError::Compress)
+}
+
+/// Runs `f` with this thread's decompression context (a fresh one if it is in use).
+fn with_decompressor<R>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> io::Result<R>,
+) -> io::Result<R> {
+    DECOMPRESSOR.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return f(&mut zstd::bulk::Decompressor::new()?);
+        };
+        let decompressor = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        f(decompressor)
+    })
+}
+
 /// Decompresses zstd frames into at most `limit` bytes.
 fn decompress(bytes: &[u8], limit: u64) -> Result<Vec<u8>, ShardError> {
+    let mut out = Vec::new();
+    decompress_into(bytes, limit, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress`] into `out`, which is cleared first and keeps its capacity for reuse.
+fn decompress_into(bytes: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), ShardError> {
+    out.clear();
     let corrupt = |what: &str| {
         ShardError::Decompress(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()))
     };
@@ -710,15 +803,31 @@ fn decompress(bytes: &[u8], limit: u64) -> Result<Vec<u8>, ShardError> {
     // beats 1000:1 on real data); past that the buffer grows as bytes actually arrive, so a
     // 12-byte frame claiming 4 GiB gets no 4 GiB allocation.
     let plausible = (bytes.len() as u64).saturating_mul(1024).max(1 << 20);
+    if let Some(size) = claimed.filter(|s| *s <= plausible)
+        && let Ok(size) = usize::try_from(size)
+    {
+        // The size is known and plausible: decompress straight into a buffer of that size, with
+        // no zero-filling and no copy out of a stream's window. A frame that does not fit (it
+        // lied, or more frames follow) is refused as a stream would refuse it below.
+        out.reserve(size);
+        with_decompressor(|d| d.decompress_to_buffer(bytes, out))
+            .map_err(ShardError::Decompress)?;
+        if out.len() != size {
+            return Err(corrupt(
+                "frame content size does not match the decoded bytes",
+            ));
+        }
+        return Ok(());
+    }
     let capacity = usize::try_from(claimed.unwrap_or(0).min(plausible)).unwrap_or(0);
-    let mut out = Vec::with_capacity(capacity);
+    out.reserve(capacity);
     let decoder =
         zstd::stream::read::Decoder::with_buffer(bytes).map_err(ShardError::Decompress)?;
     // Reading one byte past the limit tells "exactly at the limit" from "over it" without ever
     // holding more than limit + 1 bytes.
     decoder
         .take(limit.saturating_add(1))
-        .read_to_end(&mut out)
+        .read_to_end(out)
         .map_err(ShardError::Decompress)?;
     if out.len() as u64 > limit {
         return Err(ShardError::TooLarge {
@@ -732,7 +841,7 @@ fn decompress(bytes: &[u8], limit: u64) -> Result<Vec<u8>, ShardError> {
             "frame content size does not match the decoded bytes",
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The payload for typed samples: each written with rmp-serde, structs as maps with field names.
@@ -741,12 +850,39 @@ fn decompress(bytes: &[u8], limit: u64) -> Result<Vec<u8>, ShardError> {
 ///
 /// [`ShardError::Encode`] when a sample cannot be serialized.
 pub fn payload_from_samples<T: Serialize>(samples: &[T]) -> Result<Vec<u8>, ShardError> {
-    let mut out = Vec::new();
+    // A first pass sizes the buffer exactly: it walks the samples' structure but copies nothing
+    // (a bin's bytes are only counted), so the bytes are copied once, into a buffer that never
+    // grows. Growing by doubling instead copied a 1 MB shard about twice more.
+    let mut size = ByteCount(0);
+    for (sample, s) in samples.iter().enumerate() {
+        rmp_serde::encode::write_named(&mut size, s)
+            .map_err(|source| ShardError::Encode { sample, source })?;
+    }
+    let mut out = Vec::with_capacity(size.0);
     for (sample, s) in samples.iter().enumerate() {
         rmp_serde::encode::write_named(&mut out, s)
             .map_err(|source| ShardError::Encode { sample, source })?;
     }
     Ok(out)
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The payload for [`Value`] samples, byte-exact.
@@ -773,6 +909,25 @@ pub fn decode_values(payload: &[u8]) -> Result<Vec<Value>, ShardError> {
     let mut offset = 0;
     while let Some(rest) = payload.get(offset..).filter(|r| !r.is_empty()) {
         let (v, used) = Value::decode(rest).map_err(|source| ShardError::Msgpack {
+            sample: out.len(),
+            offset,
+            source,
+        })?;
+        out.push(v);
+        offset += used;
+    }
+    Ok(out)
+}
+
+/// [`decode_values`] with bins sharing `owner` (which holds `payload`) instead of copying.
+pub(crate) fn decode_values_in(
+    owner: &crate::shard::store::Payload,
+    payload: &[u8],
+) -> Result<Vec<Value>, ShardError> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while let Some(rest) = payload.get(offset..).filter(|r| !r.is_empty()) {
+        let (v, used) = Value::decode_in(owner, rest).map_err(|source| ShardError::Msgpack {
             sample: out.len(),
             offset,
             source,

@@ -21,19 +21,20 @@ use crate::error::{Error, Result};
 use crate::shard::keygen::random_key;
 use crate::shard::loader::Loader;
 use crate::shard::serializer::{
-    Codec, Encoded, MessagepackSerializer, Samples, Serializer, ShardError, decode_values,
-    encode_values, payload_from_samples,
+    Codec, Encoded, MessagepackSerializer, Samples, Serializer, ShardError, encode_values,
+    payload_from_samples,
 };
 use crate::shard::value::Value;
 
 /// A shard's payload: its samples as concatenated MessagePack, read from a [`Store`].
 ///
 /// Derefs to the bytes. When the store kept the shard uncompressed they are not copied: the
-/// payload points into the store's memory map and keeps it alive.
+/// payload points into the store's memory map and keeps it alive. Cloning is cheap (a reference
+/// count), and the arrays and bins decoded from a payload share it rather than copy their bytes
+/// (see [`Payload::samples`] and [`Bytes`](crate::value::Bytes)).
 #[derive(Clone)]
-pub struct Payload(Repr);
+pub struct Payload(Arc<Repr>);
 
-#[derive(Clone)]
 enum Repr {
     Mapped {
         value: ValueRef,
@@ -41,24 +42,51 @@ enum Repr {
         len: usize,
     },
     Owned(Vec<u8>),
+    Recycled(Recycled),
 }
 
 impl Payload {
     /// A payload held in memory.
     #[must_use]
     pub fn owned(bytes: Vec<u8>) -> Payload {
-        Payload(Repr::Owned(bytes))
+        Payload(Arc::new(Repr::Owned(bytes)))
     }
 
     /// A payload that is all of `value`, inside the store's memory map.
     #[must_use]
     pub fn mapped(value: ValueRef) -> Payload {
         let len = value.len();
-        Payload(Repr::Mapped {
+        Payload(Arc::new(Repr::Mapped {
             value,
             start: 0,
             len,
-        })
+        }))
+    }
+
+    /// Whether the bytes are inside the store's memory map (the record was stored uncompressed)
+    /// rather than held in memory.
+    #[must_use]
+    pub fn is_mapped(&self) -> bool {
+        matches!(*self.0, Repr::Mapped { .. })
+    }
+
+    /// Every sample, typed. Arrays ([`NdArray`](crate::array::NdArray)) and [`Value`] bins in
+    /// the samples share this payload's bytes instead of copying them.
+    ///
+    /// # Errors
+    ///
+    /// [`ShardError::Msgpack`] or [`ShardError::Mismatch`] for the first sample that fails.
+    pub fn samples<T: DeserializeOwned>(&self) -> std::result::Result<Vec<T>, ShardError> {
+        crate::shard::value::sharing(self, || Samples::new(self).collect())
+    }
+
+    /// Every sample as a [`Value`], byte-exact; bins share this payload's bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`ShardError::Msgpack`] for the first sample that is not valid MessagePack.
+    pub fn values(&self) -> std::result::Result<Vec<Value>, ShardError> {
+        crate::shard::serializer::decode_values_in(self, self)
     }
 
     /// `payload` as decoded out of `value`: kept as a window into the map when it borrows from
@@ -66,35 +94,37 @@ impl Payload {
     fn from_cow(value: &ValueRef, payload: Cow<'_, [u8]>) -> Payload {
         match payload {
             Cow::Owned(bytes) => Payload::owned(bytes),
-            Cow::Borrowed(slice) => {
-                // A serializer may borrow any part of the record (after a header, say); find where.
-                let start = slice.as_ptr().addr().wrapping_sub(value.as_ptr().addr());
-                let within = start
-                    .checked_add(slice.len())
-                    .is_some_and(|end| end <= value.len());
-                if within {
-                    Payload(Repr::Mapped {
-                        value: value.clone(),
-                        start,
-                        len: slice.len(),
-                    })
-                } else {
-                    Payload::owned(slice.to_vec())
-                }
-            }
+            Cow::Borrowed(slice) => match window(value, slice) {
+                Some(start) => Payload(Arc::new(Repr::Mapped {
+                    value: value.clone(),
+                    start,
+                    len: slice.len(),
+                })),
+                None => Payload::owned(slice.to_vec()),
+            },
         }
     }
+}
+
+/// Where `slice` starts inside `outer`, when it lies wholly inside it.
+pub(crate) fn window(outer: &[u8], slice: &[u8]) -> Option<usize> {
+    let start = slice.as_ptr().addr().wrapping_sub(outer.as_ptr().addr());
+    let within = start
+        .checked_add(slice.len())
+        .is_some_and(|end| end <= outer.len());
+    within.then_some(start)
 }
 
 impl Deref for Payload {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        match &self.0 {
+        match &*self.0 {
             // `from_cow` checked the window against the value; an empty slice is the fallback
             // that can never be reached, not a panic.
             Repr::Mapped { value, start, len } => value.get(*start..start + len).unwrap_or(&[]),
             Repr::Owned(bytes) => bytes,
+            Repr::Recycled(r) => &r.buf,
         }
     }
 }
@@ -109,7 +139,7 @@ impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Payload")
             .field("len", &self.len())
-            .field("mapped", &matches!(self.0, Repr::Mapped { .. }))
+            .field("mapped", &self.is_mapped())
             .finish()
     }
 }
@@ -212,10 +242,7 @@ pub trait Store: Send + Sync {
         let Some(payload) = self.get_payload(key)? else {
             return Ok(None);
         };
-        Samples::new(&payload)
-            .collect::<Result<Vec<T>, _>>()
-            .map(Some)
-            .map_err(shard_error(key))
+        payload.samples().map(Some).map_err(shard_error(key))
     }
 
     /// Stores a shard of [`Value`] samples byte-exactly; otherwise as [`Store::set`].
@@ -241,7 +268,7 @@ pub trait Store: Send + Sync {
         let Some(payload) = self.get_payload(key)? else {
             return Ok(None);
         };
-        decode_values(&payload).map(Some).map_err(shard_error(key))
+        payload.values().map(Some).map_err(shard_error(key))
     }
 }
 
@@ -257,6 +284,8 @@ pub trait Store: Send + Sync {
 pub struct SquirrelStore<S = MessagepackSerializer> {
     engine: Engine,
     serializer: Arc<S>,
+    /// Decompression buffers, reused by the gets of this store and its clones.
+    buffers: Arc<BufferPool>,
 }
 
 impl<S> Clone for SquirrelStore<S> {
@@ -264,7 +293,59 @@ impl<S> Clone for SquirrelStore<S> {
         SquirrelStore {
             engine: self.engine.clone(),
             serializer: self.serializer.clone(),
+            buffers: self.buffers.clone(),
         }
+    }
+}
+
+/// Buffers that compressed shards were decompressed into, handed back when the last array or
+/// bin sharing them is dropped, for the next get to decompress into.
+///
+/// Reusing them keeps a parallel read from allocating (and the allocator from returning to the
+/// OS and faulting in again) a shard-sized buffer per shard: with the buffers freed on the
+/// consuming thread and allocated on the workers, that churn cost a loader more page faults than
+/// records. Bounded: at most [`BufferPool::KEEP`] buffers of at most [`BufferPool::MAX_LEN`]
+/// bytes are kept.
+#[derive(Debug, Default)]
+struct BufferPool(std::sync::Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    const KEEP: usize = 8;
+    const MAX_LEN: usize = 16 << 20;
+
+    /// The kept buffers. A panic while they were held cannot have left them inconsistent (a
+    /// push or a pop), so a poisoned lock is used as it is.
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take(&self) -> Vec<u8> {
+        self.kept().pop().unwrap_or_default()
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > Self::MAX_LEN {
+            return;
+        }
+        buf.clear();
+        let mut kept = self.kept();
+        if kept.len() < Self::KEEP {
+            kept.push(buf);
+        }
+    }
+}
+
+/// A decompressed payload whose buffer goes back to its pool when dropped.
+struct Recycled {
+    buf: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl Drop for Recycled {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -308,6 +389,7 @@ impl<S: Serializer> SquirrelStore<S> {
         SquirrelStore {
             engine,
             serializer: Arc::new(serializer),
+            buffers: Arc::default(),
         }
     }
 
@@ -421,8 +503,9 @@ impl<S: Serializer> SquirrelStore<S> {
     }
 }
 
-// The typed methods are overridden so that a serializer's own `encode` / `decode` (which may be
-// faster than going through a payload) is what runs.
+// The writing methods are overridden so that a serializer's own `encode` (which may be faster than
+// going through a payload) is what runs. Reads keep the trait's methods: they decode from the
+// payload, which the decoded arrays and bins then share instead of copying their bytes.
 impl<S: Serializer> Store for SquirrelStore<S> {
     fn set_payload(&self, payload: &[u8], key: Option<&str>) -> Result<String> {
         let key = key_or_random(key);
@@ -438,11 +521,25 @@ impl<S: Serializer> Store for SquirrelStore<S> {
         let Some((value, codec)) = self.record(key)? else {
             return Ok(None);
         };
-        let payload = self
-            .serializer
-            .decode_payload(codec, &value)
-            .map_err(shard_error(key))?;
-        Ok(Some(Payload::from_cow(&value, payload)))
+        // Only a record that must be decompressed takes a buffer.
+        let mut buf = match codec {
+            Codec::Raw | Codec::Msgpack => Vec::new(),
+            Codec::MsgpackZstd => self.buffers.take(),
+        };
+        match self.serializer.decode_payload_into(codec, &value, &mut buf) {
+            Ok(Some(borrowed)) => {
+                self.buffers.give(buf);
+                Ok(Some(Payload::from_cow(&value, Cow::Borrowed(borrowed))))
+            }
+            Ok(None) => Ok(Some(Payload(Arc::new(Repr::Recycled(Recycled {
+                buf,
+                pool: self.buffers.clone(),
+            }))))),
+            Err(e) => {
+                self.buffers.give(buf);
+                Err(shard_error(key)(e))
+            }
+        }
     }
 
     fn keys(&self) -> Result<Vec<String>> {
@@ -456,16 +553,6 @@ impl<S: Serializer> Store for SquirrelStore<S> {
         Ok(key)
     }
 
-    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Vec<T>>> {
-        let Some((value, codec)) = self.record(key)? else {
-            return Ok(None);
-        };
-        self.serializer
-            .decode(codec, &value)
-            .map(Some)
-            .map_err(shard_error(key))
-    }
-
     fn set_values(&self, shard: &[Value], key: Option<&str>) -> Result<String> {
         let key = key_or_random(key);
         let record = self
@@ -474,15 +561,5 @@ impl<S: Serializer> Store for SquirrelStore<S> {
             .map_err(shard_error(&key))?;
         self.engine.put(&key, record.codec.as_u8(), &record.bytes)?;
         Ok(key)
-    }
-
-    fn get_values(&self, key: &str) -> Result<Option<Vec<Value>>> {
-        let Some((value, codec)) = self.record(key)? else {
-            return Ok(None);
-        };
-        self.serializer
-            .decode_values(codec, &value)
-            .map(Some)
-            .map_err(shard_error(key))
     }
 }

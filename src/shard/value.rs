@@ -19,8 +19,13 @@
 
 use std::fmt;
 
+use std::cell::RefCell;
+use std::ops::Deref;
+
 use rmp::Marker;
 use rmp::encode::{ByteBuf, RmpWrite};
+
+use crate::shard::store::{Payload, window};
 
 /// How deeply containers (arrays, maps) may nest when decoding.
 ///
@@ -284,6 +289,212 @@ pub enum LenWidth {
     W32,
 }
 
+/// The bytes of a bin or an array: owned, or shared with the shard payload they were decoded
+/// from.
+///
+/// Decoding a shard from a store ([`Store::get`](crate::Store::get),
+/// [`Store::get_values`](crate::Store::get_values), [`Payload::samples`]) copies no bin or array
+/// data: each [`Bytes`] is a window into the shard's payload, which is the store's memory map
+/// when the record is uncompressed (and the decompressed buffer otherwise), kept alive by a
+/// reference count. Values built in code own their bytes. Either way it derefs to `&[u8]` and
+/// compares by content.
+///
+/// A shared window keeps the whole payload alive (for a mapped one, the segment it lies in, even
+/// after a compaction): call [`Bytes::into_owned`] on what is kept long after the rest of the
+/// shard is dropped.
+///
+/// ```
+/// use squirrel_store::value::{Bytes, Value};
+///
+/// let b = Bytes::from(vec![1u8, 2, 3]);
+/// assert_eq!(&*b, &[1, 2, 3]);
+/// assert!(!b.is_shared());
+/// assert_eq!(Value::Bin(b).as_bin(), Some(&[1u8, 2, 3][..]));
+/// ```
+#[derive(Clone, Default)]
+pub struct Bytes(BytesRepr);
+
+#[derive(Clone)]
+enum BytesRepr {
+    Owned(Vec<u8>),
+    Shared {
+        payload: Payload,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl Default for BytesRepr {
+    fn default() -> Self {
+        BytesRepr::Owned(Vec::new())
+    }
+}
+
+impl Bytes {
+    /// `slice` as a window into `payload`, when it lies inside it.
+    pub(crate) fn shared(payload: &Payload, slice: &[u8]) -> Option<Bytes> {
+        let start = window(payload, slice)?;
+        Some(Bytes(BytesRepr::Shared {
+            payload: payload.clone(),
+            start,
+            len: slice.len(),
+        }))
+    }
+
+    /// Whether the bytes are shared with a shard's payload rather than owned.
+    #[must_use]
+    pub fn is_shared(&self) -> bool {
+        matches!(self.0, BytesRepr::Shared { .. })
+    }
+
+    /// The same bytes, owned: copied out of the payload when shared, so that the payload can be
+    /// freed.
+    #[must_use]
+    pub fn into_owned(self) -> Bytes {
+        Bytes(BytesRepr::Owned(self.into_vec()))
+    }
+
+    /// The bytes as a `Vec` (copied when shared).
+    #[must_use]
+    pub fn into_vec(self) -> Vec<u8> {
+        match self.0 {
+            BytesRepr::Owned(v) => v,
+            BytesRepr::Shared { .. } => self.to_vec(),
+        }
+    }
+}
+
+impl Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            BytesRepr::Owned(v) => v,
+            // `shared` checked the window against the payload, which never changes; the empty
+            // fallback cannot be reached.
+            BytesRepr::Shared {
+                payload,
+                start,
+                len,
+            } => payload.get(*start..start + len).unwrap_or(&[]),
+        }
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    fn from(v: Vec<u8>) -> Self {
+        Bytes(BytesRepr::Owned(v))
+    }
+}
+
+impl From<&[u8]> for Bytes {
+    fn from(v: &[u8]) -> Self {
+        Bytes(BytesRepr::Owned(v.to_vec()))
+    }
+}
+
+impl<const N: usize> From<[u8; N]> for Bytes {
+    fn from(v: [u8; N]) -> Self {
+        Bytes(BytesRepr::Owned(v.to_vec()))
+    }
+}
+
+impl<const N: usize> From<&[u8; N]> for Bytes {
+    fn from(v: &[u8; N]) -> Self {
+        Bytes(BytesRepr::Owned(v.to_vec()))
+    }
+}
+
+impl From<Bytes> for Vec<u8> {
+    fn from(b: Bytes) -> Self {
+        b.into_vec()
+    }
+}
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Bytes) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Bytes {}
+
+impl std::hash::Hash for Bytes {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
+
+impl PartialEq<[u8]> for Bytes {
+    fn eq(&self, other: &[u8]) -> bool {
+        **self == *other
+    }
+}
+
+impl PartialEq<&[u8]> for Bytes {
+    fn eq(&self, other: &&[u8]) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<Vec<u8>> for Bytes {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        **self == **other
+    }
+}
+
+impl<const N: usize> PartialEq<[u8; N]> for Bytes {
+    fn eq(&self, other: &[u8; N]) -> bool {
+        **self == *other
+    }
+}
+
+thread_local! {
+    /// The payload being deserialized with serde on this thread, whose bytes decoded bins and
+    /// arrays may share (see [`sharing`]).
+    static SHARING: RefCell<Option<Payload>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a serde deserialization of bytes inside `payload`) with `payload` offered for
+/// sharing: bytes that serde hands out borrowed from it become windows into it ([`share`]).
+/// Restores what was offered before, also when `f` panics.
+pub(crate) fn sharing<R>(payload: &Payload, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Payload>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            SHARING.with(|s| *s.borrow_mut() = previous);
+        }
+    }
+    let previous = SHARING.with(|s| s.borrow_mut().replace(payload.clone()));
+    let _restore = Restore(previous);
+    f()
+}
+
+/// Bytes that a deserializer lent: a window into the payload offered by [`sharing`] when they
+/// lie in it, else a copy.
+pub(crate) fn share(bytes: &[u8]) -> Bytes {
+    SHARING
+        .with(|s| {
+            s.borrow()
+                .as_ref()
+                .and_then(|payload| Bytes::shared(payload, bytes))
+        })
+        .unwrap_or_else(|| Bytes::from(bytes))
+}
+
 /// A dynamic MessagePack value.
 ///
 /// Equality is structural and includes the encoding choices that a value keeps: an integer written
@@ -302,8 +513,8 @@ pub enum Value {
     F64(f64),
     /// A str (Python `str`).
     Str(String),
-    /// A bin (Python `bytes`).
-    Bin(Vec<u8>),
+    /// A bin (Python `bytes`); decoded from a store, it shares the shard's bytes (see [`Bytes`]).
+    Bin(Bytes),
     /// An array (Python `list` or `tuple`).
     Array(Vec<Value>),
     /// A map (Python `dict`), entries in stored order.
@@ -330,7 +541,22 @@ impl Value {
     ///
     /// [`DecodeError`] when the bytes are not a complete, valid MessagePack value.
     pub fn decode(bytes: &[u8]) -> Result<(Value, usize), DecodeError> {
-        let mut r = Reader { buf: bytes, pos: 0 };
+        let mut r = Reader {
+            buf: bytes,
+            pos: 0,
+            owner: None,
+        };
+        let v = r.value(0)?;
+        Ok((v, r.pos))
+    }
+
+    /// [`Value::decode`] of bytes inside `owner`: bins share `owner` instead of copying.
+    pub(crate) fn decode_in(owner: &Payload, bytes: &[u8]) -> Result<(Value, usize), DecodeError> {
+        let mut r = Reader {
+            buf: bytes,
+            pos: 0,
+            owner: Some(owner),
+        };
         let v = r.value(0)?;
         Ok((v, r.pos))
     }
@@ -566,7 +792,11 @@ pub fn validate_value(bytes: &[u8]) -> Result<usize, DecodeError> {
 
 /// The walk behind [`value_len`] and [`validate_value`].
 fn walk(bytes: &[u8], check_utf8: bool) -> Result<usize, DecodeError> {
-    let mut r = Reader { buf: bytes, pos: 0 };
+    let mut r = Reader {
+        buf: bytes,
+        pos: 0,
+        owner: None,
+    };
     // Items still to read at each open container level; the root is one item.
     let mut pending: Vec<u64> = vec![1];
     while let Some(top) = pending.last_mut() {
@@ -623,6 +853,8 @@ enum Header {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// The payload `buf` lies in, which bins share when given.
+    owner: Option<&'a Payload>,
 }
 
 impl<'a> Reader<'a> {
@@ -786,7 +1018,9 @@ impl<'a> Reader<'a> {
             }
             Header::Bin(n, width) => {
                 let bytes = self.take(n as usize)?;
-                (Value::Bin(bytes.to_vec()), width, bin_width(n))
+                let shared = self.owner.and_then(|p| Bytes::shared(p, bytes));
+                let bin = shared.unwrap_or_else(|| Bytes::from(bytes));
+                (Value::Bin(bin), width, bin_width(n))
             }
             Header::Ext(tag, n, width) => {
                 let bytes = self.take(n as usize)?;
@@ -1194,10 +1428,13 @@ mod serde_impl {
             Ok(Value::Str(v))
         }
         fn visit_bytes<E>(self, v: &[u8]) -> Result<Value, E> {
-            Ok(Value::Bin(v.to_vec()))
+            Ok(Value::Bin(v.into()))
+        }
+        fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Value, E> {
+            Ok(Value::Bin(super::share(v)))
         }
         fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Value, E> {
-            Ok(Value::Bin(v))
+            Ok(Value::Bin(v.into()))
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
             // Never trust a size hint for more than a small preallocation.

@@ -144,20 +144,45 @@ pub fn open_engine(dir: &Path) -> Result<Engine> {
     Ok(Config::new(dir).durability(Durability::Buffered).open()?)
 }
 
-/// The Rust squirrel layer's figures for the end-to-end seed comparison.
+/// The Rust squirrel layer's figures for one end-to-end workload.
 #[derive(Debug, Clone, Copy)]
 pub struct EndToEnd {
-    /// Writing the shards (serialize, compress, store, one sync), MB/s of raw sample bytes.
+    /// Writing the shards (serialize, compress where it pays, store, one sync), MB/s of raw
+    /// image bytes.
     pub write_mbps: f64,
-    /// Reading and decoding every shard in parallel, MB/s of raw sample bytes.
+    /// Reading and decoding every shard through `Loader` (one worker per core), MB/s of raw
+    /// image bytes: the best of the rounds.
     pub read_decode_mbps: f64,
+    /// The same read as a plain sequential loop of `get`s on one thread, best of the same
+    /// rounds (interleaved with the loader's, so both see the same machine).
+    pub loop_mbps: f64,
     /// Getting and decoding one random shard, milliseconds.
     pub get_shard_ms: f64,
     /// Bytes allocated on disk by the store.
     pub disk_bytes: u64,
+    /// Raw image bytes written.
+    pub raw_bytes: u64,
+    /// Shards the default serializer kept compressed.
+    pub compressed_shards: u64,
+    /// CPU time (user + system, all threads) of the loader's rounds over the plain loop's: the
+    /// extra work the parallel read does, which the machine's load does not change much.
+    pub loader_cpu_ratio: f64,
 }
 
-/// One seed sample as Python squirrel stores it: `{image: float32 3x32x32, label, metadata}`.
+/// CPU time this process has used so far (user + system, all threads), seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: `getrusage` writes one `rusage` into the zeroed struct it is given and reads
+    // nothing else; `RUSAGE_SELF` is a valid `who`.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// One end-to-end sample as Python squirrel stores it: `{image, label, metadata}`.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Sample {
     image: NdArray,
@@ -172,26 +197,69 @@ struct Metadata {
     split: String,
 }
 
-/// Runs the end-to-end seed workload through the squirrel layer: `shards` shards of `samples`
-/// samples written with [`SquirrelStore`] and the default `MessagepackSerializer` (MessagePack +
-/// zstd level 3) on a [`Durability::Buffered`] engine and one sync, then every shard read and
-/// decoded to typed samples on every core, then `gets` random single-shard gets. Mirrors
-/// `benches/python/squirrel_seed.py`.
-pub fn squirrel_layer_seed(
+/// What the images of an end-to-end workload hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Images {
+    /// float32 3x32x32, uniform random in [0, 1): the seed's tutorial data; does not compress.
+    Floats,
+    /// uint8 3x32x32 with structure: an object (a rectangle of 8 to 16 pixels a side holding a
+    /// gradient, `(4x + 4y + 64c + 1 bit of noise) mod 256`) on a flat background of a random
+    /// value, as `benches/python/squirrel_seed.py --images uint8` makes; compresses well.
+    Uint8,
+}
+
+/// The image of sample `i`, as `Images` says.
+fn image(kind: Images, rng: &mut StdRng) -> Result<NdArray> {
+    Ok(match kind {
+        Images::Floats => {
+            let pixels: Vec<f32> = (0..3 * 32 * 32).map(|_| rng.random()).collect();
+            NdArray::from_slice([3, 32, 32], &pixels)?
+        }
+        Images::Uint8 => {
+            let background: u32 = rng.random_range(0..256);
+            let (x0, y0): (u32, u32) = (rng.random_range(0..16), rng.random_range(0..16));
+            let (w, h): (u32, u32) = (rng.random_range(8..17), rng.random_range(8..17));
+            let mut pixels = Vec::with_capacity(3 * 32 * 32);
+            for c in 0..3u32 {
+                for y in 0..32u32 {
+                    for x in 0..32u32 {
+                        let noise: u32 = rng.random_range(0..2);
+                        let inside = (x0..x0 + w).contains(&x) && (y0..y0 + h).contains(&y);
+                        let v = if inside {
+                            4 * x + 4 * y + 64 * c + noise
+                        } else {
+                            background
+                        };
+                        pixels.push((v % 256) as u8);
+                    }
+                }
+            }
+            NdArray::from_slice([3, 32, 32], &pixels)?
+        }
+    })
+}
+
+/// Runs an end-to-end workload through the squirrel layer at default settings: `shards` shards
+/// of `samples` samples written with [`SquirrelStore`] and `MessagepackSerializer::default()`
+/// (zstd level 3 kept only where it saves at least 20%) on a [`Durability::Buffered`] engine and
+/// one sync; then `rounds` rounds of reading and decoding every shard, once through
+/// `Loader` (one worker per core) and once as a plain loop; then `gets` random single-shard
+/// gets. Mirrors `benches/python/squirrel_seed.py`.
+pub fn squirrel_layer_e2e(
     root: &Path,
+    kind: Images,
     shards: usize,
     samples: usize,
     gets: usize,
-    threads: usize,
+    rounds: usize,
 ) -> Result<EndToEnd> {
     let mut rng = StdRng::seed_from_u64(crate::workload::SEED);
     let data: Vec<Vec<Sample>> = (0..shards)
         .map(|s| {
             (0..samples)
                 .map(|i| {
-                    let pixels: Vec<f32> = (0..3 * 32 * 32).map(|_| rng.random()).collect();
                     Ok(Sample {
-                        image: NdArray::from_slice([3, 32, 32], &pixels)?,
+                        image: image(kind, &mut rng)?,
                         label: rng.random_range(0..10),
                         metadata: Metadata {
                             id: format!("shard{s:04}-sample{i:03}"),
@@ -221,26 +289,47 @@ pub fn squirrel_layer_seed(
     }
     store.engine().sync()?;
     let write_mbps = crate::measure::mbps(raw, t.elapsed());
+    drop(data);
+    let mut compressed_shards = 0;
+    for key in &keys {
+        let record = store.engine().get(key)?.context("missing")?;
+        compressed_shards += u64::from(record.codec() == 2);
+    }
 
     let read = |key: &str| -> Result<u64> {
         let shard: Vec<Sample> = store.get(key)?.with_context(|| format!("missing {key}"))?;
         Ok(shard.iter().map(|s| s.image.data().len() as u64).sum())
     };
-    read(&keys[0])?;
-    let all = store.keys()?;
-    let t = Instant::now();
-    let got = std::thread::scope(|s| -> Result<u64> {
-        let handles: Vec<_> = all
-            .chunks(all.len().div_ceil(threads).max(1))
-            .map(|part| s.spawn(move || part.iter().map(|k| read(k)).sum::<Result<u64>>()))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("reader panicked"))
-            .sum()
-    })?;
-    let read_decode_mbps = crate::measure::mbps(raw, t.elapsed());
-    anyhow::ensure!(got == raw, "read back {got} image bytes, wrote {raw}");
+    // Warm: the map's pages, the allocator.
+    for key in &keys {
+        read(key)?;
+    }
+    let (mut best_loader, mut best_loop) = (f64::MAX, f64::MAX);
+    let (mut cpu_loader, mut cpu_loop) = (0.0, 0.0);
+    for _ in 0..rounds.max(1) {
+        let cpu = cpu_seconds();
+        let t = Instant::now();
+        let mut got = 0u64;
+        for sample in store.loader().samples::<Sample>()? {
+            got += sample?.image.data().len() as u64;
+        }
+        best_loader = best_loader.min(t.elapsed().as_secs_f64());
+        cpu_loader += cpu_seconds() - cpu;
+        anyhow::ensure!(
+            got == raw,
+            "loader read back {got} image bytes, wrote {raw}"
+        );
+        let cpu = cpu_seconds();
+        let t = Instant::now();
+        let mut got = 0u64;
+        for key in store.keys()? {
+            got += read(&key)?;
+        }
+        best_loop = best_loop.min(t.elapsed().as_secs_f64());
+        cpu_loop += cpu_seconds() - cpu;
+        anyhow::ensure!(got == raw, "loop read back {got} image bytes, wrote {raw}");
+    }
+    let mbps = |secs: f64| raw as f64 / 1e6 / secs;
 
     let mut rng = StdRng::seed_from_u64(crate::workload::SEED);
     let picks: Vec<&str> = (0..gets)
@@ -257,8 +346,12 @@ pub fn squirrel_layer_seed(
     dir.close()?;
     Ok(EndToEnd {
         write_mbps,
-        read_decode_mbps,
+        read_decode_mbps: mbps(best_loader),
+        loop_mbps: mbps(best_loop),
         get_shard_ms,
         disk_bytes,
+        raw_bytes: raw,
+        compressed_shards,
+        loader_cpu_ratio: cpu_loader / cpu_loop,
     })
 }
