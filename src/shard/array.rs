@@ -145,7 +145,8 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// A Rust type that a numpy array's elements can be read as: the fixed-size numbers and `bool`.
+/// A Rust type that a numpy array's elements can be read as: the fixed-size numbers, `bool`, and
+/// with the `half` feature `half::f16` (numpy's `float16`).
 ///
 /// Sealed: every implementor is plain data whose bytes are its value, which the borrowed views
 /// rely on.
@@ -159,6 +160,12 @@ pub trait Element:
     /// Reads one element from exactly `size_of::<Self>()` bytes in the given byte order.
     #[doc(hidden)]
     fn read(bytes: &[u8], big_endian: bool) -> Option<Self>;
+    /// `bytes` as elements in the machine's byte order, if aligned and (for `bool`) valid.
+    #[doc(hidden)]
+    fn view(bytes: &[u8]) -> Option<&[Self]>;
+    /// The bytes of `data`, in the machine's byte order.
+    #[doc(hidden)]
+    fn bytes(data: &[Self]) -> &[u8];
 }
 
 macro_rules! element {
@@ -175,6 +182,12 @@ macro_rules! element {
                     <$t>::from_le_bytes(a)
                 })
             }
+            fn view(bytes: &[u8]) -> Option<&[Self]> {
+                bytemuck::try_cast_slice(bytes).ok()
+            }
+            fn bytes(data: &[Self]) -> &[u8] {
+                bytemuck::cast_slice(data)
+            }
         }
     };
 }
@@ -188,6 +201,8 @@ element!(u64, b'u', "u8");
 element!(i64, b'i', "i8");
 element!(f32, b'f', "f4");
 element!(f64, b'f', "f8");
+#[cfg(feature = "half")]
+element!(half::f16, b'f', "f2");
 
 impl sealed::Sealed for bool {}
 impl Element for bool {
@@ -196,6 +211,13 @@ impl Element for bool {
     fn read(bytes: &[u8], _big_endian: bool) -> Option<Self> {
         // numpy treats any non-zero byte as true.
         bytes.first().map(|b| *b != 0)
+    }
+    fn view(bytes: &[u8]) -> Option<&[Self]> {
+        // Checked: a byte other than 0 or 1 is no `bool`.
+        bytemuck::checked::try_cast_slice(bytes).ok()
+    }
+    fn bytes(data: &[Self]) -> &[u8] {
+        bytemuck::cast_slice(data)
     }
 }
 
@@ -274,22 +296,16 @@ fn view<'a, T: Element>(dtype: &str, data: &'a [u8]) -> Result<&'a [T], ArrayErr
     {
         return Err(ArrayError::InvalidBool { index, byte });
     }
-    // SAFETY: `T` is one of the sealed `Element` types: integers and floats, for which every bit
-    // pattern is a valid value, and `bool`, whose bytes were just checked to be 0 or 1.
-    let (head, body, tail) = unsafe { data.align_to::<T>() };
-    if !head.is_empty() || !tail.is_empty() {
-        return Err(ArrayError::Misaligned {
-            align: align_of::<T>(),
-        });
-    }
-    Ok(body)
+    // The length fits the shape (checked at construction), and bools were checked just above:
+    // what is left to fail is the alignment.
+    T::view(data).ok_or(ArrayError::Misaligned {
+        align: align_of::<T>(),
+    })
 }
 
 /// The bytes of a slice of elements, in the machine's byte order.
 fn element_bytes<T: Element>(data: &[T]) -> &[u8] {
-    // SAFETY: `Element` types are plain data without padding, so every byte of the slice is
-    // initialised; `u8` has alignment 1 and the length is the slice's size in bytes.
-    unsafe { std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), size_of_val(data)) }
+    T::bytes(data)
 }
 
 /// A numpy array: dtype string, shape and C-order data bytes.
@@ -1035,5 +1051,23 @@ mod tests {
             Err(ArrayError::ShapeOverflow { .. })
         ));
         assert!(NdArray::new("|O", [3], vec![1]).is_ok());
+    }
+
+    #[cfg(feature = "half")]
+    #[test]
+    fn float16_is_an_element() {
+        use half::f16;
+        let values = [f16::from_f32(1.5), f16::from_f32(-2.0), f16::INFINITY];
+        let a = NdArray::from_slice(vec![3], &values).expect("array");
+        assert_eq!(a.dtype(), native_dtype::<f16>());
+        assert_eq!(a.to_vec::<f16>().expect("typed"), values);
+        // Big-endian bytes read the same values (copied, as the bytes are swapped).
+        let be: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+        let b = NdArray::new(">f2", vec![3], be).expect("array");
+        assert_eq!(b.to_vec::<f16>().expect("typed"), values);
+        assert!(matches!(
+            b.to_vec::<u16>(),
+            Err(ArrayError::DtypeMismatch { .. })
+        ));
     }
 }

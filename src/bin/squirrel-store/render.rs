@@ -126,106 +126,56 @@ fn numpy_json(n: &Numpy) -> NumpyJson<'_> {
         Numpy::Array(a) => NumpyJson::Array {
             dtype: a.dtype(),
             shape: a.shape(),
-            data: numbers(a.dtype(), a.data())
-                .map_or_else(|| Json::String(B64.encode(a.data())), Json::Array),
+            data: numbers(a).map_or_else(|| Json::String(B64.encode(a.data())), Json::Array),
         },
         Numpy::Scalar(sc) => NumpyJson::Scalar {
             dtype: sc.dtype(),
-            data: numbers(sc.dtype(), sc.data())
-                .and_then(|mut n| (n.len() == 1).then(|| n.remove(0)))
-                .unwrap_or_else(|| Json::String(B64.encode(sc.data()))),
+            data: number(sc).unwrap_or_else(|| Json::String(B64.encode(sc.data()))),
         },
         Numpy::Complex(c) => NumpyJson::Complex { complex: &c.repr },
     }
 }
 
-/// The elements of `data` as JSON numbers (or booleans), when `dtype` is a numeric type this knows.
-fn numbers(dtype: &str, data: &[u8]) -> Option<Vec<Json>> {
-    let (order, rest) = match dtype.as_bytes().first()? {
-        o @ (b'<' | b'>' | b'|' | b'=') => (*o, dtype.get(1..)?),
-        _ => (b'=', dtype),
+/// Converts a value of each numeric [`Element`] type to JSON, trying one type after the other:
+/// the library's typed access says which one the dtype holds (and handles its byte order).
+macro_rules! per_element {
+    ($try:ident) => {
+        $try!(bool, Json::Bool)
+            .or_else(|| $try!(i8, Json::from))
+            .or_else(|| $try!(u8, Json::from))
+            .or_else(|| $try!(i16, Json::from))
+            .or_else(|| $try!(u16, Json::from))
+            .or_else(|| $try!(i32, Json::from))
+            .or_else(|| $try!(u32, Json::from))
+            .or_else(|| $try!(i64, Json::from))
+            .or_else(|| $try!(u64, Json::from))
+            .or_else(|| $try!(half::f16, |x: half::f16| float(f64::from(x))))
+            .or_else(|| $try!(f32, |x: f32| float(f64::from(x))))
+            .or_else(|| $try!(f64, float))
     };
-    let big = order == b'>' || (order == b'=' && cfg!(target_endian = "big"));
-    macro_rules! ints {
-        ($t:ty) => {{
-            let n = size_of::<$t>();
-            if !data.len().is_multiple_of(n) {
-                return None;
-            }
-            data.chunks_exact(n)
-                .map(|c| {
-                    let a = c.try_into().ok()?;
-                    let x = if big {
-                        <$t>::from_be_bytes(a)
-                    } else {
-                        <$t>::from_le_bytes(a)
-                    };
-                    Some(Json::from(x))
-                })
-                .collect::<Option<Vec<_>>>()?
-        }};
-    }
-    macro_rules! floats {
-        ($t:ty) => {{
-            let n = size_of::<$t>();
-            if !data.len().is_multiple_of(n) {
-                return None;
-            }
-            data.chunks_exact(n)
-                .map(|c| {
-                    let a = c.try_into().ok()?;
-                    let x = if big {
-                        <$t>::from_be_bytes(a)
-                    } else {
-                        <$t>::from_le_bytes(a)
-                    };
-                    Some(float(f64::from(x)))
-                })
-                .collect::<Option<Vec<_>>>()?
-        }};
-    }
-    Some(match rest {
-        "b1" => data.iter().map(|b| Json::Bool(*b != 0)).collect(),
-        "i1" => ints!(i8),
-        "u1" => ints!(u8),
-        "i2" => ints!(i16),
-        "u2" => ints!(u16),
-        "i4" => ints!(i32),
-        "u4" => ints!(u32),
-        "i8" => ints!(i64),
-        "u8" => ints!(u64),
-        "f2" => {
-            if !data.len().is_multiple_of(2) {
-                return None;
-            }
-            data.chunks_exact(2)
-                .map(|c| {
-                    let bits = if big {
-                        u16::from_be_bytes([c[0], c[1]])
-                    } else {
-                        u16::from_le_bytes([c[0], c[1]])
-                    };
-                    float(f16_to_f64(bits))
-                })
-                .collect()
-        }
-        "f4" => floats!(f32),
-        "f8" => floats!(f64),
-        _ => return None,
-    })
 }
 
-/// An IEEE 754 half-precision float, exactly.
-fn f16_to_f64(bits: u16) -> f64 {
-    let sign = if bits & 0x8000 == 0 { 1.0 } else { -1.0 };
-    let exp = i32::from((bits >> 10) & 0x1f);
-    let frac = f64::from(bits & 0x3ff);
-    match exp {
-        0 => sign * frac * 2f64.powi(-24),
-        0x1f if frac == 0.0 => sign * f64::INFINITY,
-        0x1f => f64::NAN,
-        e => sign * (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
+/// An array's elements as JSON numbers (or booleans), for the dtypes the library reads as Rust
+/// numbers; `None` for the others (complex, strings, dates...), which are shown as base64.
+fn numbers(a: &NdArray) -> Option<Vec<Json>> {
+    macro_rules! all {
+        ($t:ty, $f:expr) => {
+            a.to_vec::<$t>()
+                .ok()
+                .map(|v| v.into_iter().map($f).collect::<Vec<Json>>())
+        };
     }
+    per_element!(all)
+}
+
+/// A scalar's value as a JSON number (or boolean), as [`numbers`] does for arrays.
+fn number(s: &NdScalar) -> Option<Json> {
+    macro_rules! one {
+        ($t:ty, $f:expr) => {
+            s.get::<$t>().ok().map($f)
+        };
+    }
+    per_element!(one)
 }
 
 /// Items of a container shown in a summary before "…".
@@ -256,8 +206,8 @@ fn summarize(v: &Value, depth: usize, out: &mut String) {
                 ));
             }
             Numpy::Scalar(s) => {
-                let shown = numbers(s.dtype(), s.data())
-                    .and_then(|n| n.first().map(Json::to_string))
+                let shown = number(&s)
+                    .map(|n| n.to_string())
                     .unwrap_or_else(|| format!("{} bytes", s.data().len()));
                 out.push_str(&format!("{} {shown}", s.dtype()));
             }
@@ -320,11 +270,11 @@ mod tests {
 
     #[test]
     fn half_floats() {
-        assert_eq!(f16_to_f64(0x3c00), 1.0);
-        assert_eq!(f16_to_f64(0xc000), -2.0);
-        assert_eq!(f16_to_f64(0x0001), 2f64.powi(-24));
-        assert_eq!(f16_to_f64(0x7c00), f64::INFINITY);
-        assert!(f16_to_f64(0x7e00).is_nan());
+        let bits: [u16; 5] = [0x3c00, 0xc000, 0x0001, 0x7c00, 0x7e00];
+        let data = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+        let a = NdArray::new("<f2", vec![5], data).expect("array");
+        let j = to_json(&Value::from(a));
+        assert_eq!(j["data"], json!([1.0, -2.0, 2f64.powi(-24), "inf", "NaN"]));
     }
 
     fn to_json(v: &Value) -> Json {
