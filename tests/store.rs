@@ -391,3 +391,21 @@ fn shards_are_the_bytes_python_squirrel_writes() {
     }
     assert_eq!(checked, 6, "every fixture shard");
 }
+
+#[test]
+fn keys_nested_lists_as_python_squirrel_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    for key in ["top", "sub/inner", "a/b/deep"] {
+        store.set(&shard(0, 1), Some(key)).expect("set");
+    }
+    assert_eq!(
+        store.keys().expect("keys"),
+        ["a/b/deep", "sub/inner", "top"]
+    );
+    assert_eq!(
+        store.keys_nested(true).expect("keys"),
+        store.keys().expect("keys")
+    );
+    assert_eq!(store.keys_nested(false).expect("keys"), ["top"]);
+}

@@ -212,12 +212,28 @@ pub trait Store: Send + Sync {
     /// the record cannot be decompressed or holds no samples, and the errors of [`Engine::get`].
     fn get_payload(&self, key: &str) -> Result<Option<Payload>>;
 
-    /// Every key that holds a shard, sorted.
+    /// Every key that holds a shard, sorted, nested keys (`sub/key`) included: what Python
+    /// squirrel lists with `keys(nested=True)`. For its default, see [`Store::keys_nested`].
     ///
     /// # Errors
     ///
     /// As the implementation says; for [`SquirrelStore`], those of [`Engine::keys`].
     fn keys(&self) -> Result<Vec<String>>;
+
+    /// The keys as Python squirrel's `keys(nested=...)` lists them: with `nested` false (its
+    /// default) only top-level keys, without a `/`; with `nested` true also the `sub/key` keys
+    /// of shards kept in subdirectories, as [`Store::keys`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::keys`].
+    fn keys_nested(&self, nested: bool) -> Result<Vec<String>> {
+        let mut keys = self.keys()?;
+        if !nested {
+            keys.retain(|k| !k.contains('/'));
+        }
+        Ok(keys)
+    }
 
     /// Stores a shard of typed samples under `key`, or under a fresh random key when `key` is
     /// `None` (16 characters of `[A-Z0-9]`, as squirrel makes). Returns the key used.
