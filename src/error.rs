@@ -122,7 +122,7 @@ pub enum Error {
         key: String,
         /// What was wrong with it.
         #[source]
-        source: crate::serializer::ShardError,
+        source: crate::shard::serializer::ShardError,
     },
 }
 

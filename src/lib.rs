@@ -1,13 +1,16 @@
 //! squirrel-store: an embedded key-value store for machine-learning datasets kept as shards.
 //!
-//! Two layers:
+//! Three layers, one folder each under `src/`:
 //!
-//! * the **engine** ([`Engine`]): a byte-level key-value store kept in one append-only segment file
-//!   with a memory-mapped hash index. `get` returns a [`ValueRef`] that points straight into the
-//!   mapping (no copy, no syscall); `set` appends under a writer lock while readers keep reading.
-//! * the **squirrel layer** ([`SquirrelStore`], [`MessagepackDriver`]): shards of samples behind
-//!   squirrel's `set` / `get` / `keys`, serialized exactly as Python squirrel's
-//!   `MessagepackSerializer` does and compressed with zstd.
+//! * `engine/`, the **engine** ([`Engine`]): a byte-level key-value store kept in one append-only
+//!   segment file with a memory-mapped hash index. `get` returns a [`ValueRef`] that points
+//!   straight into the mapping (no copy, no syscall); `set` appends under a writer lock while
+//!   readers keep reading. Recovery, compaction, [`verify`] and [`repair`] live there too.
+//! * `shard/`, the **squirrel layer** ([`SquirrelStore`], [`MessagepackDriver`], [`Loader`]):
+//!   shards of samples behind squirrel's `set` / `get` / `keys`, serialized exactly as Python
+//!   squirrel's `MessagepackSerializer` does, compressed with zstd where it pays.
+//! * `interop/`, **moving data to and from Python squirrel** ([`squirrel_dir`], [`transfer`]):
+//!   reading and writing its one-file-per-shard directories, importing and exporting stores.
 //!
 //! The on-disk format is specified byte by byte in `format-spec/` of the repository.
 //!
@@ -30,46 +33,33 @@
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
 
-mod backend;
-mod compaction;
 mod engine;
 mod error;
-mod index;
-mod keygen;
-mod lock;
-mod record;
-mod recovery;
-mod repair;
-mod scan;
-mod segment;
-mod verify;
+mod interop;
+mod shard;
 
-pub mod array;
-pub mod driver;
-pub mod loader;
-pub mod lost_found;
-pub mod serializer;
-pub mod squirrel_dir;
-pub mod store;
-pub mod transfer;
-pub mod value;
+// The public paths of the shard and interop layers, as users import them.
+pub use interop::{squirrel_dir, transfer};
+pub use shard::{array, driver, loader, serializer, store, value};
 
+pub use engine::lost_found;
+
+pub use driver::{Driver, MessagepackDriver};
 /// The segment file's I/O, for fault-injection tests ([`Config::wrap_backend`]). Not part of the
 /// stable API.
 #[doc(hidden)]
-pub use backend::{Backend, FileBackend};
-pub use compaction::{CompactionReport, CrashPoint};
-pub use driver::{Driver, MessagepackDriver};
+pub use engine::backend::{Backend, FileBackend};
+pub use engine::compaction::{CompactionReport, CrashPoint};
+pub use engine::record::MAX_KEY_LEN;
+pub use engine::repair::{RepairReport, repair};
+pub use engine::segment::FORMAT_VERSION;
+pub use engine::verify::{Damage, IndexCheck, VerifyReport, rebuild_index, verify};
 pub use engine::{Config, DEFAULT_MAX_VALUE_LEN, Durability, Engine, Iter, Stats, ValueRef};
 pub use error::{Error, Result};
-pub use keygen::{RANDOM_KEY_LEN, random_key};
 pub use loader::Loader;
 pub use lost_found::LostFile;
-pub use record::MAX_KEY_LEN;
-pub use repair::{RepairReport, repair};
-pub use segment::FORMAT_VERSION;
+pub use shard::keygen::{RANDOM_KEY_LEN, random_key};
 pub use store::{SquirrelStore, Store};
-pub use verify::{Damage, IndexCheck, VerifyReport, rebuild_index, verify};
 
 /// The README's code blocks, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -228,7 +228,7 @@ mod engine {
     /// Pins: compaction over an index with a damaged slot deadlocks (and must not drop the key).
     ///
     /// Found while writing these tests, then by `open_segment`: `Inner::compact`
-    /// (src/compaction.rs) holds `self.compaction.lock()` and, when `IndexMap::entries` reports a
+    /// (src/engine/compaction.rs) holds `self.compaction.lock()` and, when `IndexMap::entries` reports a
     /// slot failing its checksum, repairs the index and calls `self.compact(..)` again, which
     /// waits forever for the lock it holds (parking_lot mutexes are not reentrant). The test
     /// runs the compaction in a thread and fails after 20 s instead of hanging.
@@ -315,7 +315,7 @@ mod engine {
     ///
     /// Found by `open_segment` (mode 4: header bytes patched, header checksum re-sealed): the
     /// header's `live_bytes` near `u64::MAX` is adopted at open, then `compact()` computes its
-    /// free-space need as `live_bytes + HEADER_LEN + live_bytes / 64` (src/compaction.rs,
+    /// free-space need as `live_bytes + HEADER_LEN + live_bytes / 64` (src/engine/compaction.rs,
     /// `Inner::compact`): "attempt to add with overflow" with overflow checks on, a wrapped
     /// (tiny) need without. `recovery::count` adds to the same counters per record. Statistics
     /// that no segment of this length can have must make the index unusable (rebuilt from the

@@ -19,13 +19,13 @@ use std::fs::OpenOptions;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::engine::index::{self, Counters, IndexMap, Loc};
+use crate::engine::record::{self, Header, Kind};
+use crate::engine::recovery::{self, Overlay};
+use crate::engine::scan;
+use crate::engine::segment::{self, SegmentMap};
 use crate::engine::{Inner, View};
 use crate::error::{Error, IoContext, Result};
-use crate::index::{self, Counters, IndexMap, Loc};
-use crate::record::{self, Header, Kind};
-use crate::recovery::{self, Overlay};
-use crate::scan;
-use crate::segment::{self, SegmentMap};
 
 /// Suffix of the files a compaction writes before switching to them.
 pub(crate) const COMPACT_SUFFIX: &str = "compact";
@@ -69,7 +69,7 @@ pub enum CrashPoint {
 
 /// Copies records into the new segment, coalescing small ones into larger writes.
 struct Copier<'a> {
-    backend: &'a dyn crate::backend::Backend,
+    backend: &'a dyn crate::engine::backend::Backend,
     at: u64,
     buf: Vec<u8>,
     buf_at: u64,

@@ -32,7 +32,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::shard::store::Store;
 
 /// Which share of the keys a process reads: every `world_size`-th key of the (shuffled) key list,
 /// starting at `rank`.

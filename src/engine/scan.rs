@@ -13,8 +13,8 @@
 //! The scan never decides to destroy anything: it says where the valid records end, and the caller
 //! that cuts (a read-write open) first copies the bytes it cuts into `lost+found/`.
 
-use crate::record::{self, HEADER_LEN, Header, Kind};
-use crate::segment;
+use crate::engine::record::{self, HEADER_LEN, Header, Kind};
+use crate::engine::segment;
 
 /// How far the scanner looks for intact records after damage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,8 +432,8 @@ fn corrected_key(rest: &[u8], h: &Header) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Batch, encode, encode_mark};
-    use crate::segment::{HEADER_LEN as SEG_HEADER, encode_header};
+    use crate::engine::record::{Batch, encode, encode_mark};
+    use crate::engine::segment::{HEADER_LEN as SEG_HEADER, encode_header};
 
     fn put(b: &mut Vec<u8>, key: &str, value: &[u8], batch: Batch) -> u64 {
         let at = b.len() as u64;

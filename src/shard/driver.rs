@@ -10,10 +10,10 @@ use serde::de::DeserializeOwned;
 
 use crate::engine::Config;
 use crate::error::Result;
-use crate::loader::{Loader, SampleIter};
-use crate::serializer::{MessagepackSerializer, Serializer};
-use crate::store::{SquirrelStore, Store};
-use crate::value::Value;
+use crate::shard::loader::{Loader, SampleIter};
+use crate::shard::serializer::{MessagepackSerializer, Serializer};
+use crate::shard::store::{SquirrelStore, Store};
+use crate::shard::value::Value;
 
 /// Read-only access to shards: `keys`, `get`, and iteration over the samples of many shards.
 ///

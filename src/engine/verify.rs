@@ -1,7 +1,7 @@
 //! Verification: read every record of a store and check every checksum, without trusting the
 //! index, and check that the index agrees with the segment. Used by `squirrel-store verify`.
 //!
-//! It applies the recovery rules of [`crate::scan`] to the whole file, so what it calls damage is
+//! It applies the recovery rules of [`crate::engine::scan`] to the whole file, so what it calls damage is
 //! exactly what an open would keep and report, and what it calls a torn tail is what a read-write
 //! open would save into `lost+found/` and cut. Beside a live writer it reads the records as they
 //! were when it started, plus whatever the writer completed meanwhile, and reports no torn tail
@@ -10,13 +10,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::engine::index::{self, IndexMap, Loc};
+use crate::engine::lost_found::{self, LostFile};
+use crate::engine::record::Kind;
+use crate::engine::recovery::{self, IndexState};
+use crate::engine::scan::{self, Event, Reach};
+use crate::engine::segment;
 use crate::error::Result;
-use crate::index::{self, IndexMap, Loc};
-use crate::lost_found::{self, LostFile};
-use crate::record::Kind;
-use crate::recovery::{self, IndexState};
-use crate::scan::{self, Event, Reach};
-use crate::segment;
 
 /// A damaged record (or region) found by [`verify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub struct VerifyReport {
     /// Keys with a live value according to the segment (damaged ones included).
     pub live_keys: u64,
     /// Damaged records or regions: corruption. Each costs that record alone; see
-    /// [`crate::repair`].
+    /// [`crate::repair()`].
     pub damaged: Vec<Damage>,
     /// A torn tail left by a crash: `(offset, bytes)`. Not corruption: the next read-write open
     /// saves it into `lost+found/` and cuts it off.
@@ -87,7 +87,7 @@ impl VerifyReport {
 /// for a segment that cannot be read at all, [`crate::Error::NotRegular`], [`crate::Error::Io`].
 pub fn verify(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
     let seg = recovery::open_segment(dir, false, false)?;
-    let live_writer = crate::lock::is_held(dir)?;
+    let live_writer = crate::engine::lock::is_held(dir)?;
     let bytes = seg.map.bytes();
     let total = bytes.len() as u64;
     let mut report = VerifyReport {

@@ -44,7 +44,7 @@ impl WriterLock {
 /// Opens (creating when `create`) the lock file, refusing a FIFO or other non-regular file before
 /// anything can block on it.
 fn open_lock_file(path: &Path, create: bool) -> Result<File> {
-    crate::recovery::open_regular_with(
+    crate::engine::recovery::open_regular_with(
         path,
         OpenOptions::new()
             .read(true)

@@ -10,8 +10,8 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
+use crate::engine::recovery::sync_dir;
 use crate::error::{Error, IoContext, Result};
-use crate::recovery::sync_dir;
 
 /// Name of the directory inside a store directory.
 pub const LOST_FOUND_DIR: &str = "lost+found";

@@ -207,7 +207,7 @@ pub(crate) struct IndexMap {
 impl IndexMap {
     /// Opens and maps an existing index file; `Ok(Err(reason))` when it exists but is unusable.
     pub fn open(path: &Path, writable: bool) -> Result<Option<Opened>> {
-        let file = match crate::recovery::open_regular(path, writable) {
+        let file = match crate::engine::recovery::open_regular(path, writable) {
             Ok(f) => f,
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(None);
@@ -230,7 +230,7 @@ impl IndexMap {
         if writable {
             // A sparse index (copied with holes, say) would turn a full disk into SIGBUS on the
             // first slot written through the map: allocate every block now, as an error instead.
-            crate::backend::allocate_all(&file, len).at(path)?;
+            crate::engine::backend::allocate_all(&file, len).at(path)?;
         }
         let map = Self::map(&file, len, writable, path)?;
         Ok(Some(Ok((
@@ -284,7 +284,7 @@ impl IndexMap {
         let len = header
             .file_len()
             .ok_or_else(|| Error::corruption(path, 0, None, "index too large"))?;
-        crate::backend::allocate(&file, len).at(path)?;
+        crate::engine::backend::allocate(&file, len).at(path)?;
         let map = Self::map(&file, len, true, path)?;
         let index = IndexMap {
             map,
@@ -533,8 +533,10 @@ fn record_intact(segment: &[u8], loc: Loc) -> bool {
     else {
         return false;
     };
-    crate::record::Header::decode(rec).is_ok_and(|h| {
-        h.record_len() == Some(loc.len) && h.crc == loc.crc && crate::record::crc_ok(rec, h.crc)
+    crate::engine::record::Header::decode(rec).is_ok_and(|h| {
+        h.record_len() == Some(loc.len)
+            && h.crc == loc.crc
+            && crate::engine::record::crc_ok(rec, h.crc)
     })
 }
 
@@ -546,11 +548,13 @@ pub(crate) fn slot_matches(segment: &[u8], hash: u64, loc: Loc) -> bool {
     else {
         return false;
     };
-    let Ok(h) = crate::record::Header::decode(rest) else {
+    let Ok(h) = crate::engine::record::Header::decode(rest) else {
         return false;
     };
-    let key =
-        rest.get(crate::record::HEADER_LEN..crate::record::HEADER_LEN + usize::from(h.key_len));
+    let key = rest.get(
+        crate::engine::record::HEADER_LEN
+            ..crate::engine::record::HEADER_LEN + usize::from(h.key_len),
+    );
     key.and_then(|k| std::str::from_utf8(k).ok())
         .is_some_and(|k| hash_key(k) == hash)
 }

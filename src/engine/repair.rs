@@ -10,9 +10,9 @@
 
 use std::path::Path;
 
-use crate::compaction::CompactionReport;
+use crate::engine::compaction::CompactionReport;
+use crate::engine::verify::Damage;
 use crate::error::Result;
-use crate::verify::Damage;
 
 /// What [`repair`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

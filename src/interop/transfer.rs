@@ -1,7 +1,7 @@
 //! Moving shards between a Python squirrel directory and a store, and reading every shard of a
 //! store. Used by `squirrel-store import`, `export`, `verify` and `stats --compression`.
 //!
-//! A Python squirrel directory holds one gzip file `KEY.gz` per shard (see [`crate::squirrel_dir`]);
+//! A Python squirrel directory holds one gzip file `KEY.gz` per shard (see [`crate::interop::squirrel_dir`]);
 //! its gunzipped content is the shard's **payload**, its samples' MessagePack concatenated. The
 //! payload is what both sides keep, byte for byte:
 //!
@@ -22,11 +22,11 @@ use rayon::prelude::*;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::serializer::{
+use crate::interop::squirrel_dir::{ShardFileReader, SquirrelDir, SquirrelDirError};
+use crate::shard::serializer::{
     Codec, Encoded, MessagepackSerializer, PayloadReader, SampleCounter, Serializer, ShardError,
     count_samples,
 };
-use crate::squirrel_dir::{ShardFileReader, SquirrelDir, SquirrelDirError};
 
 /// Default bound on the bytes read into memory for one batch: 32 MiB.
 const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
@@ -120,7 +120,7 @@ pub struct ImportReport {
     /// Bytes of the values written to the store (compressed); 0 for unchanged shards.
     pub stored_bytes: u64,
     /// Files skipped because their names make no valid key (not UTF-8, or refused by
-    /// [`crate::squirrel_dir::validate_key`]), and with nested import, subdirectories whose names
+    /// [`crate::interop::squirrel_dir::validate_key`]), and with nested import, subdirectories whose names
     /// are not UTF-8; sorted. Not counted in `shards`.
     pub skipped: Vec<PathBuf>,
 }
@@ -528,7 +528,7 @@ pub struct ExportReport {
     /// [`Engine::set`]), not samples: they have no squirrel form.
     pub skipped_raw: Vec<String>,
     /// Keys skipped because they cannot name a file inside the directory, each with the reason
-    /// (see [`crate::squirrel_dir::validate_key`]); the other keys are still exported.
+    /// (see [`crate::interop::squirrel_dir::validate_key`]); the other keys are still exported.
     pub invalid_keys: Vec<(String, &'static str)>,
 }
 
@@ -558,7 +558,7 @@ pub fn export_squirrel_dir(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<ExportReport> {
     let dir = SquirrelDir::new(dst).level(opts.level);
-    crate::squirrel_dir::create_dir_all_synced(dst)?;
+    crate::interop::squirrel_dir::create_dir_all_synced(dst)?;
     let keys = engine.keys()?;
     let total = keys.len() as u64;
     let mut report = ExportReport::default();
@@ -567,7 +567,7 @@ pub fn export_squirrel_dir(
     let mut sized = Vec::with_capacity(keys.len());
     for key in keys {
         if let Err(SquirrelDirError::InvalidKey { reason, .. }) =
-            crate::squirrel_dir::validate_key(&key)
+            crate::interop::squirrel_dir::validate_key(&key)
         {
             report.invalid_keys.push((key, reason));
             continue;
@@ -663,7 +663,7 @@ pub enum ScanDepth {
     /// still read whole, since `get` checks its checksum.
     Sizes,
     /// Decompress every shard, split it into MessagePack samples and check each as decoding it
-    /// into a [`crate::value::Value`] would (structure, depth, UTF-8): everything a reader of the
+    /// into a [`crate::shard::value::Value`] would (structure, depth, UTF-8): everything a reader of the
     /// shard will do. The payload is streamed and samples are walked, not built, so memory stays
     /// bounded by the largest sample, not the payload.
     Samples,

@@ -10,11 +10,11 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use crate::engine::index::{self, Counters, IndexMap, Loc, Probe};
+use crate::engine::record::{Kind, MARK_LEN};
+use crate::engine::scan::{self, Damaged, Event, Reach, Tail};
+use crate::engine::segment::{self, SegmentMap};
 use crate::error::{Error, IoContext, Result};
-use crate::index::{self, Counters, IndexMap, Loc, Probe};
-use crate::record::{Kind, MARK_LEN};
-use crate::scan::{self, Damaged, Event, Reach, Tail};
-use crate::segment::{self, SegmentMap};
 
 /// What the overlay holds for a key written since the last checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +66,7 @@ fn slot_agrees(segment: &[u8], loc: Loc) -> bool {
     usize::try_from(loc.offset)
         .ok()
         .and_then(|o| segment.get(o..))
-        .and_then(|rest| crate::record::Header::decode(rest).ok())
+        .and_then(|rest| crate::engine::record::Header::decode(rest).ok())
         .is_some_and(|h| h.record_len() == Some(loc.len) && h.crc == loc.crc)
 }
 
@@ -117,7 +117,7 @@ pub(crate) struct Replayed {
 }
 
 /// Replays records from `from` into `overlay`, updating `counters`. Damage is recorded and
-/// skipped, never an error and never a reason to drop what follows; see [`crate::scan`].
+/// skipped, never an error and never a reason to drop what follows; see [`crate::engine::scan`].
 /// `synced_floor` is an offset a checkpoint proved synced.
 // The scan's three parameters and the three structures it fills: a struct would only rename them.
 #[allow(clippy::too_many_arguments)]

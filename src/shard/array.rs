@@ -21,7 +21,7 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor}
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_bytes::{ByteBuf, Bytes};
 
-use crate::value::Value;
+use crate::shard::value::Value;
 
 /// Why a numpy value could not be built, read or viewed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

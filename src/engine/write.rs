@@ -1,0 +1,255 @@
+//! The write path: records are encoded before the writer lock is taken, then appended (led by a
+//! sync mark when synced bytes need proving), made as durable as configured, and published.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::engine::backend::Backend;
+use crate::engine::index::{self, Loc};
+use crate::engine::record::{self, Kind};
+use crate::engine::recovery::{self, Entry};
+use crate::engine::segment::SegmentMap;
+use crate::error::{Error, Result};
+
+use super::{Durability, Inner, State, View};
+
+/// A record ready to append.
+pub(super) struct Pending<'a> {
+    pub(super) key: &'a str,
+    pub(super) kind: Kind,
+    pub(super) enc: record::Encoded,
+    pub(super) value: &'a [u8],
+}
+
+impl Pending<'_> {
+    pub(super) fn len(&self) -> u64 {
+        (self.enc.head.len() + self.value.len()) as u64
+    }
+}
+
+/// Small records are coalesced into one write; large values are written from the caller's buffer.
+const COALESCE: usize = 256 << 10;
+
+impl Inner {
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.config.read_only {
+            return Err(Error::ReadOnly {
+                path: self.dir.clone(),
+            });
+        }
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::PreviousIo {
+                path: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs an I/O call of the writer; a failure poisons the handle.
+    pub(crate) fn io<T>(&self, r: std::io::Result<T>) -> Result<T> {
+        r.map_err(|e| {
+            self.poisoned.store(true, Ordering::Release);
+            Error::io(&self.seg_path, e)
+        })
+    }
+
+    pub(super) fn backend<'s>(&self, st: &'s State) -> Result<&'s dyn Backend> {
+        st.backend.as_deref().ok_or_else(|| Error::ReadOnly {
+            path: self.dir.clone(),
+        })
+    }
+
+    pub(super) fn sync(&self, st: &mut State) -> Result<()> {
+        let b = self.backend(st)?;
+        self.io(b.sync_data())?;
+        st.synced = st.end;
+        Ok(())
+    }
+
+    /// Copies `len` segment bytes at `offset` into `lost+found/` (bounded by the map).
+    pub(crate) fn salvage(
+        &self,
+        st: &mut State,
+        segment: &SegmentMap,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        let bytes = segment.bytes();
+        let from = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        let to = usize::try_from(offset.saturating_add(len))
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        if to > from
+            && crate::engine::lost_found::save(&self.dir, st.segment_id, offset, &bytes[from..to])?
+        {
+            st.lost_found_files += 1;
+        }
+        Ok(())
+    }
+
+    /// Appends a lone sync mark if records written since the last one have been synced, so the
+    /// segment itself proves them durable (a clean close ends with one).
+    pub(super) fn write_mark(&self, st: &mut State) -> Result<()> {
+        self.append(st, Vec::new())
+    }
+
+    /// Appends records, makes them as durable as configured, then publishes them.
+    ///
+    /// When bytes synced since the last sync mark hold records, the append is led by a new mark
+    /// (the first record of the same append, so a torn append is still one append): the segment
+    /// then proves those bytes durable by itself, without the index.
+    pub(super) fn append(&self, st: &mut State, mut records: Vec<Pending<'_>>) -> Result<()> {
+        self.writable()?;
+        let lead = st.synced > st.proven;
+        if records.is_empty() && !lead {
+            return Ok(());
+        }
+        if st.closed_mark {
+            self.mark_index(st, false)?;
+        }
+        if lead {
+            let continues = !records.is_empty();
+            if let Some(first) = records.first_mut() {
+                let b = first.enc.batch();
+                first.enc.set_batch(record::Batch { follows: true, ..b });
+            }
+            let enc = record::encode_mark(
+                st.synced,
+                record::Batch {
+                    continues,
+                    follows: false,
+                },
+            );
+            records.insert(
+                0,
+                Pending {
+                    key: "",
+                    kind: Kind::Mark,
+                    enc,
+                    value: &[],
+                },
+            );
+        }
+        let total: u64 = records.iter().map(Pending::len).sum();
+        let start = st.end;
+        let needed = start.checked_add(total).ok_or_else(|| {
+            Error::corruption(&self.seg_path, start, None, "segment would overflow")
+        })?;
+        self.ensure_capacity(st, needed)?;
+        let backend = self.backend(st)?;
+        let mut at = start;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut buf_at = at;
+        for r in &records {
+            if r.value.len() <= COALESCE {
+                if buf.is_empty() {
+                    buf_at = at;
+                }
+                buf.extend_from_slice(&r.enc.head);
+                buf.extend_from_slice(r.value);
+                if buf.len() >= COALESCE {
+                    self.io(backend.write_at(&buf, buf_at))?;
+                    buf.clear();
+                }
+            } else {
+                if !buf.is_empty() {
+                    self.io(backend.write_at(&buf, buf_at))?;
+                    buf.clear();
+                }
+                self.io(backend.write_at(&r.enc.head, at))?;
+                self.io(backend.write_at(r.value, at + r.enc.head.len() as u64))?;
+            }
+            at += r.len();
+        }
+        if !buf.is_empty() {
+            self.io(backend.write_at(&buf, buf_at))?;
+        }
+        if self.config.durability == Durability::Fsync {
+            self.io(backend.sync_data())?;
+        }
+        if lead {
+            // The mark at `start` vouches for [0, synced); itself it needs no proof.
+            st.proven = if st.synced == start {
+                start + record::MARK_LEN
+            } else {
+                st.synced
+            };
+        }
+        // Durable as promised: publish.
+        let view = self.view.load();
+        let mut at = start;
+        for r in &records {
+            if r.kind == Kind::Mark {
+                recovery::count(&mut st.counters, Kind::Mark, None, r.len());
+                at += r.len();
+                continue;
+            }
+            let hash = index::hash_key(r.key);
+            // The record is written: publish it whatever happens. A damaged slot only costs the
+            // statistics here, and makes the next checkpoint rebuild the index and recount.
+            let prev = recovery::current(
+                &view.overlay,
+                view.index.as_deref(),
+                view.segment.bytes(),
+                r.key,
+                hash,
+                &self.seg_path,
+            )
+            .unwrap_or_else(|_| {
+                st.needs_repair = true;
+                None
+            });
+            recovery::count(&mut st.counters, r.kind, prev, r.len());
+            let entry = match r.kind {
+                Kind::Put => Entry::Put(Loc {
+                    offset: at,
+                    len: r.len(),
+                    crc: r.enc.crc,
+                }),
+                _ => Entry::Tombstone,
+            };
+            view.overlay.insert(r.key.into(), entry);
+            at += r.len();
+        }
+        st.end = at;
+        if self.config.durability == Durability::Fsync {
+            st.synced = st.end;
+        }
+        self.live.store(st.counters.live_records, Ordering::Release);
+        let tail_bytes = st.end - st.covered_len;
+        if view.overlay.len() >= self.config.checkpoint_records
+            || tail_bytes >= self.config.checkpoint_bytes
+        {
+            drop(view);
+            self.checkpoint(st, false)?;
+        }
+        Ok(())
+    }
+
+    /// Grows the file ahead of the writer so the map is rebuilt rarely; makes the growth durable
+    /// (in Fsync mode) before any record is written into the new region.
+    pub(super) fn ensure_capacity(&self, st: &mut State, needed: u64) -> Result<()> {
+        if needed <= st.file_len {
+            return Ok(());
+        }
+        let step = (st.file_len / 4).clamp(1 << 20, 1 << 30);
+        let new_len = needed.max(st.file_len + step).next_multiple_of(64 << 10);
+        let backend = self.backend(st)?;
+        self.io(backend.set_len(new_len))?;
+        if self.config.durability == Durability::Fsync {
+            self.io(backend.sync_data())?;
+            st.synced = st.end;
+        }
+        st.file_len = new_len;
+        let map = SegmentMap::new(&st.file, new_len, &self.seg_path)?;
+        let old = self.view.load();
+        self.view.store(Arc::new(View {
+            segment: map,
+            index: old.index.clone(),
+            overlay: old.overlay.clone(),
+        }));
+        Ok(())
+    }
+}
