@@ -528,7 +528,7 @@ impl Client {
                     || lower.contains("access denied")
                 {
                     RemoteError::AccessDenied { url, detail }
-                } else if lower.contains("timed out") || lower.contains("timeout") {
+                } else if lower.contains("timed out") {
                     RemoteError::Timeout {
                         url,
                         attempts,
