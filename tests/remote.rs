@@ -26,7 +26,11 @@ fn make_store(dir: &Path, n: usize, seed: u64) -> BTreeMap<String, Vec<u8>> {
     let db = Config::new(dir).open().expect("open");
     let mut live = BTreeMap::new();
     for i in 0..n {
-        let len = if i % 10 == 3 { 1 << 20 } else { rng.random_range(0..5000) };
+        let len = if i % 10 == 3 {
+            1 << 20
+        } else {
+            rng.random_range(0..5000)
+        };
         let value: Vec<u8> = (0..len).map(|_| rng.random()).collect();
         let key = format!("key-{i:04}");
         db.set(&key, &value).expect("set");
@@ -78,7 +82,11 @@ fn push_then_read_every_key_byte_exact_one_request_per_get() {
         assert_eq!(&*got, v.as_slice(), "{k}");
         assert_eq!(got.codec(), 0);
     }
-    assert_eq!(store.requests() - before, live.len() as u64, "one request per get");
+    assert_eq!(
+        store.requests() - before,
+        live.len() as u64,
+        "one request per get"
+    );
     assert!(store.get("key-0005").expect("get").is_none(), "deleted");
     assert!(store.get("never").expect("get").is_none());
     assert!(store.contains("key-0001").expect("contains"));
@@ -137,7 +145,10 @@ fn a_closed_local_store_opens_by_file_url() {
     let store = RemoteStore::open(&url, RemoteOptions::new()).expect("open");
     assert!(!store.stats().has_manifest);
     // No keys.json: the keys come from reading the segment.
-    assert_eq!(store.keys().expect("keys"), live.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(
+        store.keys().expect("keys"),
+        live.keys().cloned().collect::<Vec<_>>()
+    );
     for (k, v) in &live {
         assert_eq!(&*store.get(k).expect("get").expect("present"), v.as_slice());
     }
@@ -154,7 +165,10 @@ fn a_store_left_open_by_a_writer_is_not_read_remotely() {
     db.checkpoint().expect("checkpoint");
     let url = format!("file://{}", dir.path().display());
     let err = RemoteStore::open(&url, RemoteOptions::new()).expect_err("not closed");
-    assert!(matches!(remote_err(&err), RemoteError::NotPublished { .. }), "{err}");
+    assert!(
+        matches!(remote_err(&err), RemoteError::NotPublished { .. }),
+        "{err}"
+    );
     drop(db);
 }
 
@@ -206,7 +220,10 @@ fn a_republished_store_is_detected_never_mixed() {
     let live_b = make_store(b.path(), 12, 7);
     remote::push(b.path(), &url, server.opts()).expect("push b");
     let err = old.get("key-0002").expect_err("the segment changed");
-    assert!(matches!(remote_err(&err), RemoteError::Republished { .. }), "{err}");
+    assert!(
+        matches!(remote_err(&err), RemoteError::Republished { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains(&url), "{err}");
 
     let new = RemoteStore::open(&url, server.opts()).expect("open b");
@@ -221,7 +238,10 @@ fn missing_truncated_and_foreign_objects_are_typed_errors_naming_the_url() {
     let server = shared();
     let url = server.url("missing");
     let err = RemoteStore::open(&url, server.opts()).expect_err("nothing there");
-    assert!(matches!(remote_err(&err), RemoteError::NotPublished { .. }), "{err}");
+    assert!(
+        matches!(remote_err(&err), RemoteError::NotPublished { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains(&url), "{err}");
 
     // A truncated segment behind a valid manifest and index.
@@ -229,16 +249,30 @@ fn missing_truncated_and_foreign_objects_are_typed_errors_naming_the_url() {
     make_store(dir.path(), 20, 8);
     let url = server.url("truncated");
     remote::push(dir.path(), &url, server.opts()).expect("push");
-    let prefix = url.trim_start_matches(&format!("s3://{}/", server.bucket)).to_owned();
+    let prefix = url
+        .trim_start_matches(&format!("s3://{}/", server.bucket))
+        .to_owned();
     let seg_path = object_store::path::Path::from(format!("{prefix}/segment.sqs"));
     let raw = server.raw();
     s3::block_on(async {
-        let whole = raw.get(&seg_path).await.expect("get").bytes().await.expect("bytes");
-        raw.put(&seg_path, whole.slice(..whole.len() / 2).into()).await.expect("put");
+        let whole = raw
+            .get(&seg_path)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes");
+        raw.put(&seg_path, whole.slice(..whole.len() / 2).into())
+            .await
+            .expect("put");
     });
     let err = RemoteStore::open(&url, server.opts()).expect_err("truncated");
     match remote_err(&err) {
-        RemoteError::Truncated { url: u, expected, found } => {
+        RemoteError::Truncated {
+            url: u,
+            expected,
+            found,
+        } => {
             assert!(u.ends_with("/segment.sqs"));
             assert!(found < expected);
         }
@@ -247,7 +281,9 @@ fn missing_truncated_and_foreign_objects_are_typed_errors_naming_the_url() {
 
     // Not a store at all.
     let url = server.url("foreign");
-    let prefix = url.trim_start_matches(&format!("s3://{}/", server.bucket)).to_owned();
+    let prefix = url
+        .trim_start_matches(&format!("s3://{}/", server.bucket))
+        .to_owned();
     s3::block_on(async {
         let p = object_store::path::Path::from(format!("{prefix}/segment.sqs"));
         raw.put(&p, vec![7u8; 100].into()).await.expect("put");
@@ -263,13 +299,23 @@ fn wrong_credentials_are_access_denied_naming_the_url() {
     make_store(dir.path(), 5, 9);
     let url = server.url("creds");
     remote::push(dir.path(), &url, server.opts()).expect("push");
-    let wrong = server.opts().option("aws_secret_access_key", "not-the-secret");
+    let wrong = server
+        .opts()
+        .option("aws_secret_access_key", "not-the-secret");
     let err = RemoteStore::open(&url, wrong).expect_err("wrong secret");
-    assert!(matches!(remote_err(&err), RemoteError::AccessDenied { .. }), "{err}");
+    assert!(
+        matches!(remote_err(&err), RemoteError::AccessDenied { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains(&url), "{err}");
-    let unknown = server.opts().option("aws_access_key_id", "AKIANOSUCHKEY0000000");
+    let unknown = server
+        .opts()
+        .option("aws_access_key_id", "AKIANOSUCHKEY0000000");
     let err = RemoteStore::open(&url, unknown).expect_err("unknown key");
-    assert!(matches!(remote_err(&err), RemoteError::AccessDenied { .. }), "{err}");
+    assert!(
+        matches!(remote_err(&err), RemoteError::AccessDenied { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -284,9 +330,16 @@ fn a_silent_server_is_a_timeout() {
     let url = server.url("silent");
     let started = std::time::Instant::now();
     let err = RemoteStore::open(&url, opts).expect_err("no answer");
-    assert!(matches!(remote_err(&err), RemoteError::Timeout { .. }), "{err}");
+    assert!(
+        matches!(remote_err(&err), RemoteError::Timeout { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains(&url), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(20), "bounded: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "bounded: {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -300,19 +353,40 @@ fn a_connection_dropped_mid_value_is_retried_then_reported() {
     assert_eq!(big.len(), 1 << 20);
 
     // The first connection to carry 300 KB is cut: mid-way through the 1 MiB value.
-    let proxy = Proxy::start(&server.endpoint, Fault::CutAfter { bytes: 300_000, times: 1 });
+    let proxy = Proxy::start(
+        &server.endpoint,
+        Fault::CutAfter {
+            bytes: 300_000,
+            times: 1,
+        },
+    );
     let opts = server.opts().option("aws_endpoint", &proxy.endpoint);
     let store = RemoteStore::open(&url, opts).expect("open");
     assert_eq!(proxy.cuts(), 0, "the open's answers are small");
-    assert_eq!(&*store.get("key-0003").expect("retried").expect("present"), big.as_slice());
+    assert_eq!(
+        &*store.get("key-0003").expect("retried").expect("present"),
+        big.as_slice()
+    );
     assert!(proxy.cuts() >= 1, "the transfer was cut, and resumed");
 
     // Every connection is cut: a clear error after the retries, naming the URL.
-    let proxy = Proxy::start(&server.endpoint, Fault::CutAfter { bytes: 300_000, times: usize::MAX });
-    let opts = server.opts().option("aws_endpoint", &proxy.endpoint).retries(2);
+    let proxy = Proxy::start(
+        &server.endpoint,
+        Fault::CutAfter {
+            bytes: 300_000,
+            times: usize::MAX,
+        },
+    );
+    let opts = server
+        .opts()
+        .option("aws_endpoint", &proxy.endpoint)
+        .retries(2);
     let store = RemoteStore::open(&url, opts).expect("open: small answers pass");
     let err = store.get("key-0003").expect_err("always cut");
-    assert!(matches!(remote_err(&err), RemoteError::Unavailable { .. }), "{err}");
+    assert!(
+        matches!(remote_err(&err), RemoteError::Unavailable { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("segment.sqs"), "{err}");
 }
 
@@ -324,7 +398,10 @@ fn a_killed_server_gives_a_clear_error() {
     let url = server.url("killed");
     remote::push(dir.path(), &url, server.opts()).expect("push");
     let store = RemoteStore::open(&url, server.opts()).expect("open");
-    assert_eq!(&*store.get("key-0001").expect("get").expect("present"), live["key-0001"].as_slice());
+    assert_eq!(
+        &*store.get("key-0001").expect("get").expect("present"),
+        live["key-0001"].as_slice()
+    );
     let status = std::process::Command::new("kill")
         .args(["-9", &server.pid.to_string()])
         .status()
@@ -332,9 +409,16 @@ fn a_killed_server_gives_a_clear_error() {
     assert!(status.success());
     let started = std::time::Instant::now();
     let err = store.get("key-0002").expect_err("server gone");
-    assert!(matches!(remote_err(&err), RemoteError::Unavailable { .. }), "{err}");
+    assert!(
+        matches!(remote_err(&err), RemoteError::Unavailable { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains(&url), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(30), "bounded: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "bounded: {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -349,11 +433,18 @@ fn pull_brings_back_the_same_store() {
     let report = remote::pull(&url, &target, server.opts()).expect("pull");
     assert_eq!(report.keys, live.len() as u64);
     let db = Engine::open_read_only(&target).expect("open copy");
-    assert_eq!(db.keys().expect("keys"), live.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(
+        db.keys().expect("keys"),
+        live.keys().cloned().collect::<Vec<_>>()
+    );
     for (k, v) in &live {
         assert_eq!(&*db.get(k).expect("get").expect("present"), v.as_slice());
     }
-    assert!(!squirrel_store::verify(&target, &mut |_, _| {}).expect("verify").is_corrupt());
+    assert!(
+        !squirrel_store::verify(&target, &mut |_, _| {})
+            .expect("verify")
+            .is_corrupt()
+    );
     drop(db);
     // The copy takes writes.
     let db = Engine::open(&target).expect("open rw");
@@ -377,7 +468,8 @@ fn a_large_segment_goes_up_as_multipart() {
     }
     db.close().expect("close");
     let url = server.url("multipart");
-    let report = remote::push(dir.path(), &url, server.opts().multipart(6 << 20, 5 << 20)).expect("push");
+    let report =
+        remote::push(dir.path(), &url, server.opts().multipart(6 << 20, 5 << 20)).expect("push");
     assert!(report.multipart);
     assert!(report.segment_bytes > 14 << 20);
     let store = RemoteStore::open(&url, server.opts()).expect("open");
@@ -410,12 +502,18 @@ fn the_cache_serves_hits_stays_within_its_limit_and_drops_damaged_entries() {
     }
     // A small, recently read record is a hit: no request.
     let before = store.requests();
-    assert_eq!(&*store.get("key-0039").expect("get").expect("present"), live["key-0039"].as_slice());
+    assert_eq!(
+        &*store.get("key-0039").expect("get").expect("present"),
+        live["key-0039"].as_slice()
+    );
     assert_eq!(store.requests(), before, "served from the cache");
     // Another process's handle shares the cache.
     let other = RemoteStore::open(&url, opts).expect("open");
     let before = other.requests();
-    assert_eq!(&*other.get("key-0039").expect("get").expect("present"), live["key-0039"].as_slice());
+    assert_eq!(
+        &*other.get("key-0039").expect("get").expect("present"),
+        live["key-0039"].as_slice()
+    );
     assert_eq!(other.requests(), before);
     // A damaged entry is dropped and fetched again.
     for e in std::fs::read_dir(cache.path()).expect("read_dir") {
@@ -427,7 +525,10 @@ fn the_cache_serves_hits_stays_within_its_limit_and_drops_damaged_entries() {
         std::fs::write(&p, b).expect("write");
     }
     let before = other.requests();
-    assert_eq!(&*other.get("key-0039").expect("get").expect("present"), live["key-0039"].as_slice());
+    assert_eq!(
+        &*other.get("key-0039").expect("get").expect("present"),
+        live["key-0039"].as_slice()
+    );
     assert_eq!(other.requests(), before + 1, "fetched again");
 }
 
@@ -442,7 +543,10 @@ fn squirrel_store(dir: &Path, shards: std::ops::Range<usize>) -> BTreeMap<String
     let mut all = BTreeMap::new();
     for s in shards {
         let shard: Vec<Sample> = (0..5)
-            .map(|i| Sample { label: (s * 10 + i) as i64, caption: format!("sample {i} of {s}").repeat(20) })
+            .map(|i| Sample {
+                label: (s * 10 + i) as i64,
+                caption: format!("sample {i} of {s}").repeat(20),
+            })
             .collect();
         let key = format!("shard_{s}");
         store.set(&shard, Some(&key)).expect("set");
@@ -460,7 +564,10 @@ fn the_squirrel_layer_and_loader_read_a_remote_store() {
     let url = server.url("squirrel");
     remote::push(dir.path(), &url, server.opts()).expect("push");
     let driver = RemoteDriver::open(&url, server.opts()).expect("open");
-    assert_eq!(driver.keys().expect("keys"), all.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(
+        driver.keys().expect("keys"),
+        all.keys().cloned().collect::<Vec<_>>()
+    );
     for (k, v) in &all {
         assert_eq!(&driver.get::<Sample>(k).expect("get").expect("present"), v);
         let values = driver.get_values(k).expect("get").expect("present");
@@ -479,7 +586,16 @@ fn the_squirrel_layer_and_loader_read_a_remote_store() {
     want.sort_by_key(|s| s.label);
     got.sort_by_key(|s| s.label);
     assert_eq!(got, want);
-    let err = driver.store().set(&[Sample { label: 0, caption: String::new() }], Some("x")).expect_err("read-only");
+    let err = driver
+        .store()
+        .set(
+            &[Sample {
+                label: 0,
+                caption: String::new(),
+            }],
+            Some("x"),
+        )
+        .expect_err("read-only");
     assert!(matches!(err, Error::ReadOnly { .. }), "{err}");
 }
 
@@ -502,20 +618,33 @@ fn concurrent_dataset_adds_lose_no_entry_and_duplicates_are_refused() {
             let (barrier, dataset) = (&barrier, &dataset);
             s.spawn(move || {
                 barrier.wait();
-                remote::dataset_add(dataset, &format!("{dataset}/store-{i}"), server.opts()).expect("add");
+                remote::dataset_add(dataset, &format!("{dataset}/store-{i}"), server.opts())
+                    .expect("add");
             });
         }
     });
     let manifest = remote::dataset_ls(&dataset, server.opts()).expect("ls");
     let mut names: Vec<String> = manifest.stores.iter().map(|e| e.store.clone()).collect();
     names.sort();
-    assert_eq!(names, (0..n).map(|i| format!("store-{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        names,
+        (0..n).map(|i| format!("store-{i}")).collect::<Vec<_>>()
+    );
     // Adding again changes nothing.
     remote::dataset_add(&dataset, &format!("{dataset}/store-0"), server.opts()).expect("add again");
-    assert_eq!(remote::dataset_ls(&dataset, server.opts()).expect("ls").stores.len(), n);
+    assert_eq!(
+        remote::dataset_ls(&dataset, server.opts())
+            .expect("ls")
+            .stores
+            .len(),
+        n
+    );
 
     let ds = Dataset::open(&dataset, server.opts()).expect("open");
-    assert_eq!(ds.keys(), all.keys().cloned().collect::<Vec<_>>().as_slice());
+    assert_eq!(
+        ds.keys(),
+        all.keys().cloned().collect::<Vec<_>>().as_slice()
+    );
     let store = RemoteSquirrelStore::open(&dataset, server.opts()).expect("open");
     assert!(store.dataset().is_some());
     for (k, v) in &all {
@@ -532,7 +661,9 @@ fn concurrent_dataset_adds_lose_no_entry_and_duplicates_are_refused() {
     remote::dataset_add(&dataset, &format!("{dataset}/dup"), server.opts()).expect("add");
     let err = Dataset::open(&dataset, server.opts()).expect_err("duplicate");
     match remote_err(&err) {
-        RemoteError::DuplicateKey { key, first, second, .. } => {
+        RemoteError::DuplicateKey {
+            key, first, second, ..
+        } => {
             assert_eq!(key, "shard_2");
             assert_eq!(first, "store-0");
             assert_eq!(second, "dup");

@@ -81,8 +81,13 @@ impl Cache {
                     return None;
                 }
                 let meta = e.metadata().ok()?;
-                meta.is_file()
-                    .then(|| (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len(), e.path()))
+                meta.is_file().then(|| {
+                    (
+                        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        meta.len(),
+                        e.path(),
+                    )
+                })
             })
             .collect();
         let mut total: u64 = entries.iter().map(|e| e.1).sum();

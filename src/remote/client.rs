@@ -10,8 +10,8 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{
-    BackoffConfig, GetOptions, GetRange, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions,
-    PutPayload, RetryConfig, UpdateVersion,
+    BackoffConfig, GetOptions, GetRange, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode,
+    PutOptions, PutPayload, RetryConfig, UpdateVersion,
 };
 use url::Url;
 
@@ -124,17 +124,16 @@ impl Client {
     pub(crate) fn new(url: &str, opts: Arc<RemoteOptions>) -> Result<Client> {
         let trimmed = url.trim_end_matches('/');
         let parsed = Url::parse(trimmed).map_err(|e| invalid(url, e.to_string()))?;
-        let (scheme, path) = ObjectStoreScheme::parse(&parsed).map_err(|e| invalid(url, e.to_string()))?;
-        let retry = {
-            let mut r = RetryConfig::default();
-            r.max_retries = opts.retries as usize;
-            r.retry_timeout = opts.retry_timeout;
-            r.backoff = BackoffConfig {
+        let (scheme, path) =
+            ObjectStoreScheme::parse(&parsed).map_err(|e| invalid(url, e.to_string()))?;
+        let retry = RetryConfig {
+            max_retries: opts.retries as usize,
+            retry_timeout: opts.retry_timeout,
+            backoff: BackoffConfig {
                 init_backoff: opts.backoff,
                 max_backoff: opts.backoff.saturating_mul(16),
                 base: 2.0,
-            };
-            r
+            },
         };
         let mut options: Vec<(String, String)> = vec![
             ("timeout".into(), format!("{}ms", opts.timeout.as_millis())),
@@ -415,16 +414,18 @@ impl Client {
             .await
         {
             Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                Ok(false)
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(false),
+            Err(
+                object_store::Error::NotImplemented { .. }
+                | object_store::Error::NotSupported { .. },
+            ) => Err(RemoteError::Unsupported {
+                url: self.url_of(name),
+                detail: "conditional put".into(),
             }
-            Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
-                Err(RemoteError::Unsupported {
-                    url: self.url_of(name),
-                    detail: "conditional put".into(),
-                }
-                .into())
-            }
+            .into()),
             Err(e) => Err(self.classify(name, e, 1).into()),
         }
     }
@@ -508,13 +509,20 @@ impl Client {
     }
 
     /// The typed error for a failed request for object `name`.
-    pub(crate) fn classify(&self, name: &str, e: object_store::Error, attempts: u32) -> RemoteError {
+    pub(crate) fn classify(
+        &self,
+        name: &str,
+        e: object_store::Error,
+        attempts: u32,
+    ) -> RemoteError {
         let url = self.url_of(name);
         let detail = error_chain(&e);
         match e {
             object_store::Error::NotFound { .. } => RemoteError::NotFound { url },
             object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => RemoteError::AccessDenied { url, detail },
+            | object_store::Error::Unauthenticated { .. } => {
+                RemoteError::AccessDenied { url, detail }
+            }
             object_store::Error::Precondition { .. } => RemoteError::Republished {
                 url,
                 detail: "the object changed since the store was opened (ETag mismatch)".into(),
@@ -559,7 +567,10 @@ impl Client {
 
 /// Whether trying again may help: a dropped connection or a timeout.
 fn is_transient(e: &RemoteError) -> bool {
-    matches!(e, RemoteError::Unavailable { .. } | RemoteError::Timeout { .. })
+    matches!(
+        e,
+        RemoteError::Unavailable { .. } | RemoteError::Timeout { .. }
+    )
 }
 
 /// An error and all its sources, in one line.

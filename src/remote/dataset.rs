@@ -45,10 +45,11 @@ pub struct DatasetManifest {
 
 impl DatasetManifest {
     fn parse(url: &str, bytes: &[u8]) -> Result<DatasetManifest> {
-        let m: DatasetManifest = serde_json::from_slice(bytes).map_err(|e| RemoteError::BadManifest {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let m: DatasetManifest =
+            serde_json::from_slice(bytes).map_err(|e| RemoteError::BadManifest {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
         if m.format != "squirrel-store-dataset" || m.version != 1 {
             return Err(RemoteError::BadManifest {
                 url: url.to_owned(),
@@ -92,7 +93,10 @@ async fn read_manifest(c: &Client) -> Result<Option<(DatasetManifest, Option<Str
                 }
                 .into());
             }
-            Ok(Some((DatasetManifest::parse(&c.url_of(DATASET), &bytes)?, etag)))
+            Ok(Some((
+                DatasetManifest::parse(&c.url_of(DATASET), &bytes)?,
+                etag,
+            )))
         }
         None => Ok(None),
     }
@@ -111,7 +115,11 @@ async fn read_manifest(c: &Client) -> Result<Option<(DatasetManifest, Option<Str
 ///
 /// Those of [`RemoteStore::open`] for the store; [`RemoteError::Contended`] after 64 lost
 /// races; [`RemoteError::Unsupported`] when the object store has no conditional put.
-pub fn dataset_add(dataset_url: &str, store_url: &str, opts: RemoteOptions) -> Result<DatasetManifest> {
+pub fn dataset_add(
+    dataset_url: &str,
+    store_url: &str,
+    opts: RemoteOptions,
+) -> Result<DatasetManifest> {
     let dataset = Client::new(dataset_url, Arc::new(opts))?;
     let name = entry_name(dataset.url(), store_url);
     let store = RemoteStore::open_client(entry_client(&dataset, &name)?)?;
@@ -219,12 +227,13 @@ impl Dataset {
     pub fn open(url: &str, opts: RemoteOptions) -> Result<Dataset> {
         let client = Client::new(url, Arc::new(opts))?;
         let c = client.clone();
-        let manifest = block_on(async move { read_manifest(&c).await })??.ok_or_else(|| {
-            Error::from(RemoteError::NotFound {
-                url: client.url_of(DATASET),
-            })
-        })?
-        .0;
+        let manifest = block_on(async move { read_manifest(&c).await })??
+            .ok_or_else(|| {
+                Error::from(RemoteError::NotFound {
+                    url: client.url_of(DATASET),
+                })
+            })?
+            .0;
         let mut stores = Vec::with_capacity(manifest.stores.len());
         let mut owner: HashMap<String, usize> = HashMap::new();
         let mut keys = Vec::new();
@@ -307,6 +316,11 @@ impl Dataset {
     /// Requests sent so far by all its stores.
     #[must_use]
     pub fn requests(&self) -> u64 {
-        self.inner.stores.iter().map(RemoteStore::requests).max().unwrap_or(0)
+        self.inner
+            .stores
+            .iter()
+            .map(RemoteStore::requests)
+            .max()
+            .unwrap_or(0)
     }
 }

@@ -104,7 +104,12 @@ pub fn push(dir: impl AsRef<Path>, url: &str, opts: RemoteOptions) -> Result<Pus
         None => {
             Config::new(dir).open()?.close()?;
             closed_state(dir)?.ok_or_else(|| {
-                Error::corruption(dir.join(INDEX), 0, None, "the index is not closed after a clean close")
+                Error::corruption(
+                    dir.join(INDEX),
+                    0,
+                    None,
+                    "the index is not closed after a clean close",
+                )
             })?
         }
     };
@@ -162,7 +167,10 @@ pub fn push(dir: impl AsRef<Path>, url: &str, opts: RemoteOptions) -> Result<Pus
     if closed_state(dir)? != Some(state) {
         return Err(RemoteError::Other {
             url: url.to_owned(),
-            detail: format!("{} changed while it was being pushed; push it again", dir.display()),
+            detail: format!(
+                "{} changed while it was being pushed; push it again",
+                dir.display()
+            ),
         }
         .into());
     }
@@ -195,7 +203,10 @@ pub fn pull(url: &str, dir: impl AsRef<Path>, opts: RemoteOptions) -> Result<Pul
     if dir.join(SEGMENT).exists() {
         return Err(Error::io(
             dir.join(SEGMENT),
-            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a store is already there"),
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a store is already there",
+            ),
         ));
     }
     let stats = store.stats();
@@ -215,7 +226,10 @@ pub fn pull(url: &str, dir: impl AsRef<Path>, opts: RemoteOptions) -> Result<Pul
             dir.join(INDEX),
             0,
             None,
-            format!("the copy has {keys} keys, the publication {}", stats.live_records),
+            format!(
+                "the copy has {keys} keys, the publication {}",
+                stats.live_records
+            ),
         ));
     }
     Ok(PullReport {

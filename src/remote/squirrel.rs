@@ -80,7 +80,11 @@ impl<S: Serializer> RemoteSquirrelStore<S> {
     /// # Errors
     ///
     /// As [`RemoteSquirrelStore::open`].
-    pub fn open_with(url: &str, opts: RemoteOptions, serializer: S) -> Result<RemoteSquirrelStore<S>> {
+    pub fn open_with(
+        url: &str,
+        opts: RemoteOptions,
+        serializer: S,
+    ) -> Result<RemoteSquirrelStore<S>> {
         let source = match Dataset::open(url, opts.clone()) {
             Ok(d) => Source::Dataset(d),
             Err(Error::Remote(e)) if matches!(*e, RemoteError::NotFound { .. }) => {
@@ -116,7 +120,6 @@ impl<S: Serializer> RemoteSquirrelStore<S> {
     }
 
     /// A loader over every shard (see [`Loader`]).
-    #[must_use]
     pub fn loader(&self) -> Loader<Self>
     where
         S: Clone + 'static,

@@ -223,6 +223,9 @@ pub(crate) struct Slot {
     pub crc: u32,
 }
 
+/// A merged range request of `get_many` and the records (request position, slot) in it.
+type Group = (Range<u64>, Vec<(usize, Slot)>);
+
 /// Decodes slot bytes: `None` for an empty slot, `Some(Err(()))` for a slot whose checksum fails.
 fn decode_slot(b: &[u8]) -> Option<std::result::Result<Slot, ()>> {
     let word = |i: usize| {
@@ -286,7 +289,10 @@ impl std::fmt::Debug for RemoteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteStore")
             .field("url", &self.inner.client.url())
-            .field("segment_id", &format_args!("{:016x}", self.inner.segment_id))
+            .field(
+                "segment_id",
+                &format_args!("{:016x}", self.inner.segment_id),
+            )
             .finish()
     }
 }
@@ -348,8 +354,9 @@ impl RemoteStore {
         let (segment_id, format_version) =
             segment::decode_header(std::path::Path::new(&seg_url), &head)?;
         let idx_url = client.url_of(INDEX);
-        let Some((first, index_size, index_etag)) =
-            client.get_prefix(INDEX, opts.index_whole_max.max(128)).await?
+        let Some((first, index_size, index_etag)) = client
+            .get_prefix(INDEX, opts.index_whole_max.max(128))
+            .await?
         else {
             return Err(RemoteError::NotPublished {
                 url: client.url().to_owned(),
@@ -403,7 +410,12 @@ impl RemoteStore {
             .into());
         }
         if seg_len < segment::HEADER_LEN {
-            return Err(corruption(idx_url, 0, None, "covered length shorter than a segment header"));
+            return Err(corruption(
+                idx_url,
+                0,
+                None,
+                "covered length shorter than a segment header",
+            ));
         }
         if let Some(m) = &manifest {
             let murl = client.url_of(MANIFEST);
@@ -546,7 +558,10 @@ impl RemoteStore {
         block_on(async move { this.get_many_async(keys).await })?
     }
 
-    pub(crate) async fn get_many_async(&self, keys: Vec<String>) -> Result<Vec<Option<RemoteValue>>> {
+    pub(crate) async fn get_many_async(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<RemoteValue>>> {
         let mut out: Vec<Option<RemoteValue>> = vec![None; keys.len()];
         // The first candidate slot of each key; cache hits are served at once.
         let mut wanted: Vec<(usize, Slot)> = Vec::new();
@@ -554,7 +569,7 @@ impl RemoteStore {
             let Some(slot) = self.find_slot(index::hash_key(key), 0).await? else {
                 continue;
             };
-            if let Some(v) = self.from_cache(key, slot) {
+            if let Some(v) = self.cached(key, slot) {
                 out[i] = Some(v);
                 continue;
             }
@@ -562,7 +577,7 @@ impl RemoteStore {
         }
         wanted.sort_by_key(|(_, s)| s.offset);
         let opts = self.inner.client.options();
-        let mut groups: Vec<(Range<u64>, Vec<(usize, Slot)>)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         for (i, slot) in wanted {
             let end = slot.offset.saturating_add(slot.len);
             if let Some((range, members)) = groups.last_mut() {
@@ -627,10 +642,21 @@ impl RemoteStore {
                 let want = slot.len.min(record::HEADER_LEN as u64 + key.len() as u64);
                 let head = this.fetch_segment(slot.offset..slot.offset + want).await?;
                 let url = this.inner.client.url_of(SEGMENT);
-                let h = Header::decode(&head)
-                    .map_err(|_| corruption(url.clone(), slot.offset, Some(&key), "record header checksum mismatch"))?;
+                let h = Header::decode(&head).map_err(|_| {
+                    corruption(
+                        url.clone(),
+                        slot.offset,
+                        Some(&key),
+                        "record header checksum mismatch",
+                    )
+                })?;
                 if h.kind != Kind::Put || h.record_len() != Some(slot.len) || h.crc != slot.crc {
-                    return Err(corruption(url, slot.offset, Some(&key), "record does not match its index entry"));
+                    return Err(corruption(
+                        url,
+                        slot.offset,
+                        Some(&key),
+                        "record does not match its index entry",
+                    ));
                 }
                 if head.get(record::HEADER_LEN..) == Some(key.as_bytes()) {
                     return Ok(true);
@@ -667,14 +693,17 @@ impl RemoteStore {
             if crc32fast::hash(&bytes) != m.keys_crc32 {
                 return Err(RemoteError::BadManifest {
                     url,
-                    reason: "keys.json does not match the checksum in store.json (changed since open?)".into(),
+                    reason:
+                        "keys.json does not match the checksum in store.json (changed since open?)"
+                            .into(),
                 }
                 .into());
             }
-            let mut keys: Vec<String> = serde_json::from_slice(&bytes).map_err(|e| RemoteError::BadManifest {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+            let mut keys: Vec<String> =
+                serde_json::from_slice(&bytes).map_err(|e| RemoteError::BadManifest {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
             keys.sort_unstable();
             keys.dedup();
             if keys.len() as u64 != i.header.counters.live_records {
@@ -692,7 +721,12 @@ impl RemoteStore {
         }
         let report = self.walk().await?;
         report.1.ok_or_else(|| {
-            corruption(i.client.url_of(SEGMENT), 0, None, "the segment could not be read whole")
+            corruption(
+                i.client.url_of(SEGMENT),
+                0,
+                None,
+                "the segment could not be read whole",
+            )
         })
     }
 
@@ -710,7 +744,9 @@ impl RemoteStore {
                 match this.keys_async().await {
                     Ok(listed) => {
                         if Some(&listed) != keys.as_ref() {
-                            report.index_issues.push("keys.json does not list exactly the live keys".into());
+                            report
+                                .index_issues
+                                .push("keys.json does not list exactly the live keys".into());
                         }
                     }
                     Err(Error::Remote(e)) if !matches!(*e, RemoteError::BadManifest { .. }) => {
@@ -737,13 +773,12 @@ impl RemoteStore {
                     .index_issues
                     .push(format!("slot {n} fails its checksum")),
                 Some(Ok(slot)) if slot.hash == DELETED => {}
-                Some(Ok(slot)) => {
-                    if by_offset.insert(slot.offset, slot).is_some() {
-                        report
-                            .index_issues
-                            .push(format!("two slots point at offset {}", slot.offset));
-                    }
+                Some(Ok(slot)) if by_offset.insert(slot.offset, slot).is_some() => {
+                    report
+                        .index_issues
+                        .push(format!("two slots point at offset {}", slot.offset));
                 }
+                Some(Ok(_)) => {}
             }
         }
         // The newest record for each key, from the walk.
@@ -767,7 +802,9 @@ impl RemoteStore {
                 } => {
                     report.records += 1;
                     if !intact {
-                        report.damaged.push((offset, "record checksum mismatch".into()));
+                        report
+                            .damaged
+                            .push((offset, "record checksum mismatch".into()));
                         return;
                     }
                     report.intact += 1;
@@ -775,7 +812,9 @@ impl RemoteStore {
                     match header.kind {
                         Kind::Put | Kind::Delete => {
                             let Some(k) = key_str else {
-                                report.damaged.push((offset, "record key is not UTF-8".into()));
+                                report
+                                    .damaged
+                                    .push((offset, "record key is not UTF-8".into()));
                                 return;
                             };
                             let at = (header.kind == Kind::Put).then_some(offset);
@@ -790,7 +829,9 @@ impl RemoteStore {
                             && header.crc == slot.crc
                             && key_str.is_some_and(|k| index::hash_key(k) == slot.hash);
                         if !ok {
-                            issues.push(format!("slot for offset {offset} does not match its record"));
+                            issues.push(format!(
+                                "slot for offset {offset} does not match its record"
+                            ));
                         }
                     }
                 }
@@ -813,9 +854,9 @@ impl RemoteStore {
             if let Some(offset) = at {
                 live.push(k.clone());
                 if report.damaged.is_empty() && !by_offset.contains_key(offset) {
-                    report
-                        .index_issues
-                        .push(format!("key {k:?}: its newest record (offset {offset}) is not indexed"));
+                    report.index_issues.push(format!(
+                        "key {k:?}: its newest record (offset {offset}) is not indexed"
+                    ));
                 }
             }
         }
@@ -851,7 +892,10 @@ impl RemoteStore {
                 Some(Ok(slot)) if slot.hash == hash => {
                     if skip == 0 {
                         if slot.offset < segment::HEADER_LEN
-                            || slot.offset.checked_add(slot.len).is_none_or(|e| e > self.inner.seg_len)
+                            || slot
+                                .offset
+                                .checked_add(slot.len)
+                                .is_none_or(|e| e > self.inner.seg_len)
                         {
                             return Err(corruption(
                                 self.inner.client.url_of(INDEX),
@@ -880,7 +924,10 @@ impl RemoteStore {
             }
             Slots::Paged(_) => {
                 let page = self.page_of(i).await?;
-                Ok(decode_slot(page_slot(&page, usize::try_from(at % PAGE).unwrap_or(0))))
+                Ok(decode_slot(page_slot(
+                    &page,
+                    usize::try_from(at % PAGE).unwrap_or(0),
+                )))
             }
         }
     }
@@ -929,11 +976,14 @@ impl RemoteStore {
     }
 
     fn cache_name(&self, slot: Slot) -> String {
-        format!("{:016x}-{:x}-{:x}", self.inner.segment_id, slot.offset, slot.len)
+        format!(
+            "{:016x}-{:x}-{:x}",
+            self.inner.segment_id, slot.offset, slot.len
+        )
     }
 
     /// The record from the cache, if there and intact.
-    fn from_cache(&self, key: &str, slot: Slot) -> Option<RemoteValue> {
+    fn cached(&self, key: &str, slot: Slot) -> Option<RemoteValue> {
         let cache = self.inner.cache.as_ref()?;
         let name = self.cache_name(slot);
         let bytes = cache.get(&name)?;
@@ -950,10 +1000,12 @@ impl RemoteStore {
     /// Fetches and checks the record `slot` points at; `None` when it is an intact record of
     /// another key (a hash collision).
     async fn read_record(&self, key: &str, slot: Slot) -> Result<Option<RemoteValue>> {
-        if let Some(v) = self.from_cache(key, slot) {
+        if let Some(v) = self.cached(key, slot) {
             return Ok(Some(v));
         }
-        let rec = self.fetch_segment(slot.offset..slot.offset + slot.len).await?;
+        let rec = self
+            .fetch_segment(slot.offset..slot.offset + slot.len)
+            .await?;
         self.check_record(key, slot, rec)
     }
 

@@ -40,7 +40,9 @@ impl Reader<'_> {
         let have = self.start + self.buf.len() as u64;
         if upto > have {
             // Drop what lies before `at` only now, when fetching anyway: one move per chunk.
-            let keep_from = usize::try_from(at.saturating_sub(self.start)).unwrap_or(0).min(self.buf.len());
+            let keep_from = usize::try_from(at.saturating_sub(self.start))
+                .unwrap_or(0)
+                .min(self.buf.len());
             self.buf.drain(..keep_from);
             self.start += keep_from as u64;
             let mut next = self.start + self.buf.len() as u64;
@@ -97,7 +99,9 @@ pub(crate) async fn walk(
             });
             break;
         };
-        let Some(len) = h.record_len().filter(|l| o.checked_add(*l).is_some_and(|e| e <= end))
+        let Some(len) = h
+            .record_len()
+            .filter(|l| o.checked_add(*l).is_some_and(|e| e <= end))
         else {
             f(WalkEvent::Damaged {
                 offset: o,

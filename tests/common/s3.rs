@@ -28,14 +28,12 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.private {
-            if let Some(dir) = &self.state {
-                let _ = Command::new("bash")
-                    .arg(script())
-                    .args(["stop", &dir.to_string_lossy()])
-                    .status();
-                let _ = std::fs::remove_dir_all(dir);
-            }
+        if let (true, Some(dir)) = (self.private, &self.state) {
+            let _ = Command::new("bash")
+                .arg(script())
+                .args(["stop", &dir.to_string_lossy()])
+                .status();
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -52,8 +50,16 @@ fn from_exports(text: &str) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
-fn build(vars: &std::collections::HashMap<String, String>, state: Option<std::path::PathBuf>, private: bool) -> Server {
-    let get = |k: &str| vars.get(k).cloned().unwrap_or_else(|| panic!("{k} not set by the S3 server"));
+fn build(
+    vars: &std::collections::HashMap<String, String>,
+    state: Option<std::path::PathBuf>,
+    private: bool,
+) -> Server {
+    let get = |k: &str| {
+        vars.get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("{k} not set by the S3 server"))
+    };
     Server {
         endpoint: get("SQUIRREL_S3_ENDPOINT"),
         bucket: get("SQUIRREL_S3_BUCKET"),
@@ -76,7 +82,11 @@ pub fn start(private: bool) -> Server {
     ));
     let out = Command::new("bash")
         .arg(script())
-        .args(["start", &dir.to_string_lossy(), &std::process::id().to_string()])
+        .args([
+            "start",
+            &dir.to_string_lossy(),
+            &std::process::id().to_string(),
+        ])
         .output()
         .expect("runs .ci/s3-server.sh");
     assert!(
@@ -84,15 +94,20 @@ pub fn start(private: bool) -> Server {
         "the S3 server did not start: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    build(&from_exports(&String::from_utf8_lossy(&out.stdout)), Some(dir), private)
+    build(
+        &from_exports(&String::from_utf8_lossy(&out.stdout)),
+        Some(dir),
+        private,
+    )
 }
 
 /// The server shared by the tests of this binary.
 pub fn shared() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let vars: std::collections::HashMap<String, String> =
-            std::env::vars().filter(|(k, _)| k.starts_with("SQUIRREL_S3_")).collect();
+        let vars: std::collections::HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("SQUIRREL_S3_"))
+            .collect();
         if vars.contains_key("SQUIRREL_S3_ENDPOINT") {
             build(&vars, None, false)
         } else {
@@ -205,8 +220,13 @@ impl Proxy {
                 match fault {
                     Fault::Silent => held.push(client),
                     Fault::CutAfter { bytes, times } => {
-                        let Ok(server) = TcpStream::connect(&upstream) else { continue };
-                        let (mut c_read, mut s_write) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
+                        let Ok(server) = TcpStream::connect(&upstream) else {
+                            continue;
+                        };
+                        let (mut c_read, mut s_write) = (
+                            client.try_clone().expect("clone"),
+                            server.try_clone().expect("clone"),
+                        );
                         std::thread::spawn(move || {
                             let _ = std::io::copy(&mut c_read, &mut s_write);
                             let _ = s_write.shutdown(Shutdown::Write);
@@ -224,7 +244,8 @@ impl Proxy {
                                 };
                                 if armed && sent + n > bytes {
                                     if cuts.fetch_add(1, Ordering::SeqCst) < times {
-                                        let _ = c_write.write_all(&buf[..bytes.saturating_sub(sent)]);
+                                        let _ =
+                                            c_write.write_all(&buf[..bytes.saturating_sub(sent)]);
                                         break;
                                     }
                                     armed = false;
