@@ -671,3 +671,110 @@ fn concurrent_dataset_adds_lose_no_entry_and_duplicates_are_refused() {
         other => panic!("expected a duplicate key, got {other:?}"),
     }
 }
+
+fn cli(server: &s3::Server, args: &[&str]) -> std::process::Output {
+    let mut cmd = assert_cmd::Command::cargo_bin("squirrel-store").expect("the binary is built");
+    for (k, v) in server.env() {
+        cmd.env(k, v);
+    }
+    cmd.args(args).output().expect("runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn the_cli_pushes_pulls_and_reads_by_url_with_credentials_from_the_environment() {
+    let server = shared();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let all = squirrel_store(dir.path(), 0..4);
+    let dataset = server.url("cli");
+    let url = format!("{dataset}/node-0");
+    let store = dir.path().to_str().expect("utf-8");
+
+    let out = cli(server, &["push", store, &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("4 keys"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = cli(server, &["keys", &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).lines().collect::<Vec<_>>(),
+        all.keys().collect::<Vec<_>>()
+    );
+
+    let out = cli(server, &["get", &url, "shard_1", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 5);
+    assert!(text(&out.stdout).contains("sample 0 of 1"));
+
+    let out = cli(server, &["get", &url, "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains(&url), "{}", text(&out.stderr));
+
+    let out = cli(server, &["stats", &url, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["keys"], 4);
+
+    let out = cli(server, &["verify", &url, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["live_keys"], 4);
+
+    let back = tempfile::tempdir().expect("tempdir");
+    let copy = back.path().join("copy");
+    let out = cli(server, &["pull", &url, copy.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let local = SquirrelStore::open(&copy).expect("open copy");
+    for (k, v) in &all {
+        assert_eq!(&local.get::<Sample>(k).expect("get").expect("present"), v);
+    }
+    drop(local);
+
+    let exported = back.path().join("squirrel");
+    let out = cli(server, &["export", &url, exported.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for k in all.keys() {
+        assert!(exported.join(format!("{k}.gz")).is_file(), "{k}.gz");
+    }
+
+    let out = cli(server, &["dataset", "add", &dataset, &url]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = cli(server, &["dataset", "ls", &dataset]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("node-0\t4 keys"),
+        "{}",
+        text(&out.stdout)
+    );
+    // The dataset's URL reads as one store.
+    let out = cli(server, &["keys", &dataset]);
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        4,
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Wrong credentials: exit 2, one line naming the URL.
+    let mut cmd = assert_cmd::Command::cargo_bin("squirrel-store").expect("built");
+    for (k, v) in server.env() {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .args(["keys", &url])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("access denied") && err.contains(&url), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

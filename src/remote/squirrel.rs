@@ -119,6 +119,16 @@ impl<S: Serializer> RemoteSquirrelStore<S> {
         self.source.url()
     }
 
+    /// The record stored under `key`, undecoded: its value bytes and codec byte (what
+    /// `squirrel-store get --raw` starts from).
+    ///
+    /// # Errors
+    ///
+    /// As [`RemoteStore::get`].
+    pub fn get_record(&self, key: &str) -> Result<Option<RemoteValue>> {
+        self.source.get(key)
+    }
+
     /// A loader over every shard (see [`Loader`]).
     pub fn loader(&self) -> Loader<Self>
     where
