@@ -2,8 +2,8 @@
 //! blocking calls on a shared tokio runtime, retries, byte caps and typed errors.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -20,25 +20,33 @@ use super::error::RemoteError;
 use crate::error::Result;
 
 /// The runtime every remote handle in the process shares: two worker threads, which is plenty
-/// for I/O-bound request futures.
+/// for I/O-bound request futures. A forked child gets a runtime of its own (the parent's
+/// threads do not exist in it; the parent's runtime is left alone, never dropped there), so a
+/// handle opened in the child works; a handle inherited from the parent must be opened again
+/// in the child, as its connections are the parent's.
 fn runtime() -> Result<&'static tokio::runtime::Runtime> {
-    static RT: OnceLock<std::result::Result<tokio::runtime::Runtime, String>> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("squirrel-remote")
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-    })
-    .as_ref()
-    .map_err(|e| {
-        RemoteError::Other {
+    static RT: parking_lot::Mutex<Option<(u32, &'static tokio::runtime::Runtime)>> =
+        parking_lot::Mutex::new(None);
+    let pid = std::process::id();
+    let mut current = RT.lock();
+    if let Some((owner, rt)) = *current
+        && owner == pid
+    {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("squirrel-remote")
+        .enable_all()
+        .build()
+        .map_err(|e| RemoteError::Other {
             url: String::new(),
             detail: format!("cannot start the I/O runtime: {e}"),
-        }
-        .into()
-    })
+        })?;
+    // Lives as long as the process: handles may be used until exit.
+    let rt: &'static tokio::runtime::Runtime = Box::leak(Box::new(rt));
+    *current = Some((pid, rt));
+    Ok(rt)
 }
 
 /// Runs `fut` to completion on the shared runtime and waits for it on this thread. Works from
