@@ -778,3 +778,31 @@ fn the_cli_pushes_pulls_and_reads_by_url_with_credentials_from_the_environment()
     assert!(err.contains("access denied") && err.contains(&url), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn a_forged_index_slot_is_refused_not_followed() {
+    // Slots naming a huge record, or one past the segment, with valid slot checksums: a read
+    // is a typed corruption error, never an allocation of the forged size.
+    for forged_len in [1u64 << 50, 1 << 20] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Config::new(dir.path()).open().expect("open");
+        db.set("only", b"value").expect("set");
+        db.close().expect("close");
+        let idx_path = dir.path().join("index.sqi");
+        let mut idx = std::fs::read(&idx_path).expect("read");
+        let slot = (4096..idx.len())
+            .step_by(32)
+            .find(|&o| idx[o..o + 8] != [0; 8])
+            .expect("a live slot");
+        idx[slot + 16..slot + 24].copy_from_slice(&forged_len.to_le_bytes());
+        let crc = crc32fast::hash(&idx[slot..slot + 28]);
+        idx[slot + 28..slot + 32].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&idx_path, &idx).expect("write");
+        let url = format!("file://{}", dir.path().display());
+        let store = RemoteStore::open(&url, RemoteOptions::new()).expect("open");
+        let err = store.get("only").expect_err("forged");
+        assert!(matches!(err, Error::Corruption { .. }), "{err}");
+        assert!(err.to_string().contains("index.sqi"), "{err}");
+        assert!(!store.verify().expect("verify").ok());
+    }
+}

@@ -22,7 +22,10 @@ fn opts() -> Result<RemoteOptions> {
         .option("aws_endpoint", env("SQUIRREL_S3_ENDPOINT")?)
         .option("aws_allow_http", "true")
         .option("aws_access_key_id", env("SQUIRREL_S3_ACCESS_KEY_ID")?)
-        .option("aws_secret_access_key", env("SQUIRREL_S3_SECRET_ACCESS_KEY")?)
+        .option(
+            "aws_secret_access_key",
+            env("SQUIRREL_S3_SECRET_ACCESS_KEY")?,
+        )
         .option("aws_region", env("SQUIRREL_S3_REGION")?))
 }
 
@@ -38,7 +41,9 @@ struct Sample {
 }
 
 fn main() -> Result<()> {
-    let out_dir = std::env::args().nth(1).unwrap_or_else(|| "benches/results".into());
+    let out_dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "benches/results".into());
     let bucket = env("SQUIRREL_S3_BUCKET")?;
     let run = std::process::id();
     let dir = tempfile::tempdir()?;
@@ -107,7 +112,10 @@ fn main() -> Result<()> {
     let sq = SquirrelStore::open(&shard_dir)?;
     for s in 0..120 {
         let shard: Vec<Sample> = (0..8)
-            .map(|i| Sample { label: i, data: (0..32 << 10).map(|_| rng.random()).collect() })
+            .map(|i| Sample {
+                label: i,
+                data: (0..32 << 10).map(|_| rng.random()).collect(),
+            })
             .collect();
         sq.set(&shard, Some(&format!("shard-{s:04}")))?;
     }
@@ -116,7 +124,10 @@ fn main() -> Result<()> {
     remote::push(&shard_dir, &shard_url, opts()?)?;
     let shard_mb = 120.0 * 8.0 * 32768.0 / 1e6;
     let t = Instant::now();
-    let c = MessagepackDriver::open(&shard_dir)?.loader().samples::<Sample>()?.count();
+    let c = MessagepackDriver::open(&shard_dir)?
+        .loader()
+        .samples::<Sample>()?
+        .count();
     let local_loader = shard_mb / t.elapsed().as_secs_f64();
     let t = Instant::now();
     let driver = RemoteDriver::open(&shard_url, opts()?)?;

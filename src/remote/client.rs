@@ -338,7 +338,10 @@ impl Client {
                 }
                 .into());
             }
-            let mut buf = BytesMut::with_capacity(usize::try_from(size_hint.min(cap)).unwrap_or(0));
+            // The server's length is a hint, not trusted for more than a modest first allocation.
+            let mut buf = BytesMut::with_capacity(
+                usize::try_from(size_hint.min(cap).min(8 << 20)).unwrap_or(0),
+            );
             let mut stream = result.into_stream();
             let mut failed = None;
             while let Some(chunk) = stream.next().await {

@@ -100,6 +100,7 @@ pub struct RemoteOptions {
     multipart_threshold: u64,
     cache_dir: Option<PathBuf>,
     cache_max_bytes: u64,
+    max_record_len: u64,
 }
 
 impl Default for RemoteOptions {
@@ -119,6 +120,7 @@ impl Default for RemoteOptions {
             multipart_threshold: 64 << 20,
             cache_dir: None,
             cache_max_bytes: 0,
+            max_record_len: 4 << 30,
         }
     }
 }
@@ -204,6 +206,15 @@ impl RemoteOptions {
     pub fn multipart(mut self, threshold: u64, part: u64) -> Self {
         self.multipart_threshold = threshold;
         self.part_size = part.max(5 << 20);
+        self
+    }
+
+    /// The largest record read (4 GiB by default): an index naming a larger one is refused as
+    /// corruption rather than buffered, so a hostile or damaged store cannot make a read
+    /// allocate without bound.
+    #[must_use]
+    pub fn max_record_len(mut self, bytes: u64) -> Self {
+        self.max_record_len = bytes;
         self
     }
 

@@ -35,8 +35,8 @@ const PAGE: u64 = 64 << 10;
 const PAGES_KEPT: usize = 256;
 /// The largest manifest read (a `store.json` is a few hundred bytes).
 const MANIFEST_MAX: u64 = 1 << 20;
-/// The largest key list read: 1M keys of 1 KiB each, escaped.
-const KEYS_MAX: u64 = 2 << 30;
+/// The largest key list read (a million keys of 200 bytes).
+const KEYS_MAX: u64 = 256 << 20;
 
 /// A store's manifest, `store.json`, written last by [`super::push`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
