@@ -31,7 +31,7 @@
 //! Damage never costs more than the damaged record: see [`verify`], [`repair`] and
 //! [`lost_found`].
 #![deny(missing_docs)]
-#![warn(clippy::unwrap_used)]
+#![warn(clippy::unwrap_used, clippy::missing_errors_doc)]
 
 mod engine;
 mod error;

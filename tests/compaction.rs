@@ -55,9 +55,18 @@ fn compaction_drops_dead_bytes_and_keeps_live_ones() {
     assert_eq!(report.live_records, model.len() as u64);
     assert!(report.reclaimed() > 0);
     let after = db.stats();
-    assert_eq!(after.dead_bytes, 0);
+    // The report's figures are the ones `stats` shows, before and after.
+    assert_eq!(report.segment_len_before, before.segment_len);
+    assert_eq!(report.segment_file_len_before, before.segment_file_len);
+    assert_eq!(report.segment_len_after, after.segment_len);
+    assert_eq!(report.segment_file_len_after, after.segment_file_len);
+    assert_eq!(report.dropped(), before.segment_len - after.segment_len);
+    assert!(report.reclaimed() >= report.dropped());
+    assert_eq!(after.dead_bytes, 32, "the closing sync mark alone");
+    assert_eq!(after.dead_records, 0);
     assert_eq!(after.live_bytes, before.live_bytes);
-    assert_eq!(after.segment_len, 32 + before.live_bytes);
+    // The segment header, the live records, and the sync mark that ends a compacted segment.
+    assert_eq!(after.segment_len, 32 + before.live_bytes + 32);
     // A value read before the switch still reads: its map outlives the old file's name.
     assert_eq!(&*held, model["k001"].as_slice());
     check(&db, &model);

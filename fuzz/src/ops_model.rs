@@ -323,6 +323,9 @@ impl History {
         for (_, f, k, v) in live {
             self.push_record(Kind::Put, &k, Some(v), f);
         }
+        // A compacted segment ends with a lone mark that proves all of it (format-spec).
+        self.push_record(Kind::Mark, "", None, (false, false));
+        self.proven = self.end();
     }
 
     /// The first record of the last append as recovery sees it: the longest run of records at

@@ -229,7 +229,10 @@ class SquirrelStore:
 
     def compact(self) -> dict:
         """Rewrites the store without the space of deleted and replaced shards; readers keep
-        reading meanwhile. Returns ``bytes_before``, ``bytes_after``, ``reclaimed``, ..."""
+        reading meanwhile. Returns ``segment_len_before`` and ``segment_len_after`` (bytes of
+        records), ``segment_file_len_before`` and ``segment_file_len_after`` (file lengths),
+        ``dropped`` (dead record bytes), ``reclaimed`` (file bytes given back),
+        ``live_records`` and ``carried_records``."""
         return self._native.compact()
 
     def stats(self) -> dict:

@@ -459,8 +459,11 @@ impl NativeStore {
         let store = self.writable(py)?;
         let r = py.detach(|| store.local()?.engine().compact()).py_err(py)?;
         let d = PyDict::new(py);
-        d.set_item("bytes_before", r.bytes_before)?;
-        d.set_item("bytes_after", r.bytes_after)?;
+        d.set_item("segment_len_before", r.segment_len_before)?;
+        d.set_item("segment_len_after", r.segment_len_after)?;
+        d.set_item("segment_file_len_before", r.segment_file_len_before)?;
+        d.set_item("segment_file_len_after", r.segment_file_len_after)?;
+        d.set_item("dropped", r.dropped())?;
         d.set_item("reclaimed", r.reclaimed())?;
         d.set_item("live_records", r.live_records)?;
         d.set_item("carried_records", r.carried_records)?;

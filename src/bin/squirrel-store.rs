@@ -50,8 +50,9 @@ const EXIT_CODES: &str = "\
 Exit status:
   0  success
   1  a problem was found: verify found damage; the key does not exist (get, rm) or its record is
-     damaged (get); import skipped files whose names make no key; export skipped keys that make
-     no file name; keys --null met a key containing NUL
+     damaged (get); import skipped files whose names make no key, or (--keep-going) could not
+     import some; export skipped keys that make no file name; keys --null met a key containing
+     NUL
   2  a usage error, or an error that stopped the command (missing store, locked store, I/O)";
 
 /// Inspect, check and maintain squirrel-store stores, and move shards to and from Python squirrel.
@@ -83,6 +84,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Show the size of a store: keys, live and dead records, file sizes, format version.
+    ///
+    /// Bytes of records count each record whole (header, key and value), as `compact` counts
+    /// them; bytes stored (`--compression`, `import`) count the values alone, as kept on disk
+    /// after compression; payload bytes count the values decompressed (what Python squirrel
+    /// keeps gunzipped in KEY.gz).
     ///
     /// Opens the store read-only, so it works while a writer runs. Dead records are overwritten or
     /// deleted values that `compact` would drop.
@@ -127,6 +133,11 @@ enum Command {
     Compact {
         /// The store directory.
         store: PathBuf,
+        /// Print the report as one JSON object: `segment_len_before` / `_after` (bytes of
+        /// records, as `stats` names them), `segment_file_len_before` / `_after` (file lengths),
+        /// `dropped` (dead record bytes), `reclaimed` (file bytes given back), `live_records`.
+        #[arg(long)]
+        json: bool,
     },
     /// List the keys of a store, one per line, sorted.
     ///
@@ -139,6 +150,9 @@ enum Command {
     Keys {
         /// The store directory.
         store: PathBuf,
+        /// Print the keys as one JSON array of strings (unescaped; JSON has its own escapes).
+        #[arg(long, conflicts_with = "null")]
+        json: bool,
         /// End each key with a NUL byte instead of a newline, and do not escape it.
         #[arg(long, short = '0')]
         null: bool,
@@ -197,6 +211,17 @@ enum Command {
         /// Only the shards at the top of the directory, not those in subdirectories.
         #[arg(long)]
         top_level_only: bool,
+        /// Import every shard file that can be imported: list those that cannot (not gzip, not
+        /// whole MessagePack samples, too large, unreadable) on standard error, store the others,
+        /// and exit with 1. Without it the import stops at the first such file (exit 2); shards
+        /// of earlier batches stay stored either way.
+        #[arg(long)]
+        keep_going: bool,
+        /// Print the report as one JSON object: `shards`, `written`, `unchanged`, `samples`,
+        /// `payload_bytes`, `stored_bytes`, `skipped` (file names that make no key) and `failed`
+        /// ([{key, error}], with --keep-going).
+        #[arg(long)]
+        json: bool,
     },
     /// Write every shard of a store into a Python squirrel directory as KEY.gz files.
     ///
@@ -211,6 +236,34 @@ enum Command {
         store: PathBuf,
         /// The Python squirrel directory to write (created if missing).
         squirrel_dir: PathBuf,
+        /// Print the report as one JSON object: `shards`, `payload_bytes`, `file_bytes`,
+        /// `skipped_raw` (keys of raw-byte records) and `invalid_keys` ([{key, reason}]).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store one shard from a file: a Python squirrel shard file (KEY.gz) or its gunzipped
+    /// MessagePack samples.
+    ///
+    /// The payload is checked to be whole MessagePack samples, then stored as `import` stores it
+    /// (zstd where it saves at least 20%), replacing any shard under that key. The key is the
+    /// file's name without `.gz` unless --key gives one. Creates the store if needed.
+    #[command(after_help = EXIT_POINTER)]
+    Put {
+        /// The store directory (created if missing).
+        store: PathBuf,
+        /// The shard file: gzip'd or plain MessagePack samples.
+        file: PathBuf,
+        /// The key to store the shard under (default: the file name without `.gz`).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Print a shell completion script for bash, zsh, fish, elvish or powershell.
+    ///
+    /// For example `squirrel-store completions bash > ~/.local/share/bash-completion/completions/squirrel-store`.
+    #[command(after_help = EXIT_POINTER)]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
     },
     /// Repair a damaged store: save, then remove, every damaged record.
     ///
@@ -409,8 +462,8 @@ fn run(command: Command) -> Result<Outcome, CliError> {
             compression,
         } => stats(&store, json, compression),
         Command::Verify { store, json } => verify(&store, json),
-        Command::Compact { store } => compact(&store),
-        Command::Keys { store, null } => keys(&store, null),
+        Command::Compact { store, json } => compact(&store, json),
+        Command::Keys { store, json, null } => keys(&store, json, null),
         Command::Get {
             store,
             key,
@@ -423,11 +476,29 @@ fn run(command: Command) -> Result<Outcome, CliError> {
             store,
             level,
             top_level_only,
-        } => import(&squirrel_dir, &store, level, top_level_only),
+            keep_going,
+            json,
+        } => import(
+            &squirrel_dir,
+            &store,
+            level,
+            ImportFlags {
+                top_level_only,
+                keep_going,
+                json,
+            },
+        ),
         Command::Export {
             store,
             squirrel_dir,
-        } => export(&store, &squirrel_dir),
+            json,
+        } => export(&store, &squirrel_dir, json),
+        Command::Put { store, file, key } => put(&store, &file, key.as_deref()),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "squirrel-store", &mut io::stdout().lock());
+            Ok(Outcome::Done)
+        }
         Command::RebuildIndex { store } => rebuild_index(&store),
         Command::Repair { store } => repair(&store),
         // `remote::run` takes these; nothing else reaches here with them.
@@ -584,20 +655,20 @@ fn stats(store: &Path, as_json: bool, compression: bool) -> Result<Outcome, CliE
     writeln!(out, "keys            {}", engine.len())?;
     writeln!(
         out,
-        "live records    {} ({})",
+        "live records    {} ({} with their keys and headers)",
         st.live_records,
         HumanBytes(st.live_bytes)
     )?;
     writeln!(
         out,
-        "dead records    {} ({})",
+        "dead records    {} ({}, sync marks included)",
         st.dead_records,
         HumanBytes(st.dead_bytes)
     )?;
     writeln!(out, "dead ratio      {:.1}%", st.dead_ratio() * 100.0)?;
     writeln!(
         out,
-        "segment file    {} ({} in records)",
+        "segment file    {} ({} of records and the segment header, the rest preallocated)",
         HumanBytes(st.segment_file_len),
         HumanBytes(st.segment_len)
     )?;
@@ -937,27 +1008,55 @@ fn repair(store: &Path) -> Result<Outcome, CliError> {
     Ok(Outcome::Done)
 }
 
-fn compact(store: &Path) -> Result<Outcome, CliError> {
+fn compact(store: &Path, as_json: bool) -> Result<Outcome, CliError> {
     let engine = open_writable(store)?;
     let bar = progress_bar("compacting", true);
     let report = engine.compact_with_progress(&mut tick(&bar))?;
     bar.finish_and_clear();
     engine.close()?;
+    if as_json {
+        print_json(&serde_json::json!({
+            "store": store.display().to_string(),
+            "segment_len_before": report.segment_len_before,
+            "segment_len_after": report.segment_len_after,
+            "segment_file_len_before": report.segment_file_len_before,
+            "segment_file_len_after": report.segment_file_len_after,
+            "dropped": report.dropped(),
+            "reclaimed": report.reclaimed(),
+            "live_records": report.live_records,
+        }))?;
+        return Ok(Outcome::Done);
+    }
     info!(
         quiet(),
         io::stdout().lock(),
-        "compacted {}: {} before, {} after, {} reclaimed; {} live records",
+        "compacted {}: records {} -> {} ({} of dead records dropped); file {} -> {} ({} given \
+         back, preallocated space included); {} live records",
         store.display(),
-        HumanBytes(report.bytes_before),
-        HumanBytes(report.bytes_after),
+        HumanBytes(report.segment_len_before),
+        HumanBytes(report.segment_len_after),
+        HumanBytes(report.dropped()),
+        HumanBytes(report.segment_file_len_before),
+        HumanBytes(report.segment_file_len_after),
         HumanBytes(report.reclaimed()),
         report.live_records
     );
     Ok(Outcome::Done)
 }
 
-fn keys(store: &Path, null: bool) -> Result<Outcome, CliError> {
+/// Writes `value` to standard output as one line of JSON.
+fn print_json(value: &serde_json::Value) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)
+}
+
+fn keys(store: &Path, as_json: bool, null: bool) -> Result<Outcome, CliError> {
     let engine = open_read_only(store)?;
+    if as_json {
+        print_json(&serde_json::Value::from(engine.keys()?))?;
+        return Ok(Outcome::Done);
+    }
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut unwritable = 0usize;
     for key in engine.keys()? {
@@ -1191,7 +1290,15 @@ fn rm(store: &Path, key: &str) -> Result<Outcome, CliError> {
     })
 }
 
-fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<Outcome, CliError> {
+/// `import`'s switches.
+struct ImportFlags {
+    top_level_only: bool,
+    keep_going: bool,
+    json: bool,
+}
+
+fn import(src: &Path, store: &Path, level: i32, flags: ImportFlags) -> Result<Outcome, CliError> {
+    let top_level_only = flags.top_level_only;
     // Checked before the store is created, so a mistyped source leaves nothing behind.
     if let Err(source) = std::fs::read_dir(src) {
         return Err(Error::Io {
@@ -1227,40 +1334,158 @@ fn import(src: &Path, store: &Path, level: i32, top_level_only: bool) -> Result<
     let engine = Config::new(store).durability(Durability::Buffered).open()?;
     let opts = ImportOptions::new()
         .nested(!top_level_only)
+        .keep_going(flags.keep_going)
         .serializer(MessagepackSerializer::new().level(level));
     let bar = progress_bar("importing", false);
     let report = transfer::import_squirrel_dir(src, &engine, &opts, &mut tick(&bar))?;
     bar.finish_and_clear();
     engine.close()?;
+    let skipped: Vec<String> = report
+        .skipped
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    if flags.json {
+        let failed: Vec<serde_json::Value> = report
+            .failed
+            .iter()
+            .map(|(key, error)| serde_json::json!({ "key": key, "error": error }))
+            .collect();
+        print_json(&serde_json::json!({
+            "source": src.display().to_string(),
+            "store": store.display().to_string(),
+            "shards": report.shards,
+            "written": report.written,
+            "unchanged": report.unchanged,
+            "samples": report.samples,
+            "payload_bytes": report.payload_bytes,
+            "stored_bytes": report.stored_bytes,
+            "skipped": skipped,
+            "failed": failed,
+        }))?;
+    } else {
+        info!(
+            quiet(),
+            io::stdout().lock(),
+            "imported {} into {}: {} shards ({} written, {} unchanged{}), {} samples, {} of \
+             payload; the written shards are stored in {}",
+            src.display(),
+            store.display(),
+            report.shards,
+            report.written,
+            report.unchanged,
+            if report.failed.is_empty() {
+                String::new()
+            } else {
+                format!(", {} failed", report.failed.len())
+            },
+            report.samples,
+            HumanBytes(report.payload_bytes),
+            HumanBytes(report.stored_bytes)
+        );
+    }
+    for (key, error) in &report.failed {
+        eprintln!("squirrel-store: shard file of key {key:?} not imported: {error}");
+    }
+    if !report.skipped.is_empty() {
+        let names = skipped.iter().map(|n| format!("{n:?}")).collect();
+        eprintln!(
+            "squirrel-store: warning: skipped {} whose names make no valid key (not UTF-8, or \
+             containing a backslash, or too long): {}",
+            plural(report.skipped.len(), "file", "files"),
+            shown_list(names)
+        );
+    }
+    Ok(if report.skipped.is_empty() && report.failed.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::Problem
+    })
+}
+
+/// `put`: one shard file into a store, under its file name or `key`.
+fn put(store: &Path, file: &Path, key: Option<&str>) -> Result<Outcome, CliError> {
+    let key = match key {
+        Some(k) => k.to_owned(),
+        None => {
+            let name = file.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                CliError::Usage(format!(
+                    "{} has no UTF-8 file name to use as the key; give one with --key",
+                    file.display()
+                ))
+            })?;
+            name.strip_suffix(".gz").unwrap_or(name).to_owned()
+        }
+    };
+    let payload = read_shard_payload(file)?;
+    let samples =
+        squirrel_store::serializer::count_samples(&payload).map_err(|source| Error::Shard {
+            key: key.clone(),
+            source,
+        })?;
+    squirrel_store::squirrel_dir::create_dir_all_synced(store).map_err(Error::from)?;
+    let engine = Config::new(store).durability(Durability::Buffered).open()?;
+    let value = MessagepackSerializer::default()
+        .encode_payload_owned(payload)
+        .map_err(|source| Error::Shard {
+            key: key.clone(),
+            source,
+        })?;
+    engine.put(&key, value.codec.as_u8(), &value.bytes)?;
+    engine.close()?;
     info!(
         quiet(),
         io::stdout().lock(),
-        "imported {} into {}: {} shards ({} written, {} unchanged), {} samples, {} of payload \
-         stored as {}",
-        src.display(),
+        "put {} into {} as {:?}: {}, stored as {} ({})",
+        file.display(),
         store.display(),
-        report.shards,
-        report.written,
-        report.unchanged,
-        report.samples,
-        HumanBytes(report.payload_bytes),
-        HumanBytes(report.stored_bytes)
+        key,
+        plural(
+            usize::try_from(samples).unwrap_or(usize::MAX),
+            "sample",
+            "samples"
+        ),
+        HumanBytes(value.bytes.len() as u64),
+        if value.codec == Codec::MsgpackZstd {
+            "zstd"
+        } else {
+            "uncompressed"
+        }
     );
-    if report.skipped.is_empty() {
-        return Ok(Outcome::Done);
+    Ok(Outcome::Done)
+}
+
+/// A shard file's payload: gunzipped when the file starts with gzip's magic, else as it is.
+/// Bounded like an import's (a decompression bomb is refused).
+fn read_shard_payload(file: &Path) -> Result<Vec<u8>, CliError> {
+    let limit = squirrel_store::squirrel_dir::SquirrelDir::DEFAULT_MAX_SHARD_BYTES;
+    let mut magic = [0u8; 2];
+    let io_err = |source| Error::Io {
+        path: file.to_owned(),
+        source,
+    };
+    let gz = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(file).map_err(io_err)?;
+        match f.read_exact(&mut magic) {
+            Ok(()) => magic == [0x1f, 0x8b],
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => false,
+            Err(e) => return Err(io_err(e).into()),
+        }
+    };
+    if gz {
+        return Ok(squirrel_store::squirrel_dir::read_shard_file(file, limit).map_err(Error::from)?);
     }
-    let names: Vec<String> = report
-        .skipped
-        .iter()
-        .map(|p| format!("{:?}", p.display().to_string()))
-        .collect();
-    eprintln!(
-        "squirrel-store: warning: skipped {} whose names make no valid key (not UTF-8, or \
-         containing a backslash, or too long): {}",
-        plural(report.skipped.len(), "file", "files"),
-        shown_list(names)
-    );
-    Ok(Outcome::Problem)
+    let len = std::fs::metadata(file).map_err(io_err)?.len();
+    if len > limit {
+        return Err(CliError::Usage(format!(
+            "{} holds {} of MessagePack, more than the {} a shard may hold",
+            file.display(),
+            HumanBytes(len),
+            HumanBytes(limit)
+        )));
+    }
+    Ok(std::fs::read(file).map_err(io_err)?)
 }
 
 /// The first few of `names`, joined, with how many more there are.
@@ -1274,37 +1499,54 @@ fn shown_list(mut names: Vec<String>) -> String {
     names.join(", ")
 }
 
-fn export(store: &Path, dst: &Path) -> Result<Outcome, CliError> {
+fn export(store: &Path, dst: &Path, as_json: bool) -> Result<Outcome, CliError> {
     let engine = open_read_only(store)?;
     let bar = progress_bar("exporting", false);
     let report =
         transfer::export_squirrel_dir(&engine, dst, &ExportOptions::new(), &mut tick(&bar))?;
     bar.finish_and_clear();
-    if !report.skipped_raw.is_empty() && !quiet() {
-        let names = report
-            .skipped_raw
+    if as_json {
+        let invalid: Vec<serde_json::Value> = report
+            .invalid_keys
             .iter()
-            .map(|k| format!("{k:?}"))
+            .map(|(key, reason)| serde_json::json!({ "key": key, "reason": reason }))
             .collect();
-        eprintln!(
-            "squirrel-store: warning: skipped {} of raw bytes (not shards): {}",
-            plural(report.skipped_raw.len(), "record", "records"),
-            shown_list(names)
+        print_json(&serde_json::json!({
+            "store": store.display().to_string(),
+            "squirrel_dir": dst.display().to_string(),
+            "shards": report.shards,
+            "payload_bytes": report.payload_bytes,
+            "file_bytes": report.file_bytes,
+            "skipped_raw": report.skipped_raw,
+            "invalid_keys": invalid,
+        }))?;
+    } else {
+        if !report.skipped_raw.is_empty() && !quiet() {
+            let names = report
+                .skipped_raw
+                .iter()
+                .map(|k| format!("{k:?}"))
+                .collect();
+            eprintln!(
+                "squirrel-store: warning: skipped {} of raw bytes (not shards): {}",
+                plural(report.skipped_raw.len(), "record", "records"),
+                shown_list(names)
+            );
+        }
+        info!(
+            quiet(),
+            io::stdout().lock(),
+            "exported {} into {}: {} shards, {} of payload in {} of gzip files",
+            store.display(),
+            dst.display(),
+            report.shards,
+            HumanBytes(report.payload_bytes),
+            HumanBytes(report.file_bytes)
         );
     }
     for (key, reason) in &report.invalid_keys {
         eprintln!("squirrel-store: key {key:?} cannot name a shard file ({reason}); not exported");
     }
-    info!(
-        quiet(),
-        io::stdout().lock(),
-        "exported {} into {}: {} shards, {} of payload in {} of gzip files",
-        store.display(),
-        dst.display(),
-        report.shards,
-        HumanBytes(report.payload_bytes),
-        HumanBytes(report.file_bytes)
-    );
     if report.invalid_keys.is_empty() {
         Ok(Outcome::Done)
     } else {

@@ -6,7 +6,8 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+
+use super::platform;
 
 /// File operations the engine performs on the segment file.
 ///
@@ -16,21 +17,39 @@ use std::os::unix::fs::FileExt;
 #[allow(clippy::len_without_is_empty)] // `len` is a file's length, not a collection's
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The file's current length in bytes.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
     fn len(&self) -> io::Result<u64>;
     /// Fills `buf` from `offset`; an error if the file ends first.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `data` at `offset`.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
     /// Grows or shrinks the file to `len` bytes. Growth must allocate the space (not leave a
     /// hole): the engine maps the file, and a page that cannot be allocated when touched through
     /// a map is a `SIGBUS`, where a full disk here is a clean error.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Makes written data (and the metadata needed to read it back, such as the file length)
     /// durable, like `fdatasync`.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
     fn sync_data(&self) -> io::Result<()>;
 
     /// Turns `len` bytes from `offset` into zeros without changing the file's length, freeing
     /// their space where the file system can (`FALLOC_FL_PUNCH_HOLE`). The default writes zeros.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         let zeros = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20)];
         let mut at = offset;
@@ -62,11 +81,11 @@ impl Backend for FileBackend {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        platform::read_exact_at(&self.file, buf, offset)
     }
 
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(data, offset)
+        platform::write_all_at(&self.file, data, offset)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -78,24 +97,19 @@ impl Backend for FileBackend {
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        use rustix::fs::FallocateFlags;
-        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
-        match rustix::fs::fallocate(&self.file, flags, offset, len) {
-            Ok(()) => Ok(()),
-            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
-                // No hole punching here: zero only what can hold data, the written part.
-                let written = self.written_len(offset, len)?;
-                let zeros = vec![0u8; usize::try_from(written).unwrap_or(0).min(1 << 20)];
-                let mut at = offset;
-                while at < offset + written {
-                    let n = (offset + written - at).min(zeros.len() as u64) as usize;
-                    self.file.write_all_at(&zeros[..n], at)?;
-                    at += n as u64;
-                }
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
+        if platform::punch_hole(&self.file, offset, len)? {
+            return Ok(());
         }
+        // No hole punching here: zero only what can hold data, the written part.
+        let written = self.written_len(offset, len)?;
+        let zeros = vec![0u8; usize::try_from(written).unwrap_or(0).min(1 << 20)];
+        let mut at = offset;
+        while at < offset + written {
+            let n = (offset + written - at).min(zeros.len() as u64) as usize;
+            platform::write_all_at(&self.file, &zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
     }
 }
 
@@ -107,7 +121,7 @@ impl FileBackend {
         let mut last_nonzero = offset;
         while at < offset + len {
             let n = (offset + len - at).min(buf.len() as u64) as usize;
-            self.file.read_exact_at(&mut buf[..n], at)?;
+            platform::read_exact_at(&self.file, &mut buf[..n], at)?;
             match buf[..n].iter().rposition(|&b| b != 0) {
                 Some(i) => last_nonzero = at + i as u64 + 1,
                 None => break,
@@ -120,31 +134,18 @@ impl FileBackend {
 
 /// Sets `file`'s length to `len`, allocating the blocks of any growth (`fallocate`) so that a full
 /// disk is reported here rather than when a mapped page is first touched. Falls back to a sparse
-/// `set_len` on file systems without `fallocate`.
+/// `set_len` where blocks cannot be allocated ahead (see [`platform::allocate`]).
 pub(crate) fn allocate(file: &File, len: u64) -> io::Result<()> {
     let current = file.metadata()?.len();
-    if len > current {
-        match rustix::fs::fallocate(
-            file,
-            rustix::fs::FallocateFlags::empty(),
-            current,
-            len - current,
-        ) {
-            Ok(()) => return Ok(()),
-            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {}
-            Err(e) => return Err(e.into()),
-        }
+    if len > current && platform::allocate(file, current, len - current)? {
+        return Ok(());
     }
     file.set_len(len)
 }
 
 /// Allocates every block of the first `len` bytes of `file` (holes included), so writes through
-/// a map of them cannot fault on a full disk. Already allocated blocks cost nothing. A file
-/// system without `fallocate` is left as it is.
+/// a map of them cannot fault on a full disk. Already allocated blocks cost nothing. Where blocks
+/// cannot be allocated ahead, the file is left as it is.
 pub(crate) fn allocate_all(file: &File, len: u64) -> io::Result<()> {
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    platform::allocate(file, 0, len).map(|_| ())
 }

@@ -34,10 +34,20 @@ pub(crate) const COMPACT_SUFFIX: &str = "compact";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct CompactionReport {
-    /// Segment file length before.
-    pub bytes_before: u64,
-    /// Segment file length after.
-    pub bytes_after: u64,
+    /// Bytes of valid records in the segment before, header included ([`Stats::segment_len`]),
+    /// counting records that writers appended while the compaction ran.
+    ///
+    /// [`Stats::segment_len`]: crate::Stats::segment_len
+    pub segment_len_before: u64,
+    /// Bytes of valid records in the new segment: the live records and the segment header.
+    pub segment_len_after: u64,
+    /// Length of the segment file before ([`Stats::segment_file_len`]): the records and the
+    /// space preallocated after them.
+    ///
+    /// [`Stats::segment_file_len`]: crate::Stats::segment_file_len
+    pub segment_file_len_before: u64,
+    /// Length of the new segment file (it has no preallocated space yet).
+    pub segment_file_len_after: u64,
     /// Live records copied.
     pub live_records: u64,
     /// Records appended by writers while the compaction ran, carried into the new segment.
@@ -45,9 +55,17 @@ pub struct CompactionReport {
 }
 
 impl CompactionReport {
-    /// Bytes given back to the file system.
+    /// Bytes of dead records dropped: overwritten and deleted values, tombstones, sync marks.
+    pub fn dropped(&self) -> u64 {
+        self.segment_len_before
+            .saturating_sub(self.segment_len_after)
+    }
+
+    /// Bytes of segment file given back to the file system: the dropped records and the space
+    /// that was preallocated ahead of the writer.
     pub fn reclaimed(&self) -> u64 {
-        self.bytes_before.saturating_sub(self.bytes_after)
+        self.segment_file_len_before
+            .saturating_sub(self.segment_file_len_after)
     }
 }
 
@@ -139,7 +157,7 @@ impl Inner {
         // index is derived, and a damaged one is rebuilt from the segment (once) rather than
         // trusted to say what is live.
         let mut repaired = false;
-        let (view, e0, bytes_before, live_bytes, mut live) = loop {
+        let (view, e0, live_bytes, mut live) = loop {
             let mut st = self.state.lock();
             self.checkpoint(&mut st, false)?;
             let view = self.view.load_full();
@@ -152,7 +170,7 @@ impl Inner {
             };
             match entries {
                 Some(live) => {
-                    break (view, st.end, st.file_len, st.counters.live_bytes, live);
+                    break (view, st.end, st.counters.live_bytes, live);
                 }
                 None if !repaired => {
                     repaired = true;
@@ -169,9 +187,9 @@ impl Inner {
                 }
             }
         };
-        let space = rustix::fs::statvfs(&self.dir)
-            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
-            .map_err(|e| Error::io(&self.dir, e.into()))?;
+        let space = crate::engine::platform::available_space(&self.dir)
+            .map_err(|e| Error::io(&self.dir, e))?
+            .unwrap_or(u64::MAX);
         let needed = live_bytes
             .saturating_add(segment::HEADER_LEN)
             .saturating_add(live_bytes / 64);
@@ -249,6 +267,11 @@ impl Inner {
         for d in st.damaged.clone() {
             self.salvage(&mut st, &current.segment, d.offset, d.len)?;
         }
+        // The new segment ends with a lone sync mark, as a clean close leaves one, so that it
+        // proves itself durable without the index. Its claim holds although it is written before
+        // the sync below: the new segment is seen only once renamed into place, after that sync.
+        let mark_at = copier.at;
+        copier.push(&record::encode_mark(mark_at, record::Batch::ALONE).head)?;
         copier.flush()?;
         let new_end = copier.at;
         self.io(backend.sync_data())?;
@@ -264,6 +287,8 @@ impl Inner {
         let mut counters = Counters {
             live_records: entries.len() as u64,
             live_bytes: entries.iter().map(|(_, l)| l.len).sum(),
+            // The closing mark: dead bytes, as every mark is (a rescan counts the same).
+            dead_bytes: record::MARK_LEN,
             ..Counters::default()
         };
         let mut used = entries.len() as u64;
@@ -321,6 +346,7 @@ impl Inner {
             self.poisoned.store(true, Ordering::Release);
             return Err(e);
         }
+        let (segment_len_before, segment_file_len_before) = (st.end, st.file_len);
         st.segment_id = new_id;
         st.file = file;
         st.backend = Some(backend);
@@ -332,8 +358,8 @@ impl Inner {
         st.closed_mark = false;
         st.version = segment::FORMAT_VERSION;
         st.synced = new_end;
-        // The new segment holds no mark yet: the next append (or the close) leads with one.
-        st.proven = segment::HEADER_LEN;
+        // It ends with a mark proving all of it, as if just opened after a clean close.
+        st.proven = new_end;
         st.damaged.clear();
         self.live.store(counters.live_records, Ordering::Release);
         self.view.store(Arc::new(View {
@@ -342,8 +368,10 @@ impl Inner {
             overlay: Arc::new(Overlay::new()),
         }));
         Ok(CompactionReport {
-            bytes_before,
-            bytes_after: new_end,
+            segment_len_before,
+            segment_len_after: new_end,
+            segment_file_len_before,
+            segment_file_len_after: new_end,
             live_records: counters.live_records,
             carried_records: tail.len() as u64,
         })

@@ -219,7 +219,7 @@ impl IndexMap {
         if len < HEADER_LEN as u64 {
             return Ok(Some(Err("index shorter than its header")));
         }
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).at(path)?;
+        crate::engine::platform::read_exact_at(&file, &mut head, 0).at(path)?;
         let header = match IndexHeader::decode(&head) {
             Ok(h) => h,
             Err(reason) => return Ok(Some(Err(reason))),

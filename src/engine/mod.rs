@@ -32,6 +32,7 @@ pub(crate) mod segment;
 pub(crate) mod backend;
 pub(crate) mod lock;
 pub mod lost_found;
+pub(crate) mod platform;
 pub(crate) mod recovery;
 
 // Maintenance: what the CLI's compact, verify, rebuild-index and repair run.

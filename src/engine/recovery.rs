@@ -11,6 +11,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::engine::index::{self, Counters, IndexMap, Loc, Probe};
+use crate::engine::platform;
 use crate::engine::record::{Kind, MARK_LEN};
 use crate::engine::scan::{self, Damaged, Event, Reach, Tail};
 use crate::engine::segment::{self, SegmentMap};
@@ -226,8 +227,7 @@ pub(crate) fn open_segment(dir: &Path, writable: bool, create: bool) -> Result<O
     if len == 0 && writable && create {
         // A new file, or one whose creation was cut short before its header was written.
         let id: u64 = rand::random();
-        std::os::unix::fs::FileExt::write_all_at(&file, &segment::encode_header(id), 0)
-            .at(&path)?;
+        platform::write_all_at(&file, &segment::encode_header(id), 0).at(&path)?;
         file.sync_all().at(&path)?;
         sync_dir(dir)?;
         len = segment::HEADER_LEN;
@@ -261,28 +261,21 @@ pub(crate) fn open_regular(path: &Path, writable: bool) -> Result<File> {
 /// directory is refused before anything blocks on it: the open is non-blocking, and the type is
 /// checked on the handle.
 pub(crate) fn open_regular_with(path: &Path, options: &mut OpenOptions) -> Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
     let not_regular = || Error::NotRegular {
         path: path.to_owned(),
     };
-    let file = options
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)
-        .map_err(|e| {
-            // A directory opened for writing, or a device without a driver.
-            let nxio = e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error());
-            if e.kind() == std::io::ErrorKind::IsADirectory || nxio {
-                not_regular()
-            } else {
-                Error::io(path, e)
-            }
-        })?;
+    let file = platform::open_nonblocking(options, path).map_err(|e| {
+        // A directory opened for writing, or a device without a driver.
+        if e.kind() == std::io::ErrorKind::IsADirectory || platform::is_device_without_driver(&e) {
+            not_regular()
+        } else {
+            Error::io(path, e)
+        }
+    })?;
     if !file.metadata().at(path)?.is_file() {
         return Err(not_regular());
     }
-    // Clear O_NONBLOCK again: it means nothing for a regular file, but say exactly what we use.
-    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())
-        .map_err(|e| Error::io(path, e.into()))?;
+    platform::restore_blocking(&file).at(path)?;
     Ok(file)
 }
 
@@ -334,5 +327,5 @@ pub(crate) fn open_index(
 
 /// Fsyncs a directory, so a file created or renamed in it survives a power cut.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+    platform::sync_dir(dir).at(dir)
 }

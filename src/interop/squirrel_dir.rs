@@ -150,7 +150,7 @@ pub struct SquirrelDir {
 
 impl SquirrelDir {
     /// Largest payload [`SquirrelDir::read`] accepts by default: 1 GiB, the default decompression
-    /// limit of [`crate::shard::serializer::MessagepackSerializer`] (a 1 MB gzip file can hold 1 GiB of
+    /// limit of [`crate::serializer::MessagepackSerializer`] (a 1 MB gzip file can hold 1 GiB of
     /// zeros).
     pub const DEFAULT_MAX_SHARD_BYTES: u64 = 1 << 30;
     /// gzip level [`SquirrelDir::write`] uses by default (zlib's default).

@@ -1,7 +1,7 @@
 //! Moving shards between a Python squirrel directory and a store, and reading every shard of a
 //! store. Used by `squirrel-store import`, `export`, `verify` and `stats --compression`.
 //!
-//! A Python squirrel directory holds one gzip file `KEY.gz` per shard (see [`crate::interop::squirrel_dir`]);
+//! A Python squirrel directory holds one gzip file `KEY.gz` per shard (see [`crate::squirrel_dir`]);
 //! its gunzipped content is the shard's **payload**, its samples' MessagePack concatenated. The
 //! payload is what both sides keep, byte for byte:
 //!
@@ -46,6 +46,7 @@ pub struct ImportOptions {
     max_shard_bytes: u64,
     batch_bytes: u64,
     batch_keys: usize,
+    keep_going: bool,
 }
 
 impl Default for ImportOptions {
@@ -59,6 +60,7 @@ impl Default for ImportOptions {
             max_shard_bytes: SquirrelDir::DEFAULT_MAX_SHARD_BYTES,
             batch_bytes: DEFAULT_BATCH_BYTES,
             batch_keys: DEFAULT_BATCH_KEYS,
+            keep_going: false,
         }
     }
 }
@@ -101,6 +103,16 @@ impl ImportOptions {
         self.batch_keys = keys.max(1);
         self
     }
+
+    /// Whether a shard file that cannot be imported (unreadable, not gzip, not whole MessagePack
+    /// samples, too large) is listed in [`ImportReport::failed`] while the others are still
+    /// imported (default false: the import stops at the first such file, with its error). Errors
+    /// of the store itself always stop the import.
+    #[must_use]
+    pub fn keep_going(mut self, yes: bool) -> Self {
+        self.keep_going = yes;
+        self
+    }
 }
 
 /// What [`import_squirrel_dir`] did.
@@ -120,9 +132,12 @@ pub struct ImportReport {
     /// Bytes of the values written to the store (compressed); 0 for unchanged shards.
     pub stored_bytes: u64,
     /// Files skipped because their names make no valid key (not UTF-8, or refused by
-    /// [`crate::interop::squirrel_dir::validate_key`]), and with nested import, subdirectories whose names
+    /// [`crate::squirrel_dir::validate_key`]), and with nested import, subdirectories whose names
     /// are not UTF-8; sorted. Not counted in `shards`.
     pub skipped: Vec<PathBuf>,
+    /// With [`ImportOptions::keep_going`]: the keys of shard files that could not be imported,
+    /// each with the error, in key order. Counted in `shards`, not in `written` or `unchanged`.
+    pub failed: Vec<(String, String)>,
 }
 
 /// Imports every shard file `KEY.gz` of the Python squirrel directory `src` into `engine`.
@@ -207,6 +222,9 @@ pub fn import_squirrel_dir(
                         Some(value) => writes.push((key.as_str(), value)),
                         None => report.unchanged += 1,
                     }
+                }
+                Err(e) if opts.keep_going && of_the_file(&e, src) => {
+                    report.failed.push((key.clone(), e.to_string()));
                 }
                 Err(e) => {
                     failure = Some(e);
@@ -441,6 +459,16 @@ fn stored_payload_is(
 }
 
 /// A shard file error, with the key named where the file's own error does not.
+/// Whether an error of [`prepare_import`] is about the shard file under `src` (which
+/// [`ImportOptions::keep_going`] may step over) rather than about the store.
+fn of_the_file(e: &Error, src: &Path) -> bool {
+    match e {
+        Error::Shard { .. } => true,
+        Error::Corruption { path, .. } | Error::Io { path, .. } => path.starts_with(src),
+        _ => false,
+    }
+}
+
 fn shard_file_error(key: &str, e: SquirrelDirError) -> Error {
     match e {
         SquirrelDirError::Gzip { path, source } => Error::Corruption {
@@ -528,7 +556,7 @@ pub struct ExportReport {
     /// [`Engine::set`]), not samples: they have no squirrel form.
     pub skipped_raw: Vec<String>,
     /// Keys skipped because they cannot name a file inside the directory, each with the reason
-    /// (see [`crate::interop::squirrel_dir::validate_key`]); the other keys are still exported.
+    /// (see [`crate::squirrel_dir::validate_key`]); the other keys are still exported.
     pub invalid_keys: Vec<(String, &'static str)>,
 }
 
@@ -663,7 +691,7 @@ pub enum ScanDepth {
     /// still read whole, since `get` checks its checksum.
     Sizes,
     /// Decompress every shard, split it into MessagePack samples and check each as decoding it
-    /// into a [`crate::shard::value::Value`] would (structure, depth, UTF-8): everything a reader of the
+    /// into a [`crate::value::Value`] would (structure, depth, UTF-8): everything a reader of the
     /// shard will do. The payload is streamed and samples are walked, not built, so memory stays
     /// bounded by the largest sample, not the payload.
     Samples,

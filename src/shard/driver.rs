@@ -86,7 +86,7 @@ pub trait Driver {
     /// # Errors
     ///
     /// None up front (the keys are not listed); each key without a shard comes out as an
-    /// [`Error::InvalidKey`](crate::Error::InvalidKey) item, see [`SampleIter`].
+    /// [`Error::KeyNotFound`](crate::Error::KeyNotFound) item, see [`SampleIter`].
     fn get_iter_keys<T>(
         &self,
         keys: impl IntoIterator<Item = impl Into<String>>,

@@ -7,11 +7,11 @@
 //! Two ways to read and write samples:
 //!
 //! * **typed**: any `T: Serialize` / `Deserialize` through rmp-serde, structs as maps with field
-//!   names (as Python dicts are). [`NdArray`](crate::shard::array::NdArray) serializes to msgpack-numpy's
+//!   names (as Python dicts are). [`NdArray`](crate::array::NdArray) serializes to msgpack-numpy's
 //!   map, so `#[derive(Serialize, Deserialize)] struct Sample { image: NdArray, label: i64 }`
 //!   reads and writes what Python squirrel does;
 //! * **byte-exact**: [`Value`], which re-encodes any sample to the identical bytes (see
-//!   [`crate::shard::value`]). Re-compressing a Python shard goes through this path, or copies the payload
+//!   [`crate::value`]). Re-compressing a Python shard goes through this path, or copies the payload
 //!   untouched.
 //!
 //! Decoding treats every byte as untrusted: a zstd frame may not decompress to more than a

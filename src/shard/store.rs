@@ -2,7 +2,7 @@
 //! [`SquirrelStore`], which keeps the shards in an [`Engine`].
 //!
 //! A **shard** is a list of samples; on the wire it is its **payload**, the samples packed as
-//! MessagePack values one after the other (see [`crate::shard::serializer`]). The [`Store`] trait asks an
+//! MessagePack values one after the other (see [`crate::serializer`]). The [`Store`] trait asks an
 //! implementor for payloads only, and builds typed and [`Value`] access on top, so a custom store
 //! (another backend, a cache, a remote service) implements three small methods.
 
@@ -133,7 +133,7 @@ fn shard_error(key: &str) -> impl FnOnce(ShardError) -> Error + '_ {
 /// [`Store::keys`]; the typed and [`Value`] methods come with it.
 ///
 /// * **Typed** samples are any `T: Serialize` / `DeserializeOwned`, structs written as maps with
-///   field names as Python dicts are (see [`crate::shard::serializer`]).
+///   field names as Python dicts are (see [`crate::serializer`]).
 /// * **[`Value`]** samples re-encode byte for byte: a shard read from Python squirrel and written
 ///   back through [`Store::set_values`] keeps its exact bytes.
 ///

@@ -1,0 +1,176 @@
+//! What differs between operating systems, in one place.
+//!
+//! Linux is the platform the test suite runs on. Elsewhere each call falls back to the portable
+//! behaviour written beside it. Those fallbacks are the same paths Linux takes on a file system
+//! without `fallocate` (tmpfs before 3.5, some network file systems), so the tests cover their
+//! logic, if not the platform. CI type-checks macOS and Windows.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::Path;
+
+/// Fills `buf` from `offset` of `file`; an error if the file ends first.
+pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(windows)]
+    {
+        // `seek_read` moves the file cursor, which nothing here relies on.
+        let (mut buf, mut offset) = (buf, offset);
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(file, buf, offset) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes all of `data` at `offset` of `file`.
+pub(crate) fn write_all_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, data, offset)
+    }
+    #[cfg(windows)]
+    {
+        let (mut data, mut offset) = (data, offset);
+        while !data.is_empty() {
+            match std::os::windows::fs::FileExt::seek_write(file, data, offset) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    data = &data[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Allocates the blocks of `len` bytes at `offset` (growing the file if they lie past its end).
+/// `Ok(false)` where that cannot be done: then growth is sparse, and a full disk shows up when
+/// a block is first written rather than here.
+pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::FallocateFlags;
+        match rustix::fs::fallocate(file, FallocateFlags::empty(), offset, len) {
+            Ok(()) => Ok(true),
+            Err(e) if unsupported(e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (file, offset, len);
+        Ok(false)
+    }
+}
+
+/// Frees the blocks of `len` bytes at `offset` without changing the file's length, so they read
+/// as zeros. `Ok(false)` where holes cannot be punched: the caller then writes zeros.
+pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::fs::FallocateFlags;
+        let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        match rustix::fs::fallocate(file, flags, offset, len) {
+            Ok(()) => Ok(true),
+            Err(e) if unsupported(e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (file, offset, len);
+        Ok(false)
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn unsupported(e: rustix::io::Errno) -> bool {
+    e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS
+}
+
+/// Bytes an unprivileged writer may still allocate on the file system holding `dir`; `None`
+/// where this platform cannot say (compaction then skips its free-space check).
+pub(crate) fn available_space(dir: &Path) -> io::Result<Option<u64>> {
+    #[cfg(unix)]
+    {
+        let s = rustix::fs::statvfs(dir)?;
+        Ok(Some(s.f_bavail.saturating_mul(s.f_frsize)))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(None)
+    }
+}
+
+/// Makes the entries of `dir` (files created or renamed in it) durable. Windows cannot open a
+/// directory as a file, and NTFS journals its metadata, so there this does nothing.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Opens with `options`, without blocking on a FIFO or device that has no peer: the caller
+/// checks the file type on the handle, then calls [`restore_blocking`].
+pub(crate) fn open_nonblocking(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+    }
+    #[cfg(not(unix))]
+    {
+        options.open(path)
+    }
+}
+
+/// Clears the non-blocking flag [`open_nonblocking`] set: it means nothing for a regular file,
+/// but the handle should be exactly what the rest of the engine expects.
+pub(crate) fn restore_blocking(file: &File) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        Ok(rustix::fs::fcntl_setfl(file, rustix::fs::OFlags::empty())?)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        Ok(())
+    }
+}
+
+/// Whether an open failed because `path` is a device without a driver (`ENXIO`).
+pub(crate) fn is_device_without_driver(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
