@@ -56,9 +56,11 @@ pub(super) fn run(command: Command) -> Result<Result<Outcome, CliError>, Command
         Command::Verify { ref store, json } if url_of(store).is_some() => {
             Ok(verify(url_of(store).unwrap_or_default(), json))
         }
-        Command::Keys { ref store, null } if url_of(store).is_some() => {
-            Ok(keys(url_of(store).unwrap_or_default(), null))
-        }
+        Command::Keys {
+            ref store,
+            json,
+            null,
+        } if url_of(store).is_some() => Ok(keys(url_of(store).unwrap_or_default(), json, null)),
         Command::Get {
             ref store,
             ref key,
@@ -68,7 +70,12 @@ pub(super) fn run(command: Command) -> Result<Result<Outcome, CliError>, Command
         Command::Export {
             ref store,
             ref squirrel_dir,
-        } if url_of(store).is_some() => Ok(export(url_of(store).unwrap_or_default(), squirrel_dir)),
+            json,
+        } if url_of(store).is_some() => Ok(export(
+            url_of(store).unwrap_or_default(),
+            squirrel_dir,
+            json,
+        )),
         other => Err(other),
     }
 }
@@ -222,8 +229,12 @@ fn verify(url: &str, json: bool) -> Result<Outcome, CliError> {
     })
 }
 
-fn keys(url: &str, null: bool) -> Result<Outcome, CliError> {
+fn keys(url: &str, as_json: bool, null: bool) -> Result<Outcome, CliError> {
     let store = RemoteSquirrelStore::open(url, options()?)?;
+    if as_json {
+        super::print_json(&serde_json::Value::from(store.keys()?))?;
+        return Ok(Outcome::Done);
+    }
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut unwritable = 0usize;
     for key in store.keys()? {
@@ -263,7 +274,7 @@ fn get(url: &str, key: &str, raw: bool, json: bool) -> Result<Outcome, CliError>
 
 /// `export URL DIR`: the store is pulled into a temporary directory (export reads every shard
 /// anyway, so this downloads nothing more), exported from there, and the copy removed.
-fn export(url: &str, dst: &Path) -> Result<Outcome, CliError> {
+fn export(url: &str, dst: &Path, as_json: bool) -> Result<Outcome, CliError> {
     let tmp: PathBuf = std::env::temp_dir().join(format!(
         "squirrel-store-export-{}-{}",
         std::process::id(),
@@ -273,7 +284,7 @@ fn export(url: &str, dst: &Path) -> Result<Outcome, CliError> {
     ));
     let result = remote::pull(url, &tmp, options()?)
         .map_err(CliError::from)
-        .and_then(|_| super::export(&tmp, dst));
+        .and_then(|_| super::export(&tmp, dst, as_json));
     let _ = std::fs::remove_dir_all(&tmp);
     result
 }
