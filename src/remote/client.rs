@@ -452,10 +452,11 @@ impl Client {
     ) -> Result<()> {
         let part = self.opts.part_size.max(5 << 20);
         let read = |file: &std::path::Path, at: u64, n: usize| -> Result<Bytes> {
-            use std::os::unix::fs::FileExt;
-            let f = std::fs::File::open(file).map_err(|e| crate::Error::io(file, e))?;
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(file).map_err(|e| crate::Error::io(file, e))?;
             let mut buf = vec![0u8; n];
-            f.read_exact_at(&mut buf, at)
+            f.seek(SeekFrom::Start(at))
+                .and_then(|_| f.read_exact(&mut buf))
                 .map_err(|e| crate::Error::io(file, e))?;
             Ok(Bytes::from(buf))
         };

@@ -63,8 +63,7 @@ fn closed_state(dir: &Path) -> Result<Option<(u64, u64, u64)>> {
             Error::io(&seg_path, e)
         }
     })?;
-    std::os::unix::fs::FileExt::read_exact_at(&seg, &mut head, 0)
-        .map_err(|e| Error::io(&seg_path, e))?;
+    std::io::Read::read_exact(&mut &seg, &mut head).map_err(|e| Error::io(&seg_path, e))?;
     let (id, _) = segment::decode_header(&seg_path, &head)?;
     let seg_len = seg.metadata().map_err(|e| Error::io(&seg_path, e))?.len();
     let Ok(idx) = std::fs::File::open(&idx_path) else {
@@ -72,7 +71,7 @@ fn closed_state(dir: &Path) -> Result<Option<(u64, u64, u64)>> {
     };
     let idx_len = idx.metadata().map_err(|e| Error::io(&idx_path, e))?.len();
     let mut ih = [0u8; 128];
-    if std::os::unix::fs::FileExt::read_exact_at(&idx, &mut ih, 0).is_err() {
+    if std::io::Read::read_exact(&mut &idx, &mut ih).is_err() {
         return Ok(None);
     }
     let Ok(h) = IndexHeader::decode(&ih) else {
@@ -216,6 +215,8 @@ pub fn pull(url: &str, dir: impl AsRef<Path>, opts: RemoteOptions) -> Result<Pul
         bytes += store.download(name, len, &tmp)?;
         std::fs::rename(&tmp, dir.join(name)).map_err(|e| Error::io(&tmp, e))?;
     }
+    // The renames made durable (a directory cannot be opened as a file on Windows).
+    #[cfg(unix)]
     std::fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(&dir, e))?;
@@ -245,9 +246,9 @@ impl RemoteStore {
     /// several in flight, then syncs it. Returns the bytes written.
     pub(crate) fn download(&self, name: &'static str, len: u64, path: &Path) -> Result<u64> {
         use futures::StreamExt;
-        use std::os::unix::fs::FileExt;
+        use std::io::Write;
         const PART: u64 = 8 << 20;
-        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
         let client = self.client().clone();
         let etag = self.etag_of(name);
         let ranges: Vec<_> = (0..len.div_ceil(PART))
@@ -261,10 +262,11 @@ impl RemoteStore {
                 let etag = etag.clone();
                 async move { c.get_range(name, r.clone(), etag).await.map(|b| (r, b)) }
             }))
-            .buffer_unordered(concurrency);
+            // In order (several in flight), appended one after the other.
+            .buffered(concurrency);
             while let Some(part) = parts.next().await {
-                let (r, bytes) = part?;
-                file.write_all_at(&bytes, r.start)
+                let (_, bytes) = part?;
+                file.write_all(&bytes)
                     .map_err(|e| Error::io(&path_buf, e))?;
             }
             file.sync_all().map_err(|e| Error::io(&path_buf, e))?;
