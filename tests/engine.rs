@@ -428,3 +428,77 @@ fn a_clean_close_makes_the_next_open_write_nothing_and_a_crash_does_not() {
     let bytes = std::fs::read(&seg).unwrap();
     assert!(bytes[end as usize..].iter().all(|&b| b == 0));
 }
+
+/// Flips one byte of the segment file at `offset` in place (what a failing disk or a stray
+/// writer would do; the library itself never rewrites a record).
+fn flip_byte(dir: &std::path::Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(segment_path(dir))
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], offset).unwrap();
+}
+
+/// The value checksum of a long record runs once per mapping: a later get through the same
+/// mapping trusts it (the documented limit), a new handle checks it again. Short records are
+/// checked on every get.
+#[test]
+fn long_records_are_checked_once_per_mapping_short_ones_every_time() {
+    let dir = tempdir().unwrap();
+    let long: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    let short = vec![5u8; 1000];
+    {
+        let db = buffered(dir.path());
+        db.set("long", &long).unwrap();
+        db.set("short", &short).unwrap();
+        db.close().unwrap();
+    }
+    // Record layout: 32-byte segment header, then "long" (24-byte header, 4-byte key, value),
+    // then "short".
+    let long_value_at = 32 + 24 + 4;
+    let short_value_at = long_value_at + long.len() as u64 + 24 + 5;
+    let db = Config::new(dir.path()).read_only(true).open().unwrap();
+    assert_eq!(&*db.get("long").unwrap().unwrap(), &long[..]);
+    assert_eq!(&*db.get("short").unwrap().unwrap(), &short[..]);
+    flip_byte(dir.path(), long_value_at + 150_000);
+    flip_byte(dir.path(), short_value_at + 10);
+    // Same mapping: the long record was checked already and is not checked again; the short
+    // one is checked again and refused.
+    let served = db.get("long").unwrap().unwrap();
+    assert_eq!(served[150_000], long[150_000] ^ 0x40);
+    assert!(matches!(db.get("short"), Err(Error::Corruption { .. })));
+    // A read-only handle's refresh maps the file anew, and checks again.
+    db.refresh().unwrap();
+    assert!(matches!(db.get("long"), Err(Error::Corruption { .. })));
+    // A new handle (a new mapping) remembers nothing: both are refused.
+    let again = Config::new(dir.path()).read_only(true).open().unwrap();
+    assert!(matches!(again.get("long"), Err(Error::Corruption { .. })));
+    assert!(matches!(again.get("short"), Err(Error::Corruption { .. })));
+    // A long record damaged before its first get is refused through any mapping, every time.
+    assert!(matches!(again.get("long"), Err(Error::Corruption { .. })));
+}
+
+/// A record checked before the writer grew the file (and so mapped it anew) is still served,
+/// and one first read after the growth is still checked.
+#[test]
+fn growth_keeps_what_was_checked_and_checks_what_was_not() {
+    let dir = tempdir().unwrap();
+    let db = buffered(dir.path());
+    let a: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    db.set("a", &a).unwrap();
+    assert_eq!(&*db.get("a").unwrap().unwrap(), &a[..]);
+    let before = db.stats().segment_file_len;
+    let big = vec![9u8; 3 << 20];
+    db.set("b", &big).unwrap();
+    assert!(db.stats().segment_file_len > before, "the file grew");
+    assert_eq!(&*db.get("a").unwrap().unwrap(), &a[..]);
+    // "b" starts right after "a": damage it before its first get.
+    let b_value_at = 32 + 24 + 1 + a.len() as u64 + 24 + 1;
+    flip_byte(dir.path(), b_value_at + 2_000_000);
+    assert!(matches!(db.get("b"), Err(Error::Corruption { .. })));
+    assert!(matches!(db.get("b"), Err(Error::Corruption { .. })));
+}

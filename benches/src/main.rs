@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 
-use measure::{Figures, OpenScale, Reference};
+use measure::{Bulk, BulkMode, Figures, OpenScale, Reference};
 use peers::Kind;
 use report::{Better, Cell, Row, RunInfo, Section};
 use workload::{Which, Workload};
@@ -46,6 +46,12 @@ struct Args {
     /// Skip the open-time-at-scale rows (1M / 10M keys).
     #[arg(long)]
     skip_open_scale: bool,
+    /// Skip the bulk-load rows (2M / 10M small keys).
+    #[arg(long)]
+    skip_bulk: bool,
+    /// Run only the bulk-load rows (and the reference points of no workload).
+    #[arg(long)]
+    only_bulk: bool,
     /// JSON printed by `benches/python/squirrel_seed.py`, merged into the end-to-end table.
     #[arg(long)]
     python_json: Option<PathBuf>,
@@ -85,6 +91,7 @@ fn main() -> Result<()> {
         }
     };
     let which: Vec<Which> = match args.workload {
+        _ if args.only_bulk => Vec::new(),
         Which::All => vec![Which::Seed, Which::Small, Which::Large],
         one => vec![one],
     };
@@ -118,11 +125,37 @@ fn main() -> Result<()> {
         }
         references.push((w.name, measure::reference(&w, root.path())?));
         panels.extend(plot_panels(&w, &kinds, &figures));
-        sections.push(workload_section(&w, &kinds, &figures, threads));
+        let seq = references.last().map(|(_, r)| r.seq_write_mbps);
+        sections.push(workload_section(&w, &kinds, &figures, threads, seq));
     }
-    sections.push(reference_section(&references));
+    if !references.is_empty() {
+        sections.push(reference_section(&references));
+    }
 
-    if !args.skip_open_scale {
+    if !args.skip_bulk {
+        let sizes: &[usize] = if args.quick {
+            &[2_000_000]
+        } else {
+            &[2_000_000, 10_000_000]
+        };
+        let mut results = Vec::new();
+        for &n in sizes {
+            for mode in [BulkMode::Batched, BulkMode::OneByOne] {
+                for kind in [Kind::Squirrel, Kind::Lmdb] {
+                    eprintln!("bulk load: {} with {n} keys, {mode:?}…", kind.name());
+                    let t = Instant::now();
+                    match measure::bulk(kind, n, mode, root.path()) {
+                        Ok(r) => results.push(r),
+                        Err(e) => eprintln!("    error: {e:#}"),
+                    }
+                    phase("bulk load", t);
+                }
+            }
+        }
+        sections.push(bulk_section(sizes, &results));
+    }
+
+    if !args.skip_open_scale && !args.only_bulk {
         let sizes: &[usize] = if args.quick {
             &[100_000, 1_000_000]
         } else {
@@ -149,18 +182,20 @@ fn main() -> Result<()> {
         }
         None => None,
     };
-    eprintln!("end to end: seed workload through the Rust squirrel layer…");
-    let rust = peers::squirrel::squirrel_layer_seed(
-        root.path(),
-        workload::SEED_SHARDS,
-        workload::SEED_SAMPLES,
-        if args.quick { 30 } else { 100 },
-        threads,
-    );
-    if let Err(e) = &rust {
-        eprintln!("    error: {e:#}");
+    if !args.only_bulk {
+        eprintln!("end to end: seed workload through the Rust squirrel layer…");
+        let rust = peers::squirrel::squirrel_layer_seed(
+            root.path(),
+            workload::SEED_SHARDS,
+            workload::SEED_SAMPLES,
+            if args.quick { 30 } else { 100 },
+            threads,
+        );
+        if let Err(e) = &rust {
+            eprintln!("    error: {e:#}");
+        }
+        sections.push(end_to_end_section(rust.as_ref().ok(), python.as_ref()));
     }
-    sections.push(end_to_end_section(rust.as_ref().ok(), python.as_ref()));
 
     root.close().context("removing the temporary stores")?;
     info.took_s = started.elapsed().as_secs_f64();
@@ -191,7 +226,18 @@ fn plot_panels(w: &Workload, kinds: &[Kind], figures: &[Figures]) -> Vec<plot::P
         .collect()
 }
 
-fn workload_section(w: &Workload, kinds: &[Kind], figures: &[Figures], threads: usize) -> Section {
+/// Progress on stderr: how long a phase took.
+fn phase(what: &str, since: Instant) {
+    eprintln!("      {what}: {:.2} s", since.elapsed().as_secs_f64());
+}
+
+fn workload_section(
+    w: &Workload,
+    kinds: &[Kind],
+    figures: &[Figures],
+    threads: usize,
+    seq_write_mbps: Option<f64>,
+) -> Section {
     let durable_n = w.durable_writes.min(w.keys.len());
     let rows: Vec<(String, Better, Metric)> = vec![
         (
@@ -272,26 +318,89 @@ fn workload_section(w: &Workload, kinds: &[Kind], figures: &[Figures], threads: 
             notes.push(format!("**{} failed:** {e}", k.name()));
         }
     }
+    let mut rows: Vec<Row> = rows
+        .into_iter()
+        .map(|(label, better, get)| Row {
+            label,
+            better,
+            cells: figures
+                .iter()
+                .map(|f| match get(f) {
+                    Some(v) => Cell::Num(v),
+                    None if f.error.is_some() => Cell::Failed,
+                    None => Cell::NotApplicable,
+                })
+                .collect(),
+        })
+        .collect();
+    rows.push(Row {
+        label: "compaction speed ÷ sequential write + 1 fsync of the same bytes (↑)".into(),
+        better: Better::Neither,
+        cells: figures
+            .iter()
+            .map(|f| match (f.compact_mbps, seq_write_mbps) {
+                (Some(c), Some(s)) => Cell::Num(c / s),
+                _ => Cell::NotApplicable,
+            })
+            .collect(),
+    });
     Section {
         title: format!("Workload `{}`", w.name),
         notes,
         columns: kinds.iter().map(|k| k.name().to_owned()).collect(),
-        rows: rows
-            .into_iter()
-            .map(|(label, better, get)| Row {
-                label,
-                better,
-                cells: figures
-                    .iter()
-                    .map(|f| match get(f) {
-                        Some(v) => Cell::Num(v),
-                        None if f.error.is_some() => Cell::Failed,
-                        None => Cell::NotApplicable,
-                    })
-                    .collect(),
-            })
-            .collect(),
+        rows,
         ratio: kinds.first() == Some(&Kind::Squirrel) && kinds.len() > 1,
+    }
+}
+
+fn bulk_section(sizes: &[usize], results: &[Bulk]) -> Section {
+    let kinds = [Kind::Squirrel, Kind::Lmdb];
+    let find = |kind: Kind, n: usize, mode: BulkMode| {
+        results
+            .iter()
+            .find(|r| r.kind == kind && r.keys == n && r.mode == mode)
+    };
+    let mut rows = Vec::new();
+    for &n in sizes {
+        for (mode, how) in [
+            (
+                BulkMode::Batched,
+                format!("batches of {}", measure::BULK_BATCH),
+            ),
+            (BulkMode::OneByOne, "one set per key".to_owned()),
+        ] {
+            let cell = |f: fn(&Bulk) -> f64| -> Vec<Cell> {
+                kinds
+                    .iter()
+                    .map(|&k| find(k, n, mode).map_or(Cell::Failed, |r| Cell::Num(f(r))))
+                    .collect()
+            };
+            rows.push(Row {
+                label: format!("bulk load, {n} keys, {how} (MB/s ↑)"),
+                better: Better::Higher,
+                cells: cell(|r| r.mbps),
+            });
+            rows.push(Row {
+                label: format!("bytes on disk per key beyond its value, {n} keys, {how} (↓)"),
+                better: Better::Lower,
+                cells: cell(|r| r.overhead_per_key),
+            });
+            rows.push(Row {
+                label: format!("size shown by ls -l minus allocated, {n} keys, {how} (MB)"),
+                better: Better::Neither,
+                cells: cell(|r| r.apparent_minus_allocated_mb),
+            });
+        }
+    }
+    Section {
+        title: "Bulk load (small keys)".into(),
+        notes: vec![format!(
+            "N keys of {} bytes into a fresh store, buffered (squirrel-store `Durability::Buffered`; LMDB `NO_SYNC`), one sync and a close at the end, all timed. Batched: `set_many` / one LMDB transaction per batch; one set per key: `set` / `put`, one LMDB transaction in all. Per-key overhead: bytes allocated after close minus value bytes, divided by N (keys are 13 bytes).",
+            measure::OPEN_SCALE_VALUE
+        )],
+        columns: kinds.iter().map(|k| k.name().to_owned()).collect(),
+        rows,
+        ratio: true,
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Figures {
     pub compact_s: Option<f64>,
     /// Mean get latency while that compaction runs, microseconds.
     pub compact_get_us: Option<f64>,
+    /// That compaction's speed: live bytes written into the new segment per second, MB/s.
+    pub compact_mbps: Option<f64>,
     /// The first error, if the engine failed part-way (later figures are then missing).
     pub error: Option<String>,
 }
@@ -287,6 +289,7 @@ fn compaction(w: &Workload, root: &Path, fig: &mut Figures) -> Result<()> {
         Ok((took, gets))
     })?;
     fig.compact_s = Some(compact_took.as_secs_f64());
+    fig.compact_mbps = Some(mbps(w.raw_bytes(), compact_took));
     fig.compact_get_us = Some(get_time.as_secs_f64() * 1e6 / gets.max(1) as f64);
     engine.close()?;
     dir.close()?;
@@ -398,4 +401,71 @@ pub fn open_scale(kind: Kind, n: usize, root: &Path) -> Result<OpenScale> {
         zero_tail,
         disk_bytes,
     })
+}
+
+/// One bulk load of small keys: how it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkMode {
+    /// Batches of [`BULK_BATCH`] keys: squirrel-store's `set_many`, LMDB's one transaction per batch.
+    Batched,
+    /// One call per key: squirrel-store's `set`, LMDB's `put` (all in one transaction).
+    OneByOne,
+}
+
+/// Keys per batch in [`BulkMode::Batched`].
+pub const BULK_BATCH: usize = 10_000;
+
+/// A bulk load of `keys` small keys by one engine.
+#[derive(Debug, Clone, Copy)]
+pub struct Bulk {
+    /// Keys loaded.
+    pub keys: usize,
+    /// How.
+    pub mode: BulkMode,
+    /// Engine measured.
+    pub kind: Kind,
+    /// Load plus one sync plus close, MB/s of value bytes.
+    pub mbps: f64,
+    /// Bytes allocated on disk after close, minus the value bytes, per key.
+    pub overhead_per_key: f64,
+    /// `st_size` of every file after close minus the bytes allocated, MB (squirrel-store: the
+    /// preallocated tail that `ls -l` shows).
+    pub apparent_minus_allocated_mb: f64,
+}
+
+/// Loads `n` keys of [`OPEN_SCALE_VALUE`] bytes into a fresh store (buffered, one sync and a
+/// close at the end, all timed), and measures its size.
+pub fn bulk(kind: Kind, n: usize, mode: BulkMode, root: &Path) -> Result<Bulk> {
+    let dir = tempfile::Builder::new().prefix("bulk").tempdir_in(root)?;
+    let t = Instant::now();
+    match kind {
+        Kind::Squirrel => peers::squirrel::bulk(dir.path(), n, OPEN_SCALE_VALUE, mode)?,
+        Kind::Lmdb => peers::lmdb_bulk(dir.path(), n, OPEN_SCALE_VALUE, mode)?,
+        other => anyhow::bail!("no bulk load for {}", other.name()),
+    }
+    let took = t.elapsed();
+    let raw = (n * OPEN_SCALE_VALUE) as u64;
+    let allocated = disk_usage(dir.path())?;
+    let apparent = apparent_size(dir.path())?;
+    remove_dir(dir)?;
+    Ok(Bulk {
+        keys: n,
+        mode,
+        kind,
+        mbps: mbps(raw, took),
+        overhead_per_key: (allocated as f64 - raw as f64) / n as f64,
+        apparent_minus_allocated_mb: (apparent as f64 - allocated as f64) / 1e6,
+    })
+}
+
+/// `st_size` of every file under `path`, recursively (what `ls -l` shows).
+fn apparent_size(path: &Path) -> Result<u64> {
+    let meta = std::fs::symlink_metadata(path)?;
+    let mut total = if meta.is_file() { meta.len() } else { 0 };
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            total += apparent_size(&entry?.path())?;
+        }
+    }
+    Ok(total)
 }

@@ -45,6 +45,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The I/O error of the underlying call.
     fn sync_data(&self) -> io::Result<()>;
 
+    /// Copies `len` bytes of `src` from `src_offset` to `offset` in this file inside the kernel
+    /// (`copy_file_range`), without a trip through user space. `Ok(false)` means this backend or
+    /// file system cannot (nothing was written): the caller writes the bytes with
+    /// [`Backend::write_at`] instead. The default always says so, so a wrapping backend sees
+    /// every byte written through `write_at`.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call, once some bytes may have been copied.
+    fn copy_from(&self, src: &File, src_offset: u64, len: u64, offset: u64) -> io::Result<bool> {
+        let _ = (src, src_offset, len, offset);
+        Ok(false)
+    }
+
     /// Turns `len` bytes from `offset` into zeros without changing the file's length, freeing
     /// their space where the file system can (`FALLOC_FL_PUNCH_HOLE`). The default writes zeros.
     ///
@@ -94,6 +107,10 @@ impl Backend for FileBackend {
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn copy_from(&self, src: &File, src_offset: u64, len: u64, offset: u64) -> io::Result<bool> {
+        platform::copy_range(src, src_offset, &self.file, offset, len)
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {

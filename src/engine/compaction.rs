@@ -4,7 +4,13 @@
 //!    segment end `E0`. Release the lock.
 //! 2. Without the lock: copy every live record, verbatim (its checksum does not depend on its
 //!    offset) and checked, into `segment.sqs.compact` with a new `segment_id`. Writers keep
-//!    appending to the old segment meanwhile; readers keep reading their old map.
+//!    appending to the old segment meanwhile; readers keep reading their old map. One pass in
+//!    offset order: each record's CRC is checked through the map, then each run of records that
+//!    lie back to back is copied as one piece, by the kernel (`copy_file_range`, no trip through
+//!    user space) when the run is 64 KiB or more and the backend can, else through a 4 MiB
+//!    buffer. The kernel copies the file's bytes the check just read; bytes that changed in
+//!    between without a write (a page evicted and read back wrong) would be copied unchecked,
+//!    and are then caught by the first get of the new segment, which checks every record once.
 //! 3. Under the lock: copy the records appended since `E0` (puts and tombstones, in order), fsync
 //!    the new segment, build `index.sqi.compact` and fsync it.
 //! 4. Switch: rename the segment over `segment.sqs`, then the index over `index.sqi`, fsync the
@@ -85,7 +91,8 @@ pub enum CrashPoint {
     AfterRenames,
 }
 
-/// Copies records into the new segment, coalescing small ones into larger writes.
+/// Copies records into the new segment, coalescing small ones into larger writes; long runs of
+/// records that lie back to back in the old segment are copied by the kernel.
 struct Copier<'a> {
     backend: &'a dyn crate::engine::backend::Backend,
     at: u64,
@@ -95,6 +102,12 @@ struct Copier<'a> {
 }
 
 const COPY_BUF: usize = 4 << 20;
+
+/// Runs of at least this many bytes go through [`Backend::copy_from`] (`copy_file_range`):
+/// below it, one more syscall costs more than copying through the buffer.
+///
+/// [`Backend::copy_from`]: crate::engine::backend::Backend::copy_from
+const KERNEL_COPY_MIN: usize = 64 << 10;
 
 impl Copier<'_> {
     fn push(&mut self, rec: &[u8]) -> Result<u64> {
@@ -111,6 +124,25 @@ impl Copier<'_> {
         }
         self.at += rec.len() as u64;
         Ok(offset)
+    }
+
+    /// Appends `bytes`, which are `src`'s bytes at `src_offset` (already checked by the
+    /// caller): in the kernel when the run is long and the backend can, else as [`Copier::push`].
+    fn push_run(&mut self, bytes: &[u8], src: &std::fs::File, src_offset: u64) -> Result<u64> {
+        if bytes.len() >= KERNEL_COPY_MIN {
+            self.flush()?;
+            let offset = self.at;
+            let len = bytes.len() as u64;
+            if self
+                .inner
+                .io(self.backend.copy_from(src, src_offset, len, offset))?
+            {
+                self.at += len;
+                self.buf_at = self.at;
+                return Ok(offset);
+            }
+        }
+        self.push(bytes)
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -157,7 +189,7 @@ impl Inner {
         // index is derived, and a damaged one is rebuilt from the segment (once) rather than
         // trusted to say what is live.
         let mut repaired = false;
-        let (view, e0, live_bytes, mut live) = loop {
+        let (view, e0, live_bytes, mut live, old_file) = loop {
             let mut st = self.state.lock();
             self.checkpoint(&mut st, false)?;
             let view = self.view.load_full();
@@ -170,7 +202,9 @@ impl Inner {
             };
             match entries {
                 Some(live) => {
-                    break (view, st.end, st.counters.live_bytes, live);
+                    // The file the map was made from: runs are copied from it.
+                    let old_file = st.file.try_clone().at(&self.seg_path)?;
+                    break (view, st.end, st.counters.live_bytes, live, old_file);
                 }
                 None if !repaired => {
                     repaired = true;
@@ -225,12 +259,32 @@ impl Inner {
         let total: u64 = live.iter().map(|(_, l)| l.len).sum();
         let mut done = 0u64;
         let mut entries = Vec::with_capacity(live.len());
-        for (hash, loc) in &live {
-            let rec = self.checked_record(old, *loc)?;
-            let offset = copier.push(rec)?;
-            entries.push((*hash, Loc { offset, ..*loc }));
-            done += loc.len;
+        // One pass: check each record through the map, then copy each run of records that lie
+        // back to back in the old segment as one piece (in the kernel when it is long). The
+        // bytes the kernel copies are the file's bytes the check just read through the map.
+        let mut i = 0;
+        while i < live.len() {
+            let run_start = live[i].1.offset;
+            self.checked_record(old, live[i].1)?;
+            let mut run_end = run_start + live[i].1.len;
+            let mut j = i + 1;
+            while j < live.len()
+                && live[j].1.offset == run_end
+                && (run_end - run_start) < COPY_BUF as u64
+            {
+                self.checked_record(old, live[j].1)?;
+                run_end += live[j].1.len;
+                j += 1;
+            }
+            let bytes = &old[run_start as usize..run_end as usize];
+            let new_start = copier.push_run(bytes, &old_file, run_start)?;
+            for (hash, loc) in &live[i..j] {
+                let offset = new_start + (loc.offset - run_start);
+                entries.push((*hash, Loc { offset, ..*loc }));
+                done += loc.len;
+            }
             progress(done, total);
+            i = j;
         }
         copier.flush()?;
         if crash == Some(CrashPoint::AfterCopy) {

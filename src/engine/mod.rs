@@ -418,7 +418,8 @@ impl Engine {
         Ok(true)
     }
 
-    /// The value of `key`, or `None`. The bytes are checked against the record's crc32 first.
+    /// The value of `key`, or `None`. The bytes are checked against the record's crc32 first
+    /// (a record of 64 KiB or more once per mapping: see [`Config::verify_values`]).
     ///
     /// # Errors
     /// [`Error::InvalidKey`] for a key that cannot exist, [`Error::Corruption`] naming the key and

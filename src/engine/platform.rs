@@ -98,6 +98,53 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<bool>
     }
 }
 
+/// Copies `len` bytes of `src` at `src_offset` to `dst` at `dst_offset` inside the kernel
+/// (`copy_file_range`). `Ok(false)` where that cannot be done (another file system, an old kernel,
+/// another platform): nothing was copied, and the caller writes the bytes itself.
+pub(crate) fn copy_range(
+    src: &File,
+    src_offset: u64,
+    dst: &File,
+    dst_offset: u64,
+    len: u64,
+) -> io::Result<bool> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::io::Errno;
+        let (mut from, mut to) = (src_offset, dst_offset);
+        let end = src_offset.saturating_add(len);
+        while from < end {
+            let want = usize::try_from(end - from)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            match rustix::fs::copy_file_range(src, Some(&mut from), dst, Some(&mut to), want) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "copy_file_range: the source ended before the range did",
+                    ));
+                }
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e)
+                    if from == src_offset
+                        && (unsupported(e)
+                            || [Errno::XDEV, Errno::INVAL, Errno::BADF].contains(&e)) =>
+                {
+                    // Nothing copied yet: the caller's write_at does the whole range.
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = (src, src_offset, dst, dst_offset, len);
+        Ok(false)
+    }
+}
+
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn unsupported(e: rustix::io::Errno) -> bool {
     e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS

@@ -19,6 +19,7 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::{Mmap, MmapOptions};
 
@@ -101,11 +102,79 @@ pub(crate) fn decode_header(path: &Path, bytes: &[u8]) -> Result<(u64, u32)> {
 #[derive(Debug)]
 pub(crate) struct SegmentMap {
     map: Mmap,
+    checked: Checked,
+}
+
+/// Records of at least this many bytes are remembered once their value has passed its CRC-32
+/// check (see [`Checked`]); shorter ones are checked on every get, which costs little next to
+/// finding them.
+pub(crate) const CHECKED_MIN_LEN: u64 = 64 << 10;
+
+/// Which long records of a mapping have passed their CRC-32 check: one bit per
+/// [`CHECKED_MIN_LEN`]-byte block of the file, set once the record of at least
+/// `CHECKED_MIN_LEN` bytes that starts in that block was read whole and matched its checksum.
+///
+/// At most one such record starts in a block (records do not overlap, and the first one would
+/// reach past the block's end), so a bit names one record. Memory: one bit per 64 KiB of file
+/// (2 MiB for a 1 TiB segment), allocated with the map.
+///
+/// What it relies on: the bytes of a record served through a mapping do not change while the
+/// mapping lives. The writer never rewrites a byte below the end of the valid records (records
+/// are appended past it; a torn tail is zeroed only before anything after it was served), and
+/// the documented contract forbids anyone else from rewriting the file in place. What it does
+/// not cover: bytes that change *after* the check without anyone writing them, such as a page
+/// evicted from the cache and read back from a failing disk, or memory corruption. `verify`
+/// and compaction read and check every record regardless, and a new handle (or a read-only
+/// handle's `refresh`, which maps the file anew) starts with nothing remembered.
+#[derive(Debug)]
+struct Checked {
+    words: Box<[AtomicU64]>,
+}
+
+impl Checked {
+    fn new(file_len: usize) -> Checked {
+        let blocks = file_len.div_ceil(CHECKED_MIN_LEN as usize);
+        Checked {
+            words: (0..blocks.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    /// A set for a longer map of the same file: the bits already set carry over.
+    fn grown(&self, file_len: usize) -> Checked {
+        let new = Checked::new(file_len);
+        for (to, from) in new.words.iter().zip(self.words.iter()) {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        new
+    }
+
+    /// The word and bit of the block `offset` lies in, if the map has it.
+    fn bit(&self, offset: u64) -> Option<(&AtomicU64, u64)> {
+        let block = offset / CHECKED_MIN_LEN;
+        let word = self.words.get(usize::try_from(block / 64).ok()?)?;
+        Some((word, 1 << (block % 64)))
+    }
 }
 
 impl SegmentMap {
     /// Maps `len` bytes of `file` (its current length).
     pub fn new(file: &File, len: u64, path: &Path) -> Result<Arc<SegmentMap>> {
+        let map = Self::map(file, len, path)?;
+        let checked = Checked::new(map.len());
+        Ok(Arc::new(SegmentMap { map, checked }))
+    }
+
+    /// Maps `len` bytes of the file `old` maps, now longer, keeping what `old` remembers of the
+    /// records it checked (their bytes are the same in the file: it only grew).
+    pub fn grown(old: &SegmentMap, file: &File, len: u64, path: &Path) -> Result<Arc<SegmentMap>> {
+        let map = Self::map(file, len, path)?;
+        let checked = old.checked.grown(map.len());
+        Ok(Arc::new(SegmentMap { map, checked }))
+    }
+
+    fn map(file: &File, len: u64, path: &Path) -> Result<Mmap> {
         let len = usize::try_from(len).map_err(|_| {
             Error::corruption(path, 0, None, "segment larger than the address space")
         })?;
@@ -115,8 +184,7 @@ impl SegmentMap {
         // in place breaks this; the documented contract forbids it (see the crate docs on
         // `Engine`). Writes by our own writer go to bytes past every offset a reader has been
         // handed, and all reads of records are checked by crc32 before they are served.
-        let map = unsafe { MmapOptions::new().len(len).map(file) }.at(path)?;
-        Ok(Arc::new(SegmentMap { map }))
+        unsafe { MmapOptions::new().len(len).map(file) }.at(path)
     }
 
     /// The mapped bytes.
@@ -127,6 +195,26 @@ impl SegmentMap {
     /// Number of mapped bytes.
     pub fn len(&self) -> u64 {
         self.map.len() as u64
+    }
+
+    /// Whether the record at `offset`, `len` bytes long, already passed its value check through
+    /// this mapping (always false for records shorter than [`CHECKED_MIN_LEN`]).
+    pub fn was_checked(&self, offset: u64, len: u64) -> bool {
+        len >= CHECKED_MIN_LEN
+            && self
+                .checked
+                .bit(offset)
+                .is_some_and(|(w, b)| w.load(Ordering::Acquire) & b != 0)
+    }
+
+    /// Remembers that the record at `offset`, `len` bytes long, passed its value check (a no-op
+    /// for records shorter than [`CHECKED_MIN_LEN`]).
+    pub fn set_checked(&self, offset: u64, len: u64) {
+        if len >= CHECKED_MIN_LEN
+            && let Some((w, b)) = self.checked.bit(offset)
+        {
+            w.fetch_or(b, Ordering::Release);
+        }
     }
 }
 

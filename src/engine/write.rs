@@ -243,8 +243,8 @@ impl Inner {
             st.synced = st.end;
         }
         st.file_len = new_len;
-        let map = SegmentMap::new(&st.file, new_len, &self.seg_path)?;
         let old = self.view.load();
+        let map = SegmentMap::grown(&old.segment, &st.file, new_len, &self.seg_path)?;
         self.view.store(Arc::new(View {
             segment: map,
             index: old.index.clone(),

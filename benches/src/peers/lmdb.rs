@@ -98,3 +98,34 @@ pub fn build_for_open(dir: &Path, n: usize, value_len: usize) -> Result<()> {
     wtxn.commit()?;
     super::Peer::close(Box::new(peer))
 }
+
+/// Bulk-loads `n` keys with `value_len`-byte values: one transaction per batch, or every `put` in
+/// one transaction. Like squirrel-store's buffered writes, the commits do not sync (`NO_SYNC`);
+/// one `force_sync` at the end makes everything durable, then the store is closed.
+pub fn bulk(dir: &Path, n: usize, value_len: usize, mode: crate::measure::BulkMode) -> Result<()> {
+    let peer = LmdbPeer::open(dir)?;
+    // SAFETY: NO_SYNC only defers durability to the force_sync below; this benchmark's private
+    // environment is opened by this one handle, and nothing reads it before that sync.
+    unsafe {
+        peer.env
+            .set_flags(heed::EnvFlags::NO_SYNC, heed::FlagSetMode::Enable)?;
+    }
+    let value = crate::workload::filler(value_len);
+    let per_txn = match mode {
+        crate::measure::BulkMode::Batched => crate::measure::BULK_BATCH,
+        crate::measure::BulkMode::OneByOne => usize::MAX,
+    };
+    let mut i = 0;
+    while i < n {
+        let end = n.min(i.saturating_add(per_txn));
+        let mut wtxn = peer.env.write_txn()?;
+        for j in i..end {
+            peer.db
+                .put(&mut wtxn, &crate::workload::scale_key(j), &value)?;
+        }
+        wtxn.commit()?;
+        i = end;
+    }
+    peer.env.force_sync()?;
+    super::Peer::close(Box::new(peer))
+}

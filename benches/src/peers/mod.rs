@@ -103,3 +103,4 @@ impl Kind {
 }
 
 pub use lmdb::build_for_open as lmdb_build_for_open;
+pub use lmdb::bulk as lmdb_bulk;

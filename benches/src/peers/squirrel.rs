@@ -93,6 +93,33 @@ pub fn build_for_open(dir: &Path, n: usize, value_len: usize) -> Result<()> {
     Ok(())
 }
 
+/// Bulk-loads `n` keys with `value_len`-byte values into a fresh buffered store, then syncs and
+/// closes it.
+pub fn bulk(dir: &Path, n: usize, value_len: usize, mode: crate::measure::BulkMode) -> Result<()> {
+    let engine = Config::new(dir).durability(Durability::Buffered).open()?;
+    let value = crate::workload::filler(value_len);
+    match mode {
+        crate::measure::BulkMode::Batched => {
+            let mut batch: Vec<(String, &[u8])> = Vec::with_capacity(crate::measure::BULK_BATCH);
+            for i in 0..n {
+                batch.push((crate::workload::scale_key(i), &value));
+                if batch.len() == crate::measure::BULK_BATCH {
+                    engine.set_many(batch.drain(..))?;
+                }
+            }
+            engine.set_many(batch.drain(..))?;
+        }
+        crate::measure::BulkMode::OneByOne => {
+            for i in 0..n {
+                engine.set(&crate::workload::scale_key(i), &value)?;
+            }
+        }
+    }
+    engine.sync()?;
+    engine.close()?;
+    Ok(())
+}
+
 /// Opens the store built by [`build_for_open`], reads one key, and returns the records the open
 /// had to replay and the preallocated (zero) bytes past the last record.
 pub fn open_for_scale(dir: &Path) -> Result<(u64, u64)> {
