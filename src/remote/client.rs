@@ -540,12 +540,21 @@ impl Client {
                 detail: "the object changed since the store was opened (ETag mismatch)".into(),
             },
             _ => {
-                let lower = detail.to_ascii_lowercase();
-                if lower.contains("403")
-                    || lower.contains("401")
-                    || lower.contains("signaturedoesnotmatch")
+                // Words only, URLs left out: the text also names the object (whose bucket and
+                // path may hold any word) and timings (whose digits can spell any status code).
+                let lower = detail
+                    .split_whitespace()
+                    .filter(|w| !w.contains('/'))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_ascii_lowercase();
+                if lower.contains("signaturedoesnotmatch")
                     || lower.contains("invalidaccesskeyid")
+                    || lower.contains("accessdenied")
                     || lower.contains("access denied")
+                    || lower.contains("forbidden")
+                    || lower.contains("unauthorized")
+                    || lower.contains("expiredtoken")
                 {
                     RemoteError::AccessDenied { url, detail }
                 } else if lower.contains("timed out") {
@@ -598,4 +607,60 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client {
+        Client::new("memory:///", Arc::new(RemoteOptions::new())).expect("a client")
+    }
+
+    fn generic(text: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: text.to_owned().into(),
+        }
+    }
+
+    #[test]
+    fn digits_and_urls_in_the_text_do_not_decide_the_kind() {
+        let c = client();
+        let refused = generic(
+            "Error performing GET http://127.0.0.1:1/forbidden/x in 48.987403ms, after 2 retries \
+             - HTTP error: error sending request: tcp connect error: Connection refused",
+        );
+        assert!(matches!(
+            c.classify("x", refused, 3),
+            RemoteError::Unavailable { attempts: 3, .. }
+        ));
+        let denied = generic("Error performing GET http://h/b/x in 1ms - SignatureDoesNotMatch");
+        assert!(matches!(
+            c.classify("x", denied, 1),
+            RemoteError::AccessDenied { .. }
+        ));
+        let slow =
+            generic("Error performing GET http://h/b/connection in 1ms - operation timed out");
+        assert!(matches!(
+            c.classify("x", slow, 2),
+            RemoteError::Timeout { .. }
+        ));
+        let other = generic(
+            "Error performing GET http://h/closed/reset in 1ms - 500 Internal Server Error",
+        );
+        assert!(matches!(
+            c.classify("x", other, 1),
+            RemoteError::Other { .. }
+        ));
+    }
+
+    #[test]
+    fn urls_are_told_from_paths() {
+        assert!(is_url("s3://bucket/prefix"));
+        assert!(is_url("file:///tmp/x"));
+        assert!(!is_url("/tmp/store"));
+        assert!(!is_url("relative/dir"));
+        assert!(!is_url("://nothing"));
+    }
 }
