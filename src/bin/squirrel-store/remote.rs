@@ -7,7 +7,9 @@ use std::sync::OnceLock;
 
 use indicatif::HumanBytes;
 use squirrel_store::Store;
-use squirrel_store::remote::{self, RemoteOptions, RemoteSquirrelStore, RemoteStore, is_url};
+use squirrel_store::remote::{
+    self, Dataset, RemoteError, RemoteOptions, RemoteSquirrelStore, RemoteStore, is_url,
+};
 
 use super::{
     CliError, Command, DatasetCommand, Outcome, escape_key, print_shard, quiet, shard_outcome,
@@ -142,7 +144,14 @@ fn stats(url: &str, json: bool, compression: bool) -> Result<Outcome, CliError> 
             "--compression reads every shard: `squirrel-store pull` the store and run stats on the copy".into(),
         ));
     }
-    let st = RemoteStore::open(url, options()?)?.stats();
+    let st = match RemoteStore::open(url, options()?) {
+        Ok(store) => store.stats(),
+        // No store at the URL: a dataset's, perhaps.
+        Err(squirrel_store::Error::Remote(e)) if matches!(*e, RemoteError::NotPublished { .. }) => {
+            return dataset_stats(url, json, squirrel_store::Error::Remote(e));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut out = io::stdout().lock();
     if json {
         let obj = serde_json::json!({
@@ -179,6 +188,50 @@ fn stats(url: &str, json: bool, compression: bool) -> Result<Outcome, CliError> 
     )?;
     writeln!(out, "segment         {}", HumanBytes(st.segment_len))?;
     writeln!(out, "index           {}", HumanBytes(st.index_len))?;
+    Ok(Outcome::Done)
+}
+
+/// `stats` of a dataset: its stores and their keys; `not_store` is reported when there is no
+/// dataset either.
+fn dataset_stats(
+    url: &str,
+    json: bool,
+    not_store: squirrel_store::Error,
+) -> Result<Outcome, CliError> {
+    let ds = match Dataset::open(url, options()?) {
+        Ok(ds) => ds,
+        Err(squirrel_store::Error::Remote(e)) if matches!(*e, RemoteError::NotFound { .. }) => {
+            return Err(not_store.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = io::stdout().lock();
+    if json {
+        let stores: Vec<_> = ds
+            .stores()
+            .iter()
+            .map(|s| {
+                let st = s.stats();
+                serde_json::json!({"store": st.url, "keys": st.live_records, "live_bytes": st.live_bytes})
+            })
+            .collect();
+        let obj = serde_json::json!({"dataset": url, "keys": ds.keys().len(), "stores": stores});
+        writeln!(out, "{obj}")?;
+        return Ok(Outcome::Done);
+    }
+    writeln!(out, "dataset         {url}")?;
+    writeln!(out, "stores          {}", ds.stores().len())?;
+    writeln!(out, "keys            {}", ds.keys().len())?;
+    for s in ds.stores() {
+        let st = s.stats();
+        writeln!(
+            out,
+            "  {}  {} keys, {}",
+            st.url,
+            st.live_records,
+            HumanBytes(st.live_bytes)
+        )?;
+    }
     Ok(Outcome::Done)
 }
 
