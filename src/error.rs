@@ -124,6 +124,11 @@ pub enum Error {
         #[source]
         source: crate::shard::serializer::ShardError,
     },
+    /// A request to object storage failed (feature `remote`): see [`crate::remote::RemoteError`],
+    /// whose variants name the URL.
+    #[cfg(feature = "remote")]
+    #[error("{0}")]
+    Remote(Box<crate::remote::RemoteError>),
 }
 
 impl Error {

@@ -36,6 +36,8 @@
 mod engine;
 mod error;
 mod interop;
+#[cfg(feature = "remote")]
+pub mod remote;
 mod shard;
 
 // The public paths of the shard and interop layers, as users import them.

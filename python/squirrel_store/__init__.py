@@ -71,12 +71,23 @@ def random_key() -> str:
 
 
 def _path(url: PathLike) -> str:
+    """A local directory as a path; a URL (``s3://``, ``gs://``, ``az://``, ``http(s)://``) as
+    it is. A ``file://`` URL is a local directory."""
     path = os.fspath(url)
     if path.startswith("file://"):
         path = path[len("file://") :]
-    if "://" in path:
-        raise ValueError(f"only local stores are supported, not {path!r}")
     return path
+
+
+def _is_url(path: str) -> bool:
+    scheme, sep, _ = path.partition("://")
+    return bool(sep) and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum()
+
+
+def _remote_options(storage_options: dict) -> Optional[dict]:
+    """``storage_options`` as the strings the native store takes (``object_store`` keys such
+    as ``aws_endpoint``, plus ``cache_dir`` and ``cache_max_bytes``)."""
+    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in storage_options.items()}
 
 
 class MessagepackSerializer:
@@ -136,8 +147,14 @@ class SquirrelStore:
     """A store of shards in directory ``url``: squirrel's ``SquirrelStore`` on this engine.
 
     Args:
-        url: the store directory (created when missing, unless ``read_only``); ``file://`` URLs
-            are accepted, remote ones are not.
+        url: the store directory (created when missing, unless ``read_only``), a ``file://``
+            URL, or the URL of a store published with ``squirrel-store push`` (or of a dataset
+            of such stores): ``s3://bucket/prefix``, ``gs://…``, ``az://…``, ``https://…``,
+            read with range requests and only with ``read_only=True``. Credentials and endpoints
+            come from the provider's environment variables (``AWS_ACCESS_KEY_ID``,
+            ``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP``, ...), and from ``storage_options``:
+            ``object_store`` keys (``aws_endpoint``, ``aws_region``, ...), and ``cache_dir`` /
+            ``cache_max_bytes`` for a local record cache shared between processes.
         serializer: :class:`MessagepackSerializer` (zstd where it saves >= 20%, the default),
             :class:`UncompressedSerializer`, or squirrel's own ``MessagepackSerializer``.
         read_only: open without taking the writer lock; any number of read-only handles, in any
@@ -162,9 +179,19 @@ class SquirrelStore:
     ) -> None:
         self.url = _path(url)
         self.serializer = serializer if serializer is not None else MessagepackSerializer()
+        remote = _is_url(self.url)
+        if remote and not read_only:
+            raise ValueError(
+                f"stores on object storage are read-only: SquirrelStore({self.url!r}, read_only=True)"
+            )
         level, min_saving = _compression_of(serializer)
         self._native = _native.Store(
-            self.url, read_only=read_only, durability=durability, level=level, min_saving=min_saving
+            self.url,
+            read_only=read_only,
+            durability=durability,
+            level=level,
+            min_saving=min_saving,
+            options=_remote_options(storage_options) if remote else None,
         )
 
     def set(self, value: Any, key: Optional[str] = None, **kwargs: Any) -> str:
@@ -293,13 +320,14 @@ class MessagepackDriver:
             raise ValueError("Store of MessagepackDriver is fixed, `store` cannot be provided.")
         kwargs.pop("catalog", None)
         self.url = _path(url)
+        self._storage_options = dict(storage_options or {})
         self._store: Optional[SquirrelStore] = None
 
     @property
     def store(self) -> SquirrelStore:
         """The read-only store behind this driver (opened on first use)."""
         if self._store is None:
-            self._store = SquirrelStore(self.url, read_only=True)
+            self._store = SquirrelStore(self.url, read_only=True, **self._storage_options)
         return self._store
 
     def get(self, key: str, **kwargs: Any) -> Iterator[Any]:

@@ -1,7 +1,7 @@
 """Type stubs of the native extension module (the Rust half of squirrel_store)."""
 
 from os import PathLike
-from typing import Any, Iterator, List, Optional, Union
+from typing import Dict, Any, Iterator, List, Optional, Union
 
 __version__: str
 RANDOM_KEY_LEN: int
@@ -29,6 +29,7 @@ class Store:
         durability: str = ...,
         level: Optional[int] = ...,
         min_saving: Optional[float] = ...,
+        options: Optional[Dict[str, str]] = ...,
     ) -> None: ...
     def set(self, samples: List[Any], key: Optional[str] = ...) -> str: ...
     def set_payload(self, payload: bytes, key: Optional[str] = ...) -> str: ...

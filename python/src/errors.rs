@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 use squirrel_store::Error;
+use squirrel_store::remote::RemoteError;
 
 /// Raises the package exception `class` with `message`.
 pub fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
@@ -31,6 +32,10 @@ pub fn to_py(py: Python<'_>, err: &Error) -> PyErr {
         Error::UnsupportedVersion { .. } => "UnsupportedVersionError",
         Error::ValueTooLarge { .. } => "ValueTooLargeError",
         Error::Io { .. } | Error::PreviousIo { .. } | Error::NoSpace { .. } => "StoreIOError",
+        Error::Remote(r) => match **r {
+            RemoteError::NotFound { .. } | RemoteError::NotPublished { .. } => "StoreNotFoundError",
+            _ => "StoreIOError",
+        },
         _ => "Error",
     };
     raise(py, class, err.to_string())

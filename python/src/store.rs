@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use squirrel_store::remote::{RemoteOptions, RemoteSquirrelStore, is_url};
 use squirrel_store::serializer::MessagepackSerializer;
 use squirrel_store::store::Payload;
 use squirrel_store::{Config, Durability, Error, SquirrelStore, Store, random_key};
@@ -21,7 +22,92 @@ use crate::decode::{Builder, Helpers, Node, ParseError, parse_payload};
 use crate::encode::Encoder;
 use crate::errors::{IntoPy, raise};
 
-type Inner = SquirrelStore<MessagepackSerializer>;
+/// A local store, or a published store or dataset read by URL (read-only).
+#[derive(Clone)]
+enum Inner {
+    Local(SquirrelStore<MessagepackSerializer>),
+    Remote(RemoteSquirrelStore<MessagepackSerializer>),
+}
+
+impl Inner {
+    fn open(
+        path: &std::path::Path,
+        remote: Option<&RemoteOptions>,
+        read_only: bool,
+        durability: Durability,
+        serializer: &MessagepackSerializer,
+    ) -> Result<Inner, Error> {
+        if let Some(opts) = remote {
+            let url = path.to_string_lossy();
+            return RemoteSquirrelStore::open_with(&url, opts.clone(), serializer.clone())
+                .map(Inner::Remote);
+        }
+        let engine = Config::new(path)
+            .read_only(read_only)
+            .create(!read_only)
+            .durability(durability)
+            .open()?;
+        Ok(Inner::Local(SquirrelStore::new(engine, serializer.clone())))
+    }
+
+    /// The local store, for what only a local store does; a remote one is read-only.
+    fn local(&self) -> Result<&SquirrelStore<MessagepackSerializer>, Error> {
+        match self {
+            Inner::Local(s) => Ok(s),
+            Inner::Remote(r) => Err(Error::ReadOnly {
+                path: r.url().into(),
+            }),
+        }
+    }
+
+    /// The codec byte of the record under `key`, or `None`.
+    fn codec(&self, key: &str) -> Result<Option<u8>, Error> {
+        match self {
+            Inner::Local(s) => Ok(s.engine().get(key)?.map(|v| v.codec())),
+            Inner::Remote(r) => Ok(r.get_record(key)?.map(|v| v.codec())),
+        }
+    }
+
+    fn contains(&self, key: &str) -> Result<bool, Error> {
+        match self {
+            Inner::Local(s) => s.engine().contains(key),
+            Inner::Remote(r) => match r.remote_store() {
+                Some(store) => store.contains(key),
+                None => Ok(r
+                    .dataset()
+                    .is_some_and(|d| d.keys().binary_search_by(|k| k.as_str().cmp(key)).is_ok())),
+            },
+        }
+    }
+
+    fn len(&self) -> Result<u64, Error> {
+        match self {
+            Inner::Local(s) => Ok(s.engine().len()),
+            Inner::Remote(r) => match r.remote_store() {
+                Some(store) => Ok(store.stats().live_records),
+                None => Ok(r.dataset().map_or(0, |d| d.keys().len() as u64)),
+            },
+        }
+    }
+
+    fn get_payload(&self, key: &str) -> Result<Option<Payload>, Error> {
+        match self {
+            Inner::Local(s) => s.get_payload(key),
+            Inner::Remote(r) => r.get_payload(key),
+        }
+    }
+
+    fn set_payload(&self, payload: &[u8], key: Option<&str>) -> Result<String, Error> {
+        self.local()?.set_payload(payload, key)
+    }
+
+    fn keys(&self) -> Result<Vec<String>, Error> {
+        match self {
+            Inner::Local(s) => s.keys(),
+            Inner::Remote(r) => r.keys(),
+        }
+    }
+}
 
 /// What an open handle holds.
 struct Open {
@@ -36,6 +122,8 @@ struct Open {
 #[pyclass(frozen, module = "squirrel_store._native", name = "Store")]
 pub struct NativeStore {
     path: PathBuf,
+    /// Set when `path` is a URL: the options it is opened with.
+    remote: Option<RemoteOptions>,
     /// Whether the handle was opened read-only (rather than made so by a fork).
     opened_read_only: bool,
     serializer: MessagepackSerializer,
@@ -68,9 +156,15 @@ impl ReadError {
 
 /// Reads and parses one shard (no Python involved).
 fn read_shard(store: &Inner, key: &str) -> Result<Decoded, ReadError> {
-    let record_codec = match store.engine().get(key).map_err(ReadError::Store)? {
-        Some(v) => v.codec(),
-        None => {
+    // A remote record is fetched once, for its payload; its bytes are always owned.
+    let record_codec = match store {
+        Inner::Remote(_) => None,
+        Inner::Local(_) => Some(store.codec(key).map_err(ReadError::Store)?),
+    };
+    let record_codec = match record_codec {
+        None => 0,
+        Some(Some(c)) => c,
+        Some(None) => {
             return Err(ReadError::Store(Error::KeyNotFound {
                 key: key.to_owned(),
             }));
@@ -136,10 +230,17 @@ impl NativeStore {
         // The parent's engine is left alone (never dropped here): dropping it could checkpoint
         // or unlock files the parent still owns.
         std::mem::forget(old);
-        let engine = py
-            .detach(|| Config::new(&self.path).read_only(true).open())
+        let store = py
+            .detach(|| {
+                Inner::open(
+                    &self.path,
+                    self.remote.as_ref(),
+                    true,
+                    Durability::Fsync,
+                    &self.serializer,
+                )
+            })
             .py_err(py)?;
-        let store = SquirrelStore::new(engine, self.serializer.clone());
         *st = Some(Open {
             store: store.clone(),
             pid,
@@ -166,6 +267,30 @@ impl NativeStore {
     }
 }
 
+/// `RemoteOptions` from a Python dict of strings.
+fn remote_options(options: std::collections::HashMap<String, String>) -> PyResult<RemoteOptions> {
+    let mut opts = RemoteOptions::new();
+    let mut cache_dir = None;
+    let mut cache_max = None;
+    let mut keys: Vec<_> = options.into_iter().collect();
+    keys.sort();
+    for (k, v) in keys {
+        match k.as_str() {
+            "cache_dir" => cache_dir = Some(PathBuf::from(v)),
+            "cache_max_bytes" => {
+                cache_max = Some(v.parse::<u64>().map_err(|_| {
+                    PyValueError::new_err(format!("cache_max_bytes must be an integer, not {v:?}"))
+                })?)
+            }
+            _ => opts = opts.option(k, v),
+        }
+    }
+    if let Some(dir) = cache_dir {
+        opts = opts.cache(dir, cache_max.unwrap_or(1 << 30));
+    }
+    Ok(opts)
+}
+
 fn poisoned() -> PyErr {
     PyRuntimeError::new_err("store handle lock poisoned by a panic")
 }
@@ -185,7 +310,12 @@ impl NativeStore {
     /// a shard compressed only when zstd saves at least that fraction (as the Rust default,
     /// 0.2), `None` compresses every shard.
     #[new]
-    #[pyo3(signature = (path, *, read_only = false, durability = "fsync", level = Some(3), min_saving = Some(0.2)))]
+    ///
+    /// A `path` that is a URL (`s3://`, `gs://`, `az://`, `http(s)://`, `file://`) opens a
+    /// published store or dataset, read-only; `options` are then `object_store` keys
+    /// (`aws_endpoint`, `aws_region`, ...) on top of the provider's environment variables, plus
+    /// `cache_dir` and `cache_max_bytes` for a local record cache.
+    #[pyo3(signature = (path, *, read_only = false, durability = "fsync", level = Some(3), min_saving = Some(0.2), options = None))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -193,6 +323,7 @@ impl NativeStore {
         durability: &str,
         level: Option<i32>,
         min_saving: Option<f64>,
+        options: Option<std::collections::HashMap<String, String>>,
     ) -> PyResult<Self> {
         let durability = parse_durability(durability)?;
         let serializer = match (level, min_saving) {
@@ -200,20 +331,26 @@ impl NativeStore {
             (Some(l), None) => MessagepackSerializer::new().level(l),
             (None, _) => MessagepackSerializer::new().uncompressed(),
         };
-        let engine = py
-            .detach(|| {
-                Config::new(&path)
-                    .read_only(read_only)
-                    .create(!read_only)
-                    .durability(durability)
-                    .open()
-            })
+        let remote = match path.to_str().filter(|p| is_url(p)) {
+            None => None,
+            Some(url) => {
+                if !read_only {
+                    return Err(PyValueError::new_err(format!(
+                        "stores on object storage are read-only: open {url:?} with read_only=True"
+                    )));
+                }
+                Some(remote_options(options.unwrap_or_default())?)
+            }
+        };
+        let store = py
+            .detach(|| Inner::open(&path, remote.as_ref(), read_only, durability, &serializer))
             .py_err(py)?;
         Ok(NativeStore {
             path,
+            remote,
             opened_read_only: read_only,
             state: RwLock::new(Some(Open {
-                store: SquirrelStore::new(engine, serializer.clone()),
+                store,
                 pid: std::process::id(),
                 writable: !read_only,
             })),
@@ -288,37 +425,43 @@ impl NativeStore {
     /// Whether `key` holds a shard.
     fn contains(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
         let (store, _) = self.handle(py)?;
-        py.detach(|| store.engine().contains(key)).py_err(py)
+        py.detach(|| store.contains(key)).py_err(py)
     }
 
     /// The number of keys.
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
         let (store, _) = self.handle(py)?;
-        Ok(usize::try_from(store.engine().len()).unwrap_or(usize::MAX))
+        let n = py.detach(|| store.len()).py_err(py)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     /// Deletes `key`; returns whether it held a shard.
     fn delete(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
         let store = self.writable(py)?;
-        py.detach(|| store.engine().delete(key)).py_err(py)
+        py.detach(|| store.local()?.engine().delete(key)).py_err(py)
     }
 
     /// Makes everything written so far durable (for `durability="buffered"`).
     fn sync(&self, py: Python<'_>) -> PyResult<()> {
         let store = self.writable(py)?;
-        py.detach(|| store.engine().sync()).py_err(py)
+        py.detach(|| store.local()?.engine().sync()).py_err(py)
     }
 
     /// Picks up what other handles wrote since this one opened (for read-only handles).
     fn refresh(&self, py: Python<'_>) -> PyResult<()> {
         let (store, _) = self.handle(py)?;
-        py.detach(|| store.engine().refresh()).py_err(py)
+        match &store {
+            // A published store does not change under its URL; a re-published one is detected
+            // on read (open it again).
+            Inner::Remote(_) => Ok(()),
+            Inner::Local(s) => py.detach(|| s.engine().refresh()).py_err(py),
+        }
     }
 
     /// Rewrites the store without dead records; returns the report as a dict.
     fn compact<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let store = self.writable(py)?;
-        let r = py.detach(|| store.engine().compact()).py_err(py)?;
+        let r = py.detach(|| store.local()?.engine().compact()).py_err(py)?;
         let d = PyDict::new(py);
         d.set_item("segment_len_before", r.segment_len_before)?;
         d.set_item("segment_len_after", r.segment_len_after)?;
@@ -334,8 +477,30 @@ impl NativeStore {
     /// The engine's statistics as a dict.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let (store, _) = self.handle(py)?;
-        let s = store.engine().stats();
         let d = PyDict::new(py);
+        let store = match &store {
+            Inner::Local(s) => s,
+            Inner::Remote(r) => {
+                d.set_item("url", r.url())?;
+                d.set_item("keys", py.detach(|| store.len()).py_err(py)?)?;
+                d.set_item("read_only", true)?;
+                if let Some(st) = r.remote_store().map(|s| s.stats()) {
+                    d.set_item("live_records", st.live_records)?;
+                    d.set_item("live_bytes", st.live_bytes)?;
+                    d.set_item("dead_records", st.dead_records)?;
+                    d.set_item("dead_bytes", st.dead_bytes)?;
+                    d.set_item("segment_len", st.segment_len)?;
+                    d.set_item("index_file_len", st.index_len)?;
+                    d.set_item("format_version", st.format_version)?;
+                    d.set_item("requests", st.requests)?;
+                }
+                if let Some(ds) = r.dataset() {
+                    d.set_item("stores", ds.stores().len())?;
+                }
+                return Ok(d);
+            }
+        };
+        let s = store.engine().stats();
         d.set_item("keys", store.engine().len())?;
         d.set_item("live_records", s.live_records)?;
         d.set_item("live_bytes", s.live_bytes)?;
@@ -381,7 +546,10 @@ impl NativeStore {
             std::mem::forget(open);
             return Ok(());
         }
-        let engine = open.store.engine().clone();
+        let engine = match &open.store {
+            Inner::Local(s) => s.engine().clone(),
+            Inner::Remote(_) => return Ok(()),
+        };
         drop(open);
         py.detach(|| engine.close()).py_err(py)
     }

@@ -21,6 +21,8 @@ use squirrel_store::transfer::{
 use squirrel_store::value::Value;
 use squirrel_store::{Config, Durability, Engine, Error, IndexCheck};
 
+#[path = "squirrel-store/remote.rs"]
+mod remote;
 #[path = "squirrel-store/render.rs"]
 mod render;
 
@@ -68,6 +70,13 @@ struct Cli {
     /// keys, get, --json), the problems behind an exit status of 1, and errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// An object-storage option for a store given as a URL (s3://, gs://, az://, http(s)://,
+    /// file://), as `KEY=VALUE` with `object_store`'s keys (`aws_endpoint`, `aws_region`,
+    /// `aws_allow_http`, `google_service_account`, ...); repeatable. Credentials and endpoints
+    /// are otherwise read from the provider's environment variables (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP, ...).
+    #[arg(short = 'o', long = "option", global = true, value_name = "KEY=VALUE")]
+    options: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -268,6 +277,31 @@ enum Command {
         /// The store directory.
         store: PathBuf,
     },
+    /// Publish a store to object storage, so that readers see all of it or nothing.
+    ///
+    /// Uploads the segment (multipart when large), the index, the key list, and a manifest
+    /// (store.json) last. A store not closed cleanly is opened and closed first (which needs
+    /// the writer lock). A reader that had an older publication open gets a clear "replaced"
+    /// error, never a mix. Stores on object storage are read-only: the read commands (stats,
+    /// verify, keys, get, export) take the URL in place of a directory.
+    #[command(after_help = EXIT_POINTER)]
+    Push {
+        /// The store directory.
+        store: PathBuf,
+        /// Where to publish it: s3://bucket/prefix, gs://..., az://..., file:///...
+        url: String,
+    },
+    /// Download a published store into a new local directory.
+    #[command(after_help = EXIT_POINTER)]
+    Pull {
+        /// The published store's URL.
+        url: String,
+        /// The directory to create (it must hold no store).
+        store: PathBuf,
+    },
+    /// Datasets of many published stores: a dataset.json at a URL prefix listing them.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
     /// Rebuild the index file from a full scan of the segment.
     ///
     /// The index is derived data; rebuild it when verify reports it inconsistent. The new index
@@ -277,6 +311,32 @@ enum Command {
     RebuildIndex {
         /// The store directory.
         store: PathBuf,
+    },
+}
+
+/// `squirrel-store dataset ...`.
+#[derive(Subcommand, Debug)]
+enum DatasetCommand {
+    /// Add a published store to a dataset (or update its entry), creating the dataset if
+    /// needed. Safe to run from many nodes at once: the manifest is replaced with a conditional
+    /// put, retried on conflict, so no entry is lost. Keys must be unique across the dataset:
+    /// opening it fails naming a key that two stores hold.
+    #[command(after_help = EXIT_POINTER)]
+    Add {
+        /// The dataset's URL (a prefix; its manifest is DATASET/dataset.json).
+        dataset: String,
+        /// The published store's URL (best under the dataset's prefix: it is then recorded
+        /// relative to it).
+        store: String,
+    },
+    /// List a dataset's stores.
+    #[command(after_help = EXIT_POINTER)]
+    Ls {
+        /// The dataset's URL.
+        dataset: String,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -321,6 +381,7 @@ impl fmt::Display for CliError {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
+    remote::set_options(cli.options);
     match run(cli.command) {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::Problem) => ExitCode::from(1),
@@ -390,6 +451,11 @@ fn not_a_squirrel_dir(src: &Path) -> Option<String> {
 }
 
 fn run(command: Command) -> Result<Outcome, CliError> {
+    // A store given as a URL is read remotely.
+    let command = match remote::run(command) {
+        Ok(outcome) => return outcome,
+        Err(local) => local,
+    };
     match command {
         Command::Stats {
             store,
@@ -436,6 +502,10 @@ fn run(command: Command) -> Result<Outcome, CliError> {
         }
         Command::RebuildIndex { store } => rebuild_index(&store),
         Command::Repair { store } => repair(&store),
+        // `remote::run` takes these; nothing else reaches here with them.
+        Command::Push { .. } | Command::Pull { .. } | Command::Dataset(_) => Err(CliError::Usage(
+            "this command needs the remote feature".into(),
+        )),
     }
 }
 
@@ -1039,7 +1109,17 @@ fn missing_key(store: &Path, key: &str) -> Outcome {
 
 fn get(store: &Path, key: &str, raw: bool, as_json: bool) -> Result<Outcome, CliError> {
     let engine = open_read_only(store)?;
-    match get_shard(&engine, store, key, raw, as_json) {
+    let result = match engine.get(key) {
+        Ok(Some(v)) => print_shard(key, &v, v.codec(), raw, as_json),
+        Ok(None) => return Ok(missing_key(store, key)),
+        Err(e) => Err(e.into()),
+    };
+    shard_outcome(result)
+}
+
+/// `get`'s exit status: a damaged record or an unreadable shard is a problem found (exit 1).
+fn shard_outcome(result: Result<Outcome, CliError>) -> Result<Outcome, CliError> {
+    match result {
         // The key's record is damaged or is no readable shard: a problem found, as verify reports
         // it (exit 1), not a failure of the command.
         // (Asking for the samples of raw bytes stays a usage error.)
@@ -1062,30 +1142,28 @@ fn get(store: &Path, key: &str, raw: bool, as_json: bool) -> Result<Outcome, Cli
     }
 }
 
-fn get_shard(
-    engine: &Engine,
-    store: &Path,
+/// Prints the record `stored` (codec byte `codec`) of `key` as `get` is asked to.
+fn print_shard(
     key: &str,
+    stored: &[u8],
+    codec: u8,
     raw: bool,
     as_json: bool,
 ) -> Result<Outcome, CliError> {
-    let Some(stored) = engine.get(key)? else {
-        return Ok(missing_key(store, key));
-    };
     let serializer = MessagepackSerializer::default();
     let shard_err = |source| Error::Shard {
         key: key.to_owned(),
         source,
     };
-    let codec = Codec::try_from(stored.codec()).map_err(shard_err)?;
+    let codec = Codec::try_from(codec).map_err(shard_err)?;
     let mut out = io::BufWriter::new(io::stdout().lock());
     if raw {
         match codec {
-            Codec::Raw => out.write_all(&stored)?,
+            Codec::Raw => out.write_all(stored)?,
             _ => {
                 // Streamed: the payload is never held whole.
                 let mut payload = serializer
-                    .payload_reader(codec, &stored)
+                    .payload_reader(codec, stored)
                     .map_err(shard_err)?;
                 let mut chunk = vec![0u8; 256 << 10];
                 loop {
@@ -1100,7 +1178,7 @@ fn get_shard(
     } else if as_json {
         // One sample decoded at a time: memory is the payload and one sample, not every sample.
         let payload = serializer
-            .decode_payload(codec, &stored)
+            .decode_payload(codec, stored)
             .map_err(shard_err)?;
         let mut offset = 0;
         for (index, bytes) in SampleBytes::new(&payload).enumerate() {
@@ -1116,7 +1194,7 @@ fn get_shard(
             writeln!(out, "{}", render::json_line(&sample))?;
         }
     } else {
-        summarize(&mut out, key, codec, &stored, &serializer).map_err(|e| match e {
+        summarize(&mut out, key, codec, stored, &serializer).map_err(|e| match e {
             Summary::Shard(source) => CliError::Store(shard_err(source)),
             Summary::Io(e) => CliError::Output(e),
         })?;
