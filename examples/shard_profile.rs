@@ -2,7 +2,9 @@
 //! `cargo run --profile profiling --example shard_profile -- PHASE [zstd|plain|default] [images]`.
 //!
 //! PHASE is `write`, `loop` (read + decode every shard, one thread), `loader` (the same through
-//! `Loader`), `get` (random single-shard gets) or `all`. Not a benchmark table: `benches/` is.
+//! `Loader`), `pair` (`ROUNDS` interleaved loop and loader rounds, alternating which goes first,
+//! with wall and process CPU time of each and the medians of the loader ÷ loop ratios), `get`
+//! (random single-shard gets) or `all`. Not a benchmark table: `benches/` is.
 
 use std::time::Instant;
 
@@ -78,6 +80,34 @@ fn shards(n: usize, samples: usize, images: bool) -> Vec<Vec<Sample>> {
                 .collect()
         })
         .collect()
+}
+
+/// CPU time of the whole process (every thread, user + system), in seconds.
+fn cpu_seconds() -> f64 {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    unsafe extern "C" {
+        fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+    }
+    const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: `clock_gettime` writes one `timespec` (two 64-bit fields on 64-bit Linux) into `ts`.
+    let rc = unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    ts.sec as f64 + ts.nsec as f64 / 1e9
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -160,6 +190,63 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let n = run_loader()?;
             eprintln!("loader {:.4} s ({n} bytes)", t.elapsed().as_secs_f64());
         }
+    }
+    if phase == "pair" {
+        let rounds: usize = std::env::var("ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(15);
+        // Warm: the map's pages, the allocator.
+        run_loop()?;
+        run_loader()?;
+        let time = |f: &dyn Fn() -> Result<usize, Box<dyn std::error::Error>>| {
+            let (cpu, t) = (cpu_seconds(), Instant::now());
+            f().map(|_| (t.elapsed().as_secs_f64(), cpu_seconds() - cpu))
+        };
+        let (mut wall, mut cpu) = (Vec::new(), Vec::new());
+        let (mut loop_wall, mut loader_wall) = (Vec::new(), Vec::new());
+        let (mut loop_cpu, mut loader_cpu) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (a, b) = if round % 2 == 0 {
+                let a = time(&run_loop)?;
+                (a, time(&run_loader)?)
+            } else {
+                let b = time(&run_loader)?;
+                (time(&run_loop)?, b)
+            };
+            eprintln!(
+                "round {round}: loop {:.4} s ({:.4} cpu), loader {:.4} s ({:.4} cpu), wall ratio {:.2}",
+                a.0,
+                a.1,
+                b.0,
+                b.1,
+                a.0 / b.0
+            );
+            wall.push(a.0 / b.0);
+            cpu.push(b.1 / a.1);
+            loop_wall.push(a.0);
+            loader_wall.push(b.0);
+            loop_cpu.push(a.1);
+            loader_cpu.push(b.1);
+        }
+        let spread = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            (v[0], v[v.len() - 1])
+        };
+        let (wlo, whi) = spread(&wall);
+        eprintln!(
+            "pair {rounds} rounds: loop median {:.4} s wall {:.4} s cpu; loader median {:.4} s wall {:.4} s cpu",
+            median(&mut loop_wall),
+            median(&mut loop_cpu),
+            median(&mut loader_wall),
+            median(&mut loader_cpu)
+        );
+        eprintln!(
+            "pair speed-up loop/loader wall: median {:.2} (min {wlo:.2}, max {whi:.2}); loader cpu / loop cpu: median {:.2}",
+            median(&mut wall),
+            median(&mut cpu)
+        );
     }
     if matches!(phase, "get" | "all") {
         let mut rng = 9u64;

@@ -372,3 +372,79 @@ fn one_sample_of_120_mib() {
         "120 MiB sample differs"
     );
 }
+
+#[test]
+fn a_panic_comes_out_at_its_shards_turn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = filled(dir.path());
+    for workers in [0, 1, 2, 4] {
+        let mut got = Vec::new();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let samples = store
+                .loader()
+                .workers(workers)
+                .samples_map(|item: Item| {
+                    assert!(item.shard != 7, "boom in map");
+                    item
+                })
+                .expect("starts");
+            for s in samples {
+                got.push(s.expect("decodes"));
+            }
+        }));
+        assert!(caught.is_err(), "workers {workers}: no panic");
+        // Whichever thread decoded shard 7, its panic comes after every earlier shard's items
+        // and before any later one's.
+        let before: Vec<Item> = all_items().into_iter().filter(|i| i.shard < 7).collect();
+        assert_eq!(got, before, "workers {workers}");
+    }
+}
+
+/// Counts the live items a loader has decoded and the caller not yet dropped.
+struct Counted {
+    live: Arc<Mutex<(usize, usize)>>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.live.lock().expect("lock").0 -= 1;
+    }
+}
+
+#[test]
+fn at_most_prefetch_shards_are_decoded_ahead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = filled(dir.path());
+    for (workers, prefetch) in [(1, 1), (2, 2), (4, 3), (3, 8)] {
+        // (live items now, most ever live)
+        let live = Arc::new(Mutex::new((0usize, 0usize)));
+        let counter = live.clone();
+        let shards = store
+            .loader()
+            .workers(workers)
+            .prefetch(prefetch)
+            .shards_map(move |_: Item| {
+                let mut state = counter.lock().expect("lock");
+                state.0 += 1;
+                state.1 = state.1.max(state.0);
+                Counted {
+                    live: counter.clone(),
+                }
+            })
+            .expect("starts");
+        let mut n = 0;
+        for shard in shards {
+            // Held while the loader goes on decoding: the one handed out counts on top.
+            let shard = shard.expect("shard");
+            n += shard.samples.len();
+        }
+        assert_eq!(n, all_items().len());
+        let (now, most) = *live.lock().expect("lock");
+        assert_eq!(now, 0);
+        // A shard holds at most 5 items: `prefetch` shards in the window, plus the one held.
+        assert!(
+            most <= (prefetch + 1) * 5,
+            "workers {workers}, prefetch {prefetch}: {most} items live at once"
+        );
+    }
+}

@@ -3,12 +3,16 @@
 //! A loader lists the keys (all of the store's, or the caller's), optionally shuffles them with a
 //! seed, keeps this rank's share, and decodes the shards on a pool of worker threads while the
 //! caller consumes them; when the shard whose turn it is is not ready yet, the consuming thread
-//! decodes a queued one itself instead of waiting. It yields shards ([`ShardIter`]) or samples ([`SampleIter`]), in key
+//! decodes the next one nobody has started itself instead of waiting. Workers and the consumer
+//! claim shards from one shared position under a short lock, with no channel hand-off per
+//! shard, and a thread only sleeps (and is only woken) when it has nothing to do. It yields shards ([`ShardIter`]) or samples ([`SampleIter`]), in key
 //! order by default, optionally mixed through a seeded shuffle buffer.
 //!
 //! # Memory
 //! At most [`Loader::prefetch`] decoded shards are held at once (decoding, or done and waiting
-//! for their turn), plus, for samples, the shard being handed out and the shuffle buffer.
+//! for their turn), plus, for samples, the shard being handed out and the shuffle buffer: a
+//! shard is only started, by a worker or by the consuming thread, when it is fewer than
+//! `prefetch` positions ahead of the next one to hand out.
 //!
 //! # Determinism
 //! Given the same keys, seed and options the output order is the same on every run and machine,
@@ -22,14 +26,13 @@
 //! is decoding and exits, and the drop waits for them, so no thread outlives the iterator. A
 //! panic in a caller's `map` function is re-raised on the consuming thread.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
@@ -142,7 +145,7 @@ impl<St> fmt::Debug for Loader<St> {
 
 impl<St> Loader<St> {
     fn prefetch_shards(&self) -> usize {
-        self.prefetch.unwrap_or(2 * self.workers).max(1)
+        self.prefetch.unwrap_or(2 * self.workers + 2).max(1)
     }
 }
 
@@ -178,7 +181,9 @@ impl<St: Store + Clone + 'static> Loader<St> {
     }
 
     /// Holds at most `shards` decoded shards ahead of the consumer (default: twice the
-    /// workers; at least 1). Fewer than the workers leaves some of them idle.
+    /// workers plus two, room for every decoding thread, the consuming one included, to have
+    /// one shard in hand and one done; at least 1). Fewer than the workers leaves some of them
+    /// idle.
     pub fn prefetch(mut self, shards: usize) -> Self {
         self.prefetch = Some(shards);
         self
@@ -331,34 +336,90 @@ pub struct Shard<T> {
 
 type Job<U> = Arc<dyn Fn(&str) -> Result<Vec<U>> + Send + Sync>;
 
-/// A shard to decode: its position in the plan and its key.
-type Queued = (usize, String);
+/// What decoding shard `i` gave: the shard or its error, or the panic of the caller's function.
+type Outcome<U> = thread::Result<Result<Shard<U>>>;
 
-/// What a worker sends back for shard number `.0`.
-type Outcome<U> = (usize, thread::Result<Result<Shard<U>>>);
+/// The state the consumer and the workers share, under one lock held only for a few field
+/// updates (never while decoding).
+///
+/// Shards are claimed in plan order by whoever is free (a worker, or the consumer when the shard
+/// whose turn it is is not ready), but only within a window of `prefetch` positions from the
+/// next one to hand out, so at most `prefetch` decoded shards exist at once. A decoded shard
+/// waits in the ring slot of its position. No thread waits on another unless it has nothing to
+/// do: workers when the window is full, the consumer when every shard of the window is claimed
+/// and its turn's is still being decoded; each is woken only if it is waiting.
+struct State<U> {
+    /// Position of the first shard nobody has claimed yet.
+    claimed: usize,
+    /// Position of the next shard to hand out.
+    next: usize,
+    /// Decoded shards waiting for their turn, at `position % prefetch`.
+    slots: Vec<Option<Outcome<U>>>,
+    /// The consumer is blocked until the shard at `next` is decoded.
+    consumer_waiting: bool,
+    /// Workers blocked until the window moves.
+    workers_waiting: usize,
+    /// The iterator is being dropped: workers exit.
+    stop: bool,
+}
+
+struct Shared<U> {
+    keys: Vec<String>,
+    prefetch: usize,
+    job: Job<U>,
+    state: Mutex<State<U>>,
+    consumer: Condvar,
+    workers: Condvar,
+}
+
+impl<U> Shared<U> {
+    fn decode(&self, index: usize) -> Result<Shard<U>> {
+        let key = &self.keys[index];
+        (self.job)(key).map(|samples| Shard {
+            key: key.clone(),
+            samples,
+        })
+    }
+
+    /// A worker's loop: claim the first unclaimed shard of the window, decode it, put it in its
+    /// slot; until every shard is claimed or the iterator is dropped.
+    fn work(&self) {
+        let mut state = self.state.lock();
+        loop {
+            if state.stop || state.claimed >= self.keys.len() {
+                return;
+            }
+            if state.claimed >= state.next + self.prefetch {
+                state.workers_waiting += 1;
+                self.workers.wait(&mut state);
+                state.workers_waiting -= 1;
+                continue;
+            }
+            let index = state.claimed;
+            state.claimed += 1;
+            drop(state);
+            // A panic in the caller's function must reach the consumer, or it would wait
+            // forever for this shard.
+            let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.decode(index)));
+            state = self.state.lock();
+            state.slots[index % self.prefetch] = Some(outcome);
+            if state.consumer_waiting && index == state.next {
+                self.consumer.notify_one();
+            }
+        }
+    }
+}
 
 /// The shards of a [`Loader`], decoded on worker threads and handed out in the planned order.
 ///
 /// Yields `Result<Shard<T>>`; an `Err` names the key it concerns and iteration goes on after it.
 /// Dropping the iterator stops and joins the workers.
 pub struct ShardIter<T> {
-    /// Keys not yet handed to a worker, with their position in the plan.
-    pending: std::iter::Enumerate<std::vec::IntoIter<String>>,
-    /// `None` once the iterator is being dropped, which tells idle workers to exit.
-    jobs: Option<Sender<Queued>>,
-    results: Receiver<Outcome<T>>,
-    /// Shards that finished before their turn, by position.
-    ready: HashMap<usize, Result<Shard<T>>>,
-    /// Position of the next shard to hand out.
+    shared: Arc<Shared<T>>,
+    /// Position of the next shard to hand out (the consumer's copy of `State::next`).
     next: usize,
-    /// How many shards have been handed to workers.
-    sent: usize,
-    prefetch: usize,
-    /// Decodes on the consuming thread when there are no workers.
-    inline: Option<Job<T>>,
-    /// With workers: the job queue and the job, so that the consuming thread, instead of
-    /// waiting for the shard whose turn it is, decodes a queued shard itself.
-    help: Option<(Receiver<Queued>, Job<T>)>,
+    /// Whether there are workers; without, the consuming thread decodes every shard in turn.
+    threaded: bool,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -366,7 +427,7 @@ impl<T> fmt::Debug for ShardIter<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShardIter")
             .field("next", &self.next)
-            .field("remaining", &(self.pending.len() + self.sent - self.next))
+            .field("remaining", &(self.shared.keys.len() - self.next))
             .field("workers", &self.workers.len())
             .finish_non_exhaustive()
     }
@@ -374,63 +435,41 @@ impl<T> fmt::Debug for ShardIter<T> {
 
 impl<T: Send + 'static> ShardIter<T> {
     fn start(keys: Vec<String>, job: Job<T>, workers: usize, prefetch: usize) -> Self {
-        let (job_tx, job_rx) = crossbeam_channel::unbounded::<Queued>();
-        // Unbounded, but never holding more than `prefetch` results: that many jobs at most are
-        // out at once.
-        let (result_tx, result_rx) = crossbeam_channel::unbounded::<Outcome<T>>();
+        let prefetch = prefetch.max(1);
+        let shared = Arc::new(Shared {
+            prefetch,
+            job,
+            state: Mutex::new(State {
+                claimed: 0,
+                next: 0,
+                slots: (0..prefetch.min(keys.len())).map(|_| None).collect(),
+                consumer_waiting: false,
+                workers_waiting: 0,
+                stop: false,
+            }),
+            keys,
+            consumer: Condvar::new(),
+            workers: Condvar::new(),
+        });
+        // Never more workers than shards the window lets them hold, or than shards.
+        let wanted = workers.min(prefetch).min(shared.keys.len());
         let mut handles = Vec::new();
-        for id in 0..workers.min(keys.len()) {
-            let (jobs, results, job) = (job_rx.clone(), result_tx.clone(), job.clone());
+        for id in 0..wanted {
+            let shared = shared.clone();
             let spawned = thread::Builder::new()
                 .name(format!("squirrel-loader-{id}"))
-                .spawn(move || {
-                    for (index, key) in jobs {
-                        // A panic in the caller's function must reach the consumer, or it would
-                        // wait forever for this shard.
-                        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-                            job(&key).map(|samples| Shard { key, samples })
-                        }));
-                        if results.send((index, outcome)).is_err() {
-                            break;
-                        }
-                    }
-                });
+                .spawn(move || shared.work());
             // Out of threads: carry on with the workers there are (or on this thread).
             match spawned {
                 Ok(handle) => handles.push(handle),
                 Err(_) => break,
             }
         }
-        let (inline, help) = if handles.is_empty() {
-            (Some(job), None)
-        } else {
-            (None, Some((job_rx, job)))
-        };
         ShardIter {
-            pending: keys.into_iter().enumerate(),
-            jobs: Some(job_tx),
-            results: result_rx,
-            ready: HashMap::new(),
+            shared,
             next: 0,
-            sent: 0,
-            prefetch,
-            inline,
-            help,
+            threaded: !handles.is_empty(),
             workers: handles,
-        }
-    }
-
-    /// Hands out jobs until `prefetch` shards are in flight or waiting.
-    fn top_up(&mut self) {
-        let Some(jobs) = &self.jobs else { return };
-        while self.sent - self.next < self.prefetch {
-            let Some(job) = self.pending.next() else {
-                return;
-            };
-            if jobs.send(job).is_err() {
-                return;
-            }
-            self.sent += 1;
         }
     }
 }
@@ -439,50 +478,74 @@ impl<T: Send + 'static> Iterator for ShardIter<T> {
     type Item = Result<Shard<T>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if let Some(job) = &self.inline {
-            let (_, key) = self.pending.next()?;
-            return Some(job(&key).map(|samples| Shard { key, samples }));
+        let shared = &*self.shared;
+        let index = self.next;
+        if index >= shared.keys.len() {
+            return None;
         }
-        self.top_up();
-        while self.next < self.sent {
-            if let Some(shard) = self.ready.remove(&self.next) {
-                self.next += 1;
-                self.top_up();
-                return Some(shard);
+        if !self.threaded {
+            self.next += 1;
+            return Some(shared.decode(index));
+        }
+        let prefetch = shared.prefetch;
+        let mut state = shared.state.lock();
+        loop {
+            if let Some(outcome) = state.slots[index % prefetch].take() {
+                // The window moves by one: a waiting worker may claim again.
+                state.next = index + 1;
+                if state.workers_waiting > 0 {
+                    shared.workers.notify_one();
+                }
+                drop(state);
+                self.next = index + 1;
+                return Some(outcome.unwrap_or_else(|panicked| panic::resume_unwind(panicked)));
             }
-            // Rather than wait, decode a shard no worker has started (the earliest queued, so
-            // often the one whose turn it is): the consuming thread's core is not left idle, and
-            // a descheduled worker holds up less. It counts against `prefetch` as before.
-            if let Some((queue, job)) = &self.help
-                && let Ok((index, key)) = queue.try_recv()
-            {
-                let shard = job(&key).map(|samples| Shard { key, samples });
-                self.ready.insert(index, shard);
+            if state.claimed < index + prefetch && state.claimed < shared.keys.len() {
+                // Rather than wait, decode the first unclaimed shard (often the one whose turn
+                // it is): the consuming thread's core is not left idle, and a descheduled worker
+                // holds up less. It counts against `prefetch` like a worker's.
+                let claim = state.claimed;
+                state.claimed += 1;
+                drop(state);
+                // Caught like a worker's, so that a panic comes out at its shard's turn and
+                // leaves the claimed shard accounted for.
+                let outcome = panic::catch_unwind(AssertUnwindSafe(|| shared.decode(claim)));
+                state = shared.state.lock();
+                if claim == index {
+                    state.next = index + 1;
+                    if state.workers_waiting > 0 {
+                        shared.workers.notify_one();
+                    }
+                    drop(state);
+                    self.next = index + 1;
+                    return Some(outcome.unwrap_or_else(|panicked| panic::resume_unwind(panicked)));
+                }
+                state.slots[claim % prefetch] = Some(outcome);
                 continue;
             }
-            match self.results.recv() {
-                Ok((index, Ok(shard))) => {
-                    self.ready.insert(index, shard);
-                }
-                Ok((_, Err(panicked))) => panic::resume_unwind(panicked),
+            // Every shard of the window is claimed and ours is still being decoded.
+            if self.workers.iter().all(JoinHandle::is_finished) {
                 // Every worker is gone, which only a failure outside the job can cause: stop
                 // rather than wait for results that cannot come.
-                Err(_) => return None,
+                return None;
             }
+            state.consumer_waiting = true;
+            shared.consumer.wait(&mut state);
+            state.consumer_waiting = false;
         }
-        None
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.pending.len() + self.sent - self.next;
+        let left = self.shared.keys.len() - self.next;
         (left, Some(left))
     }
 }
 
 impl<T> Drop for ShardIter<T> {
     fn drop(&mut self) {
-        // Closing the job channel ends each worker's loop once its current shard is done.
-        self.jobs = None;
+        // Each worker exits once its current shard is done.
+        self.shared.state.lock().stop = true;
+        self.shared.workers.notify_all();
         for handle in self.workers.drain(..) {
             // A worker's own panic was already caught and sent; nothing is left to report.
             let _ = handle.join();
