@@ -16,7 +16,9 @@ python3 -m venv "$venv"
 pip=("$venv/bin/pip" --disable-pip-version-check -q)
 "${pip[@]}" install maturin numpy pytest msgpack msgpack-numpy "squirrel-core==0.20.2"
 cd "$repo"
-"${pip[@]}" install ./python
+# The dev profile, so that the build reuses what `cargo test` compiled instead of building every
+# dependency again in release (minutes on 2 cores); a user's `pip install ./python` is release.
+MATURIN_PEP517_ARGS="${MATURIN_PEP517_ARGS:---profile dev}" "${pip[@]}" install ./python
 # The Rust CLI for the cross-language tests: built once here unless CI already did.
 if [[ ! -x "$repo/target/debug/squirrel-store" && -z "${SQUIRREL_STORE_BIN:-}" ]]; then
     cargo build -q --bin squirrel-store
