@@ -1053,14 +1053,18 @@ fn print_json(value: &serde_json::Value) -> io::Result<()> {
 }
 
 fn keys(store: &Path, as_json: bool, null: bool) -> Result<Outcome, CliError> {
-    let engine = open_read_only(store)?;
+    print_keys(open_read_only(store)?.keys()?, as_json, null)
+}
+
+/// Writes `keys` as `keys` lists them: a JSON array, NUL-ended, or one escaped key per line.
+fn print_keys(keys: Vec<String>, as_json: bool, null: bool) -> Result<Outcome, CliError> {
     if as_json {
-        print_json(&serde_json::Value::from(engine.keys()?))?;
+        print_json(&serde_json::Value::from(keys))?;
         return Ok(Outcome::Done);
     }
     let mut out = io::BufWriter::new(io::stdout().lock());
     let mut unwritable = 0usize;
-    for key in engine.keys()? {
+    for key in keys {
         if !null {
             writeln!(out, "{}", escape_key(&key))?;
         } else if key.contains('\0') {

@@ -11,9 +11,7 @@ use squirrel_store::remote::{
     self, Dataset, RemoteError, RemoteOptions, RemoteSquirrelStore, RemoteStore, is_url,
 };
 
-use super::{
-    CliError, Command, DatasetCommand, Outcome, escape_key, print_shard, quiet, shard_outcome,
-};
+use super::{CliError, Command, DatasetCommand, Outcome, print_shard, quiet, shard_outcome};
 
 static OPTIONS: OnceLock<Vec<String>> = OnceLock::new();
 
@@ -284,32 +282,7 @@ fn verify(url: &str, json: bool) -> Result<Outcome, CliError> {
 
 fn keys(url: &str, as_json: bool, null: bool) -> Result<Outcome, CliError> {
     let store = RemoteSquirrelStore::open(url, options()?)?;
-    if as_json {
-        super::print_json(&serde_json::Value::from(store.keys()?))?;
-        return Ok(Outcome::Done);
-    }
-    let mut out = io::BufWriter::new(io::stdout().lock());
-    let mut unwritable = 0usize;
-    for key in store.keys()? {
-        if !null {
-            writeln!(out, "{}", escape_key(&key))?;
-        } else if key.contains('\0') {
-            unwritable += 1;
-            eprintln!(
-                "squirrel-store: key {} contains NUL and cannot be listed with --null",
-                escape_key(&key)
-            );
-        } else {
-            out.write_all(key.as_bytes())?;
-            out.write_all(b"\0")?;
-        }
-    }
-    out.flush()?;
-    Ok(if unwritable == 0 {
-        Outcome::Done
-    } else {
-        Outcome::Problem
-    })
+    super::print_keys(store.keys()?, as_json, null)
 }
 
 fn get(url: &str, key: &str, raw: bool, json: bool) -> Result<Outcome, CliError> {
