@@ -23,7 +23,7 @@ import os
 import random
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
-from . import _native
+from . import _errors, _native
 from ._errors import (
     ClosedError,
     CorruptionError,
@@ -49,17 +49,7 @@ __all__ = [
     "MessagepackDriver",
     "ExtType",
     "random_key",
-    "Error",
-    "KeyNotFoundError",
-    "InvalidKeyError",
-    "CorruptionError",
-    "LockedError",
-    "ReadOnlyError",
-    "ClosedError",
-    "StoreNotFoundError",
-    "StoreIOError",
-    "UnsupportedVersionError",
-    "ValueTooLargeError",
+    *_errors.__all__,
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]

@@ -585,18 +585,7 @@ impl MessagepackSerializer {
                 (PayloadInner::Plain(bytes), Some(len))
             }
             Codec::MsgpackZstd => {
-                if bytes.is_empty() {
-                    return Err(corrupt_frame("empty input"));
-                }
-                let claimed = zstd::zstd_safe::get_frame_content_size(bytes)
-                    .map_err(|_| corrupt_frame("no valid zstd frame header"))?;
-                if let Some(size) = claimed.filter(|s| *s > limit) {
-                    return Err(ShardError::TooLarge {
-                        size,
-                        at_least: false,
-                        limit,
-                    });
-                }
+                let claimed = frame_size(bytes, limit)?;
                 let decoder = zstd::stream::read::Decoder::with_buffer(bytes)
                     .map_err(ShardError::Decompress)?;
                 (PayloadInner::Zstd(Box::new(decoder)), claimed)
@@ -722,6 +711,24 @@ fn corrupt_frame(what: &str) -> ShardError {
     ShardError::Decompress(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()))
 }
 
+/// The decompressed size a zstd frame's header states, if it states one; an error for input that
+/// starts no frame, or whose stated size is over `limit`.
+fn frame_size(bytes: &[u8], limit: u64) -> Result<Option<u64>, ShardError> {
+    if bytes.is_empty() {
+        return Err(corrupt_frame("empty input"));
+    }
+    let claimed = zstd::zstd_safe::get_frame_content_size(bytes)
+        .map_err(|_| corrupt_frame("no valid zstd frame header"))?;
+    if let Some(size) = claimed.filter(|s| *s > limit) {
+        return Err(ShardError::TooLarge {
+            size,
+            at_least: false,
+            limit,
+        });
+    }
+    Ok(claimed)
+}
+
 /// Levels up to this one keep their compression context per thread; higher ones (whose contexts
 /// take tens of MB) make a fresh one per shard.
 const CACHED_LEVELS: i32 = 9;
@@ -784,21 +791,8 @@ fn decompress(bytes: &[u8], limit: u64) -> Result<Vec<u8>, ShardError> {
 /// [`decompress`] into `out`, which is cleared first and keeps its capacity for reuse.
 fn decompress_into(bytes: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), ShardError> {
     out.clear();
-    let corrupt = |what: &str| {
-        ShardError::Decompress(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()))
-    };
-    if bytes.is_empty() {
-        return Err(corrupt("empty input"));
-    }
-    let claimed = zstd::zstd_safe::get_frame_content_size(bytes)
-        .map_err(|_| corrupt("no valid zstd frame header"))?;
-    if let Some(size) = claimed.filter(|s| *s > limit) {
-        return Err(ShardError::TooLarge {
-            size,
-            at_least: false,
-            limit,
-        });
-    }
+
+    let claimed = frame_size(bytes, limit)?;
     // The claim sizes the buffer only up to what the input can plausibly produce (zstd rarely
     // beats 1000:1 on real data); past that the buffer grows as bytes actually arrive, so a
     // 12-byte frame claiming 4 GiB gets no 4 GiB allocation.
@@ -813,7 +807,7 @@ fn decompress_into(bytes: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), Sh
         with_decompressor(|d| d.decompress_to_buffer(bytes, out))
             .map_err(ShardError::Decompress)?;
         if out.len() != size {
-            return Err(corrupt(
+            return Err(corrupt_frame(
                 "frame content size does not match the decoded bytes",
             ));
         }
@@ -837,7 +831,7 @@ fn decompress_into(bytes: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), Sh
         });
     }
     if claimed.is_some_and(|c| c != out.len() as u64) {
-        return Err(corrupt(
+        return Err(corrupt_frame(
             "frame content size does not match the decoded bytes",
         ));
     }
