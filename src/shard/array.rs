@@ -20,11 +20,16 @@ use std::fmt;
 use std::panic::{RefUnwindSafe, UnwindSafe};
 use std::sync::OnceLock;
 
+use compact_str::CompactString;
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_bytes::ByteBuf;
+use smallvec::SmallVec;
 
 use crate::shard::value::{self, Bytes, Value};
+
+/// An array's shape as stored: up to 4 dimensions without a heap allocation.
+type Shape = SmallVec<[usize; 4]>;
 
 /// Why a numpy value could not be built, read or viewed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -321,8 +326,10 @@ fn element_bytes<T: Element>(data: &[T]) -> &[u8] {
 /// borrows the data when it is aligned, and otherwise makes an aligned copy once, on the first
 /// call, kept in the array for the next ones.
 pub struct NdArray {
-    dtype: String,
-    shape: Vec<usize>,
+    // Inline up to 24 bytes and 4 dimensions, so decoding an array allocates nothing: every
+    // allocation a worker makes is a free on the thread that consumes the sample.
+    dtype: CompactString,
+    shape: Shape,
     data: Bytes,
     /// The aligned copy [`NdArray::as_slice`] made of misaligned data: a `Vec<T>` for the one
     /// element type `T` the dtype holds.
@@ -383,13 +390,21 @@ impl NdArray {
         shape: impl Into<Vec<usize>>,
         data: Bytes,
     ) -> Result<NdArray, ArrayError> {
-        let (dtype, shape) = (dtype.into(), shape.into());
+        NdArray::checked(
+            CompactString::from(dtype.into()),
+            Shape::from_vec(shape.into()),
+            data,
+        )
+    }
+
+    /// [`NdArray::from_bytes`] for parts in their stored form.
+    fn checked(dtype: CompactString, shape: Shape, data: Bytes) -> Result<NdArray, ArrayError> {
         check_len(&dtype, &shape, data.len())?;
         Ok(NdArray::parts(dtype, shape, data))
     }
 
     /// An array from parts already checked.
-    fn parts(dtype: String, shape: Vec<usize>, data: Bytes) -> NdArray {
+    fn parts(dtype: CompactString, shape: Shape, data: Bytes) -> NdArray {
         NdArray {
             dtype,
             shape,
@@ -591,7 +606,7 @@ impl From<&NdArray> for Value {
         let shape = a.shape.iter().map(|d| Value::from(*d as u64)).collect();
         Value::Map(vec![
             (bin(ND), Value::Bool(true)),
-            (bin(TYPE), Value::Str(a.dtype.clone())),
+            (bin(TYPE), Value::Str(a.dtype.to_string())),
             (bin(KIND), Value::Bin(Bytes::default())),
             (bin(SHAPE), Value::Array(shape)),
             (bin(DATA), Value::Bin(a.data.clone())),
@@ -604,7 +619,7 @@ impl From<NdArray> for Value {
         let shape = a.shape.iter().map(|d| Value::from(*d as u64)).collect();
         Value::Map(vec![
             (bin(ND), Value::Bool(true)),
-            (bin(TYPE), Value::Str(a.dtype)),
+            (bin(TYPE), Value::Str(a.dtype.into_string())),
             (bin(KIND), Value::Bin(Bytes::default())),
             (bin(SHAPE), Value::Array(shape)),
             (bin(DATA), Value::Bin(a.data)),
@@ -672,7 +687,7 @@ impl TryFrom<&Value> for NdArray {
             .ok_or_else(|| not("no array under bin key shape"))?
             .iter()
             .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-            .collect::<Option<Vec<usize>>>()
+            .collect::<Option<Shape>>()
             .ok_or_else(|| not("shape holds something other than sizes"))?;
         let data = match v.get_bin(DATA).map(Value::unwide) {
             Some(Value::Bin(data)) => data,
@@ -681,7 +696,7 @@ impl TryFrom<&Value> for NdArray {
         // Check before copying: a lying shape should not cost a copy of the data.
         check_len(dtype, &shape, data.len())?;
         // A shared bin stays shared: the array is a window into the same payload.
-        Ok(NdArray::parts(dtype.to_owned(), shape, data.clone()))
+        Ok(NdArray::parts(dtype.into(), shape, data.clone()))
     }
 }
 
@@ -829,9 +844,9 @@ impl<'de> Deserialize<'de> for Key {
 #[derive(Default)]
 struct Fields {
     nd: Option<bool>,
-    dtype: Option<String>,
+    dtype: Option<CompactString>,
     kind: Option<ByteBuf>,
-    shape: Option<Vec<usize>>,
+    shape: Option<Shape>,
     data: Option<DataField>,
     complex: bool,
 }
@@ -924,7 +939,7 @@ impl<'de> Deserialize<'de> for NdArray {
         let Some(DataField::Bin(data)) = f.data else {
             return Err(missing("bin data"));
         };
-        NdArray::from_bytes(dtype, shape, data).map_err(de::Error::custom)
+        NdArray::checked(dtype, shape, data).map_err(de::Error::custom)
     }
 }
 

@@ -579,6 +579,19 @@ impl<T: Send + 'static> Iterator for SampleIter<T> {
     type Item = Result<T>;
 
     fn next(&mut self) -> Option<Result<T>> {
+        if self.capacity <= 1 {
+            // No mixing: hand samples out of the shard as they are, without a trip through the
+            // buffer (the same order a buffer of one gives).
+            loop {
+                if let Some(sample) = self.current.next() {
+                    return Some(Ok(sample));
+                }
+                match self.shards.next()? {
+                    Ok(shard) => self.current = shard.samples.into_iter(),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }
         while self.buffer.len() < self.capacity {
             if let Some(sample) = self.current.next() {
                 self.buffer.push(sample);

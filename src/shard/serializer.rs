@@ -240,7 +240,7 @@ pub trait Serializer: Send + Sync {
         bytes: &[u8],
     ) -> Result<Vec<T>, ShardError> {
         let payload = self.decode_payload(codec, bytes)?;
-        Samples::new(&payload).collect()
+        collect_samples(&payload)
     }
 
     /// All samples of a record as [`Value`]s, which re-encode byte-exactly.
@@ -1161,9 +1161,57 @@ impl<'a, T: Deserialize<'a>> Iterator for Samples<'a, T> {
 
 impl<'a, T: Deserialize<'a>> std::iter::FusedIterator for Samples<'a, T> {}
 
+/// Most samples a shard's `Vec` is sized for up front, whatever the estimate.
+const PRESIZE_LIMIT: usize = 1 << 16;
+
+/// Every sample of `payload`, into a `Vec` sized from the first sample's length, so that a shard
+/// of like-sized samples is collected without regrowing (each regrowth moves every sample so far).
+/// The estimate is at most one item per payload byte and at most [`PRESIZE_LIMIT`] items.
+///
+/// # Errors
+///
+/// As [`Samples`]: the first sample that fails.
+pub(crate) fn collect_samples<'a, T: Deserialize<'a>>(
+    payload: &'a [u8],
+) -> Result<Vec<T>, ShardError> {
+    let mut samples = Samples::new(payload);
+    let Some(first) = samples.next() else {
+        return Ok(Vec::new());
+    };
+    let first = first?;
+    let estimate = payload.len() / samples.bytes.offset.max(1);
+    let mut all = Vec::with_capacity(estimate.clamp(1, PRESIZE_LIMIT));
+    all.push(first);
+    for sample in samples {
+        all.push(sample?);
+    }
+    Ok(all)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn collect_samples_whatever_the_first_sample_says() -> Result<(), Box<dyn std::error::Error>> {
+        // A 1-byte first sample makes the estimate one item per byte: still exact results.
+        let mut payload = rmp_serde::to_vec(&0u32)?;
+        for i in 1..=50u32 {
+            payload.extend(rmp_serde::to_vec(&vec![i; i as usize])?);
+        }
+        let all = collect_samples::<Value>(&payload)?;
+        assert_eq!(all.len(), 51);
+        assert_eq!(all[0].as_u64(), Some(0));
+        assert_eq!(all[50].as_array().map(<[Value]>::len), Some(50));
+        assert!(collect_samples::<Value>(&[])?.is_empty());
+        // An error after the first sample is the error of that sample.
+        payload.push(0xc1);
+        assert!(matches!(
+            collect_samples::<Value>(&payload),
+            Err(ShardError::Msgpack { sample: 51, .. })
+        ));
+        Ok(())
+    }
 
     #[test]
     fn codec_bytes() {

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::shard::keygen::random_key;
 use crate::shard::loader::Loader;
 use crate::shard::serializer::{
-    Codec, Encoded, MessagepackSerializer, Samples, Serializer, ShardError, encode_values,
+    Codec, Encoded, MessagepackSerializer, Serializer, ShardError, collect_samples, encode_values,
     payload_from_samples,
 };
 use crate::shard::value::Value;
@@ -77,7 +77,7 @@ impl Payload {
     ///
     /// [`ShardError::Msgpack`] or [`ShardError::Mismatch`] for the first sample that fails.
     pub fn samples<T: DeserializeOwned>(&self) -> std::result::Result<Vec<T>, ShardError> {
-        crate::shard::value::sharing(self, || Samples::new(self).collect())
+        crate::shard::value::sharing(self, || collect_samples(self))
     }
 
     /// Every sample as a [`Value`], byte-exact; bins share this payload's bytes.
