@@ -766,8 +766,8 @@ impl From<Integer> for Value {
 /// How many bytes the first MessagePack value in `bytes` takes, without building it.
 ///
 /// Checks the same things as [`Value::decode`] except UTF-8 (so it finds sample boundaries in a
-/// shard cheaply), including the depth limit. Iterative, with no allocation beyond one counter
-/// per nesting level.
+/// shard cheaply), including the depth limit. Iterative, with one counter per nesting level,
+/// allocated only past 16 levels.
 ///
 /// # Errors
 ///
@@ -797,8 +797,9 @@ fn walk(bytes: &[u8], check_utf8: bool) -> Result<usize, DecodeError> {
         pos: 0,
         owner: None,
     };
-    // Items still to read at each open container level; the root is one item.
-    let mut pending: Vec<u64> = vec![1];
+    // Items still to read at each open container level; the root is one item. Inline for the
+    // depths samples have, so finding a sample's end allocates nothing.
+    let mut pending: smallvec::SmallVec<[u64; 16]> = smallvec::smallvec![1];
     while let Some(top) = pending.last_mut() {
         if *top == 0 {
             pending.pop();
