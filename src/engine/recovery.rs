@@ -25,7 +25,26 @@ pub(crate) enum Entry {
 }
 
 /// Keys written since the last checkpoint, newest record per key.
-pub(crate) type Overlay = DashMap<Box<str>, Entry>;
+///
+/// Hashed with foldhash (seeded per map) rather than the standard SipHash: every `set` looks its
+/// key up and inserts it, and SipHash cost more than the rest of a small record's bookkeeping.
+#[derive(Debug, Default)]
+pub(crate) struct Overlay(DashMap<Box<str>, Entry, foldhash::fast::RandomState>);
+
+impl Overlay {
+    /// An empty overlay.
+    pub(crate) fn new() -> Overlay {
+        Overlay::default()
+    }
+}
+
+impl std::ops::Deref for Overlay {
+    type Target = DashMap<Box<str>, Entry, foldhash::fast::RandomState>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
 
 /// The live location of `key`: overlay first, then the index.
 pub(crate) fn current(

@@ -140,7 +140,14 @@ impl Inner {
         self.ensure_capacity(st, needed)?;
         let backend = self.backend(st)?;
         let mut at = start;
-        let mut buf: Vec<u8> = Vec::new();
+        // Sized for the records it coalesces (it is flushed once past COALESCE), so it never
+        // regrows.
+        let small: usize = records
+            .iter()
+            .filter(|r| r.value.len() <= COALESCE)
+            .map(|r| r.enc.head.len() + r.value.len())
+            .sum();
+        let mut buf: Vec<u8> = Vec::with_capacity(small.min(2 * COALESCE));
         let mut buf_at = at;
         for r in &records {
             if r.value.len() <= COALESCE {
