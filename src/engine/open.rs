@@ -52,6 +52,7 @@ impl Engine {
             state: Mutex::new(state),
             compaction: Mutex::new(()),
             auto_compacting: AtomicBool::new(false),
+            checkpoint_crash: std::sync::atomic::AtomicU8::new(0),
             config,
             _lock: lock,
         };
@@ -122,7 +123,7 @@ impl Engine {
                 from,
                 from,
                 reach,
-                index.as_deref(),
+                index.as_ref(),
                 &overlay,
                 &mut counters,
                 &seg_path,

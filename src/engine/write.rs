@@ -191,7 +191,7 @@ impl Inner {
             // statistics here, and makes the next checkpoint rebuild the index and recount.
             let prev = recovery::current(
                 &view.overlay,
-                view.index.as_deref(),
+                view.index.as_ref(),
                 view.segment.bytes(),
                 r.key,
                 hash,
@@ -208,7 +208,7 @@ impl Inner {
                     len: r.len(),
                     crc: r.enc.crc,
                 }),
-                _ => Entry::Tombstone,
+                _ => Entry::Tombstone(at),
             };
             view.overlay.insert(r.key.into(), entry);
             at += r.len();

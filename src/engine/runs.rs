@@ -1,0 +1,539 @@
+//! Index format 3: immutable sorted runs of 16-byte entries (key hash, record offset).
+//!
+//! ```text
+//! run file `index-<seq as 16 hex digits>.sqr`
+//! offset size field
+//!   0    8    magic         89 53 51 52 55 4E 0D 0A  ("\x89SQRUN\r\n")
+//!   8    4    version       3
+//!  12    4    kind          0 = base, 1 = delta
+//!  16    8    segment_id    the segment whose records the entries name
+//!  24    8    from          \ the entries describe every record in segment bytes [from, to)
+//!  32    8    to            /
+//!  40    8    count         entries
+//!  48    4    bloom_blocks  64-byte Bloom filter blocks (0 for a base run)
+//!  52    4    reserved      0
+//!  56    4    table_crc     crc32 of the block crc table
+//!  60    4    header_crc    crc32 of bytes 0..60
+//!  64         body          entries (count * 16), zero padding to a multiple of 64,
+//!                           Bloom filter (bloom_blocks * 64)
+//!  ...        crc table     one crc32 per 4096-byte block of the body (the last may be shorter)
+//!
+//! entry (16 bytes, sorted by (hash, offset) ascending)
+//!   0    8    hash          xxh3_64(key) as the v2 slot stores it (0 and 1 become 2 and 3)
+//!   8    8    offset        bits 0..62: the record's offset; bit 63: the record is a tombstone
+//! ```
+//!
+//! A run is written once, sequentially, and never changed; lookups map it read-only. Blocks are
+//! checked against their crc the first time a lookup touches them (one bit per block remembers
+//! it), so opening costs the header and the crc table, not the entries.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::Mmap;
+
+use crate::error::{Error, IoContext, Result};
+
+/// Magic number at the start of a run file.
+pub(crate) const MAGIC: [u8; 8] = *b"\x89SQRUN\r\n";
+/// Index format version (the manifest's and every run's).
+pub(crate) const VERSION: u32 = 3;
+/// Bytes before the first entry.
+pub(crate) const HEADER_LEN: usize = 64;
+/// Bytes per entry.
+pub(crate) const ENTRY_LEN: usize = 16;
+/// Bytes of body per crc in the crc table.
+pub(crate) const BLOCK_LEN: usize = 4096;
+/// Bytes per Bloom filter block (one cache line).
+pub(crate) const BLOOM_BLOCK: usize = 64;
+/// Bloom filter bits per key in a delta run.
+pub(crate) const BLOOM_BITS_PER_KEY: u64 = 10;
+/// Bits set per key, all in one 512-bit block.
+pub(crate) const BLOOM_PROBES: u32 = 6;
+/// Bit 63 of an entry's offset word: the record is a tombstone.
+pub(crate) const TOMBSTONE: u64 = 1 << 63;
+/// Bits of the offset word that hold the offset.
+pub(crate) const OFFSET_MASK: u64 = (1 << 62) - 1;
+/// Run kind: the base run, covering the segment from its first record.
+pub(crate) const KIND_BASE: u32 = 0;
+/// Run kind: a delta run, written by a checkpoint or a merge of deltas.
+pub(crate) const KIND_DELTA: u32 = 1;
+
+/// The file name of run `seq`.
+pub(crate) fn file_name(seq: u64) -> String {
+    format!("index-{seq:016x}.sqr")
+}
+
+/// Parses a run file name back to its sequence number.
+pub(crate) fn parse_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("index-")?.strip_suffix(".sqr")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// What the manifest records about a run, and what its header must repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RunMeta {
+    pub seq: u64,
+    pub kind: u32,
+    pub header_crc: u32,
+    pub from: u64,
+    pub to: u64,
+    pub count: u64,
+    pub file_len: u64,
+}
+
+/// Layout derived from a header's fields.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    entries_len: usize,
+    bloom_at: usize,
+    body_len: usize,
+    blocks: usize,
+    file_len: usize,
+}
+
+fn layout(count: u64, bloom_blocks: u64) -> Option<Layout> {
+    let entries_len = usize::try_from(count).ok()?.checked_mul(ENTRY_LEN)?;
+    let bloom_len = usize::try_from(bloom_blocks)
+        .ok()?
+        .checked_mul(BLOOM_BLOCK)?;
+    let bloom_at = if bloom_len == 0 {
+        entries_len
+    } else {
+        entries_len.checked_next_multiple_of(BLOOM_BLOCK)?
+    };
+    let body_len = bloom_at.checked_add(bloom_len)?;
+    let blocks = body_len.div_ceil(BLOCK_LEN);
+    let file_len = HEADER_LEN
+        .checked_add(body_len)?
+        .checked_add(blocks.checked_mul(4)?)?;
+    Some(Layout {
+        entries_len,
+        bloom_at,
+        body_len,
+        blocks,
+        file_len,
+    })
+}
+
+/// Bloom blocks for a delta of `count` keys: 10 bits per key, at least one block.
+fn bloom_blocks_for(count: u64) -> u64 {
+    (count * BLOOM_BITS_PER_KEY)
+        .div_ceil(BLOOM_BLOCK as u64 * 8)
+        .max(1)
+}
+
+/// The block of `nblocks` a hash's Bloom bits go in, and the bit positions inside it.
+fn bloom_slot(hash: u64, nblocks: u64) -> (usize, [u16; BLOOM_PROBES as usize]) {
+    let block = ((u128::from(hash) * u128::from(nblocks)) >> 64) as usize;
+    // The low bits pick the bits (the high bits picked the block): remixed so keys of one block
+    // do not share their bit patterns.
+    let mut h = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut bits = [0u16; BLOOM_PROBES as usize];
+    for b in &mut bits {
+        *b = (h & 511) as u16;
+        h >>= 9;
+    }
+    (block, bits)
+}
+
+/// Writes a run file at `path` (created, synced; the caller fsyncs the directory), holding
+/// `entries` sorted by `(hash, offset word)`. Returns what the manifest records about it.
+pub(crate) fn write(
+    path: &Path,
+    seq: u64,
+    kind: u32,
+    segment_id: u64,
+    from: u64,
+    to: u64,
+    entries: &[(u64, u64)],
+) -> Result<RunMeta> {
+    debug_assert!(entries.windows(2).all(|w| w[0] <= w[1]));
+    let count = entries.len() as u64;
+    let bloom_blocks = if kind == KIND_DELTA {
+        bloom_blocks_for(count)
+    } else {
+        0
+    };
+    let lay = layout(count, bloom_blocks)
+        .ok_or_else(|| Error::corruption(path, 0, None, "run too large"))?;
+    let mut body = vec![0u8; lay.body_len];
+    for (i, (hash, word)) in entries.iter().enumerate() {
+        let at = i * ENTRY_LEN;
+        body[at..at + 8].copy_from_slice(&hash.to_le_bytes());
+        body[at + 8..at + 16].copy_from_slice(&word.to_le_bytes());
+    }
+    if bloom_blocks > 0 {
+        let bloom = &mut body[lay.bloom_at..];
+        for (hash, _) in entries {
+            let (block, bits) = bloom_slot(*hash, bloom_blocks);
+            for bit in bits {
+                let byte = block * BLOOM_BLOCK + usize::from(bit / 8);
+                bloom[byte] |= 1 << (bit % 8);
+            }
+        }
+    }
+    let mut table = Vec::with_capacity(lay.blocks * 4);
+    for block in body.chunks(BLOCK_LEN) {
+        table.extend_from_slice(&crc32fast::hash(block).to_le_bytes());
+    }
+    let mut head = [0u8; HEADER_LEN];
+    head[0..8].copy_from_slice(&MAGIC);
+    head[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    head[12..16].copy_from_slice(&kind.to_le_bytes());
+    head[16..24].copy_from_slice(&segment_id.to_le_bytes());
+    head[24..32].copy_from_slice(&from.to_le_bytes());
+    head[32..40].copy_from_slice(&to.to_le_bytes());
+    head[40..48].copy_from_slice(&count.to_le_bytes());
+    head[48..52].copy_from_slice(&(bloom_blocks as u32).to_le_bytes());
+    head[56..60].copy_from_slice(&crc32fast::hash(&table).to_le_bytes());
+    let header_crc = crc32fast::hash(&head[..60]);
+    head[60..64].copy_from_slice(&header_crc.to_le_bytes());
+    let mut file = File::create(path).at(path)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+    out.write_all(&head).at(path)?;
+    out.write_all(&body).at(path)?;
+    out.write_all(&table).at(path)?;
+    out.flush().at(path)?;
+    drop(out);
+    file.sync_data().at(path)?;
+    Ok(RunMeta {
+        seq,
+        kind,
+        header_crc,
+        from,
+        to,
+        count,
+        file_len: lay.file_len as u64,
+    })
+}
+
+/// A lookup met a block that fails its crc or an entry that breaks the run's rules: the run
+/// cannot be trusted and the index must be rebuilt from the segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Damaged;
+
+/// A mapped, immutable run file.
+#[derive(Debug)]
+pub(crate) struct Run {
+    map: Mmap,
+    pub meta: RunMeta,
+    lay: Layout,
+    bloom_blocks: u64,
+    /// One bit per body block: its crc was checked and matched.
+    checked: Vec<AtomicU64>,
+}
+
+impl Run {
+    /// Maps `path` and checks it is the run `meta` describes, of segment `segment_id`.
+    /// `Ok(Err(reason))` when the file exists but cannot be trusted.
+    pub fn open(
+        path: &Path,
+        meta: RunMeta,
+        segment_id: u64,
+    ) -> Result<std::result::Result<Run, &'static str>> {
+        let file = match crate::engine::recovery::open_regular(path, false) {
+            Ok(f) => f,
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Err("run file missing"));
+            }
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata().at(path)?.len();
+        if len != meta.file_len || len < HEADER_LEN as u64 {
+            return Ok(Err("run file length differs from the manifest's"));
+        }
+        let len = usize::try_from(len)
+            .map_err(|_| Error::corruption(path, 0, None, "run larger than the address space"))?;
+        // SAFETY: run files are written once, synced, and then never modified or truncated by
+        // this library (a run is replaced by writing a new file and deleting the old one, which
+        // leaves existing mappings valid). The memory-map contract in `engine/mod.rs` forbids
+        // others from modifying store files in place. The mapping is read-only.
+        let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }.at(path)?;
+        let h = &map[..HEADER_LEN];
+        let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+        let u64_at = |o: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h[o..o + 8]);
+            u64::from_le_bytes(b)
+        };
+        if h[0..8] != MAGIC {
+            return Ok(Err("run: bad magic number"));
+        }
+        if crc32fast::hash(&h[..60]) != u32_at(60) {
+            return Ok(Err("run: header checksum mismatch"));
+        }
+        if u32_at(8) != VERSION {
+            return Ok(Err("run: unsupported version"));
+        }
+        if u32_at(60) != meta.header_crc
+            || u32_at(12) != meta.kind
+            || u64_at(16) != segment_id
+            || u64_at(24) != meta.from
+            || u64_at(32) != meta.to
+            || u64_at(40) != meta.count
+            || u32_at(52) != 0
+        {
+            return Ok(Err("run header disagrees with the manifest"));
+        }
+        let bloom_blocks = u64::from(u32_at(48));
+        if (meta.kind == KIND_BASE) != (bloom_blocks == 0) {
+            return Ok(Err("run: Bloom filter where there should be none, or none"));
+        }
+        let Some(lay) = layout(meta.count, bloom_blocks).filter(|l| l.file_len == len) else {
+            return Ok(Err("run: file length does not match its header"));
+        };
+        let table = &map[HEADER_LEN + lay.body_len..];
+        if crc32fast::hash(table) != u32_at(56) {
+            return Ok(Err("run: crc table checksum mismatch"));
+        }
+        let checked = (0..lay.blocks.div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        Ok(Ok(Run {
+            map,
+            meta,
+            lay,
+            bloom_blocks,
+            checked,
+        }))
+    }
+
+    fn body(&self) -> &[u8] {
+        &self.map[HEADER_LEN..HEADER_LEN + self.lay.body_len]
+    }
+
+    /// Checks body block `b` against its crc, once per mapping.
+    fn check_block(&self, b: usize) -> std::result::Result<(), Damaged> {
+        let (word, bit) = (b / 64, 1u64 << (b % 64));
+        if self.checked[word].load(Ordering::Relaxed) & bit != 0 {
+            return Ok(());
+        }
+        let body = self.body();
+        let start = b * BLOCK_LEN;
+        let block = &body[start..(start + BLOCK_LEN).min(body.len())];
+        let t = HEADER_LEN + self.lay.body_len + 4 * b;
+        let want = u32::from_le_bytes([
+            self.map[t],
+            self.map[t + 1],
+            self.map[t + 2],
+            self.map[t + 3],
+        ]);
+        if crc32fast::hash(block) != want {
+            return Err(Damaged);
+        }
+        self.checked[word].fetch_or(bit, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Checks every block of the body: used before a whole run is read (merge, listing).
+    fn check_all(&self) -> std::result::Result<(), Damaged> {
+        (0..self.lay.blocks).try_for_each(|b| self.check_block(b))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> u64 {
+        self.meta.count
+    }
+
+    /// Entry `i`, its block checked. The offset must lie in the run's range.
+    fn entry(&self, i: usize) -> std::result::Result<(u64, u64), Damaged> {
+        let at = i * ENTRY_LEN;
+        self.check_block(at / BLOCK_LEN)?;
+        Ok(self.entry_unchecked(i))
+    }
+
+    fn entry_unchecked(&self, i: usize) -> (u64, u64) {
+        let b = &self.body()[i * ENTRY_LEN..(i + 1) * ENTRY_LEN];
+        let mut h = [0u8; 8];
+        let mut w = [0u8; 8];
+        h.copy_from_slice(&b[..8]);
+        w.copy_from_slice(&b[8..]);
+        (u64::from_le_bytes(h), u64::from_le_bytes(w))
+    }
+
+    /// Whether `hash` may be in this run (always true for a base run).
+    pub fn may_contain(&self, hash: u64) -> std::result::Result<bool, Damaged> {
+        if self.bloom_blocks == 0 {
+            return Ok(true);
+        }
+        let (block, bits) = bloom_slot(hash, self.bloom_blocks);
+        let at = self.lay.bloom_at + block * BLOOM_BLOCK;
+        self.check_block(at / BLOCK_LEN)?;
+        let line = &self.body()[at..at + BLOOM_BLOCK];
+        Ok(bits
+            .iter()
+            .all(|&bit| line[usize::from(bit / 8)] & (1 << (bit % 8)) != 0))
+    }
+
+    /// The entries whose hash is `hash`, as (offset word) newest first, by interpolation search.
+    pub fn find(&self, hash: u64, out: &mut Vec<u64>) -> std::result::Result<(), Damaged> {
+        out.clear();
+        let n = self.lay.entries_len / ENTRY_LEN;
+        if n == 0 {
+            return Ok(());
+        }
+        // Invariant: entries before `lo` have a smaller hash, entries from `hi` on a hash at
+        // least `hash`; `lo_h`/`hi_h` bound the hashes in [lo, hi) for the interpolation.
+        let (mut lo, mut hi) = (0usize, n);
+        let (mut lo_h, mut hi_h) = (0u64, u64::MAX);
+        let mut steps = 0u32;
+        while hi - lo > 8 {
+            let span = (hi - lo) as u128;
+            let guess = if steps < 4 && hash >= lo_h && hi_h > lo_h {
+                let frac = u128::from(hash - lo_h) * span / (u128::from(hi_h - lo_h) + 1);
+                lo + (frac as usize).min(hi - lo - 1)
+            } else {
+                lo + (hi - lo) / 2
+            };
+            steps += 1;
+            let (h, _) = self.entry(guess)?;
+            if h < hash {
+                lo = guess + 1;
+                lo_h = h;
+            } else {
+                hi = guess;
+                hi_h = h;
+            }
+            // A run whose entries are not sorted (damage that passed the crc: never seen, but
+            // bounded anyway) cannot make this loop more than ~64 + 4 times.
+            if steps > 200 {
+                return Err(Damaged);
+            }
+        }
+        let mut i = lo;
+        while i < n {
+            let (h, w) = self.entry(i)?;
+            if h > hash {
+                break;
+            }
+            if h == hash {
+                self.check_word(w)?;
+                out.push(w);
+            }
+            i += 1;
+        }
+        // Sorted by offset ascending: newest first is the reverse.
+        out.reverse();
+        Ok(())
+    }
+
+    fn check_word(&self, w: u64) -> std::result::Result<(), Damaged> {
+        let off = w & OFFSET_MASK;
+        if w & !(OFFSET_MASK | TOMBSTONE) != 0 || off < self.meta.from || off >= self.meta.to {
+            return Err(Damaged);
+        }
+        Ok(())
+    }
+
+    /// Every entry, checked (crc of every block, sort order, offsets in range).
+    pub fn all(&self) -> std::result::Result<Vec<(u64, u64)>, Damaged> {
+        self.check_all()?;
+        let n = self.lay.entries_len / ENTRY_LEN;
+        let mut out = Vec::with_capacity(n);
+        let mut prev = (0u64, 0u64);
+        for i in 0..n {
+            let e = self.entry_unchecked(i);
+            self.check_word(e.1)?;
+            if i > 0 && e <= prev {
+                return Err(Damaged);
+            }
+            prev = e;
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// The length of the file.
+    pub fn file_len(&self) -> u64 {
+        self.meta.file_len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta_of(dir: &Path, entries: &[(u64, u64)], kind: u32) -> (std::path::PathBuf, RunMeta) {
+        let p = dir.join(file_name(7));
+        let m = write(&p, 7, kind, 42, 32, 1 << 40, entries).unwrap();
+        (p, m)
+    }
+
+    #[test]
+    fn finds_every_entry_and_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut entries: Vec<(u64, u64)> = (0..50_000u64)
+            .map(|i| {
+                (
+                    xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) | 2,
+                    32 + i * 30,
+                )
+            })
+            .collect();
+        let dup = entries[10].0;
+        entries.push((dup, 32 + 50_001 * 30));
+        entries.sort_unstable();
+        for kind in [KIND_BASE, KIND_DELTA] {
+            let (p, m) = meta_of(dir.path(), &entries, kind);
+            let run = Run::open(&p, m, 42).unwrap().unwrap();
+            let mut out = Vec::new();
+            for (h, w) in &entries {
+                assert!(run.may_contain(*h).unwrap());
+                run.find(*h, &mut out).unwrap();
+                assert!(out.contains(w));
+            }
+            run.find(dup, &mut out).unwrap();
+            assert_eq!(out.len(), 2);
+            assert!(out[0] > out[1], "newest first");
+            let mut misses = 0;
+            for i in 0..10_000u64 {
+                let h = xxhash_rust::xxh3::xxh3_64(&(i + 1_000_000).to_le_bytes());
+                run.find(h, &mut out).unwrap();
+                assert!(out.is_empty());
+                misses += u32::from(!run.may_contain(h).unwrap());
+            }
+            if kind == KIND_DELTA {
+                assert!(misses > 9_000, "Bloom filter rejects most misses: {misses}");
+            }
+            assert_eq!(run.all().unwrap(), entries);
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries: Vec<(u64, u64)> = (0..1000u64).map(|i| (i << 50 | 2, 32 + i * 30)).collect();
+        let (p, m) = meta_of(dir.path(), &entries, KIND_DELTA);
+        let clean = std::fs::read(&p).unwrap();
+        for at in [
+            0usize,
+            20,
+            61,
+            64,
+            64 + 16 * 500 + 3,
+            clean.len() - 200,
+            clean.len() - 1,
+        ] {
+            let mut bytes = clean.clone();
+            bytes[at] ^= 0x10;
+            std::fs::write(&p, &bytes).unwrap();
+            match Run::open(&p, m, 42).unwrap() {
+                Err(_) => {}
+                Ok(run) => {
+                    let mut out = Vec::new();
+                    let looked = entries.iter().try_for_each(|(h, _)| {
+                        run.may_contain(*h)?;
+                        run.find(*h, &mut out)
+                    });
+                    assert!(looked.is_err() || run.all().is_err(), "flip at {at} missed");
+                }
+            }
+        }
+    }
+}
