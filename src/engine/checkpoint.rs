@@ -33,6 +33,9 @@ pub enum CheckpointCrash {
     BeforeCleanup,
 }
 
+/// Run entries: (hash, offset word).
+type Entries = Vec<(u64, u64)>;
+
 /// What a checkpoint writes, decided before anything is written.
 enum Plan {
     /// One new delta run after the existing ones.
@@ -95,7 +98,7 @@ impl Inner {
             }
             _ => Plan::Base,
         };
-        let (kept, new_entries, kind, from): (Vec<Arc<Run>>, Vec<(u64, u64)>, u32, u64) =
+        let (kept, new_entries, kind, from): (Vec<Arc<Run>>, Entries, u32, u64) =
             match (&plan, &old_set) {
                 (Plan::Delta, Some(set)) => {
                     (set.runs.clone(), delta, runs::KIND_DELTA, st.covered_len)

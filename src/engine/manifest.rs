@@ -402,10 +402,10 @@ pub(crate) fn merge_lists(
         // The smallest head; k is at most MAX_RUNS, so a linear pick beats a heap.
         let mut best: Option<(u64, usize)> = None;
         for (i, l) in lists.iter().enumerate() {
-            if let Some(&(h, _)) = l.get(pos[i]) {
-                if best.is_none_or(|(bh, _)| h < bh) {
-                    best = Some((h, i));
-                }
+            if let Some(&(h, _)) = l.get(pos[i])
+                && best.is_none_or(|(bh, _)| h < bh)
+            {
+                best = Some((h, i));
             }
         }
         let Some((hash, _)) = best else { break };

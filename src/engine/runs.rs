@@ -461,13 +461,13 @@ mod tests {
 
     fn meta_of(dir: &Path, entries: &[(u64, u64)], kind: u32) -> (std::path::PathBuf, RunMeta) {
         let p = dir.join(file_name(7));
-        let m = write(&p, 7, kind, 42, 32, 1 << 40, entries).unwrap();
+        let m = write(&p, 7, kind, 42, 32, 1 << 40, entries).expect("test");
         (p, m)
     }
 
     #[test]
     fn finds_every_entry_and_no_other() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test");
         let mut entries: Vec<(u64, u64)> = (0..50_000u64)
             .map(|i| {
                 (
@@ -481,36 +481,36 @@ mod tests {
         entries.sort_unstable();
         for kind in [KIND_BASE, KIND_DELTA] {
             let (p, m) = meta_of(dir.path(), &entries, kind);
-            let run = Run::open(&p, m, 42).unwrap().unwrap();
+            let run = Run::open(&p, m, 42).expect("io").expect("trusted");
             let mut out = Vec::new();
             for (h, w) in &entries {
-                assert!(run.may_contain(*h).unwrap());
-                run.find(*h, &mut out).unwrap();
+                assert!(run.may_contain(*h).expect("test"));
+                run.find(*h, &mut out).expect("test");
                 assert!(out.contains(w));
             }
-            run.find(dup, &mut out).unwrap();
+            run.find(dup, &mut out).expect("test");
             assert_eq!(out.len(), 2);
             assert!(out[0] > out[1], "newest first");
             let mut misses = 0;
             for i in 0..10_000u64 {
                 let h = xxhash_rust::xxh3::xxh3_64(&(i + 1_000_000).to_le_bytes());
-                run.find(h, &mut out).unwrap();
+                run.find(h, &mut out).expect("test");
                 assert!(out.is_empty());
-                misses += u32::from(!run.may_contain(h).unwrap());
+                misses += u32::from(!run.may_contain(h).expect("test"));
             }
             if kind == KIND_DELTA {
                 assert!(misses > 9_000, "Bloom filter rejects most misses: {misses}");
             }
-            assert_eq!(run.all().unwrap(), entries);
+            assert_eq!(run.all().expect("test"), entries);
         }
     }
 
     #[test]
     fn a_flipped_byte_is_found() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test");
         let entries: Vec<(u64, u64)> = (0..1000u64).map(|i| (i << 50 | 2, 32 + i * 30)).collect();
         let (p, m) = meta_of(dir.path(), &entries, KIND_DELTA);
-        let clean = std::fs::read(&p).unwrap();
+        let clean = std::fs::read(&p).expect("test");
         for at in [
             0usize,
             20,
@@ -522,8 +522,8 @@ mod tests {
         ] {
             let mut bytes = clean.clone();
             bytes[at] ^= 0x10;
-            std::fs::write(&p, &bytes).unwrap();
-            match Run::open(&p, m, 42).unwrap() {
+            std::fs::write(&p, &bytes).expect("test");
+            match Run::open(&p, m, 42).expect("test") {
                 Err(_) => {}
                 Ok(run) => {
                     let mut out = Vec::new();
