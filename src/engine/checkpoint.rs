@@ -33,9 +33,6 @@ pub enum CheckpointCrash {
     BeforeCleanup,
 }
 
-/// Run entries: (hash, offset word).
-type Entries = Vec<(u64, u64)>;
-
 /// What a checkpoint writes, decided before anything is written.
 enum Plan {
     /// One new delta run after the existing ones.
@@ -83,7 +80,7 @@ impl Inner {
             })
             .collect();
         delta.sort_unstable();
-        let mut seq = self.next_seq(old_set.as_deref())?;
+        let seq = self.next_seq(old_set.as_deref())?;
         let plan = match &old_set {
             Some(set) if !rebuild => {
                 let deltas = set.runs.len() - 1 + 1;
@@ -98,68 +95,71 @@ impl Inner {
             }
             _ => Plan::Base,
         };
-        let (kept, new_entries, kind, from): (Vec<Arc<Run>>, Entries, u32, u64) =
-            match (&plan, &old_set) {
-                (Plan::Delta, Some(set)) => {
-                    (set.runs.clone(), delta, runs::KIND_DELTA, st.covered_len)
-                }
-                (Plan::MergeDeltas, Some(set)) => {
-                    let mut lists = Vec::new();
-                    for r in &set.runs[1..] {
-                        match r.all() {
-                            Ok(l) => lists.push(l),
-                            Err(runs::Damaged) => return self.repair_index(st),
-                        }
+        let path = self.dir.join(runs::file_name(seq));
+        let (kept, meta) = match (&plan, &old_set) {
+            (Plan::Delta, Some(set)) => {
+                let meta = self.index_io(runs::write(
+                    &path,
+                    seq,
+                    runs::KIND_DELTA,
+                    st.segment_id,
+                    st.covered_len,
+                    st.end,
+                    &delta,
+                ))?;
+                (set.runs.clone(), meta)
+            }
+            (Plan::MergeDeltas, Some(set)) => {
+                let mut sources = Vec::new();
+                for r in &set.runs[1..] {
+                    match manifest::Source::run(r) {
+                        Ok(s) => sources.push(s),
+                        Err(runs::Damaged) => return self.repair_index(st),
                     }
-                    lists.push(delta);
-                    let merged = manifest::merge_lists(lists, seg, false);
-                    let from = set.runs[1].meta.from;
-                    (vec![set.runs[0].clone()], merged, runs::KIND_DELTA, from)
                 }
-                _ => {
-                    let mut lists = Vec::new();
-                    match &view.index {
-                        Some(Index::Runs(set)) => {
-                            for r in &set.runs {
-                                match r.all() {
-                                    Ok(l) => lists.push(l),
-                                    Err(runs::Damaged) => return self.repair_index(st),
-                                }
+                sources.push(manifest::Source::List(&delta));
+                let from = set.runs[1].meta.from;
+                let meta =
+                    self.write_merged(&path, seq, runs::KIND_DELTA, st, from, &sources, seg)?;
+                (vec![set.runs[0].clone()], meta)
+            }
+            _ => {
+                let mut table_entries = Vec::new();
+                let mut sources = Vec::new();
+                match &view.index {
+                    Some(Index::Runs(set)) => {
+                        for r in &set.runs {
+                            match manifest::Source::run(r) {
+                                Ok(s) => sources.push(s),
+                                Err(runs::Damaged) => return self.repair_index(st),
                             }
                         }
-                        Some(Index::Table(t)) => {
-                            // Converting a version-2 table: one pass over its slots, sorted.
-                            let Some(old) = t.entries() else {
-                                return self.repair_index(st);
-                            };
-                            let mut l: Vec<(u64, u64)> =
-                                old.into_iter().map(|(h, loc)| (h, loc.offset)).collect();
-                            l.sort_unstable();
-                            lists.push(l);
-                        }
-                        None => {}
                     }
-                    lists.push(delta);
-                    let merged = manifest::merge_lists(lists, seg, true);
-                    (Vec::new(), merged, runs::KIND_BASE, segment::HEADER_LEN)
+                    Some(Index::Table(t)) => {
+                        // Converting a version-2 table: one pass over its slots, sorted.
+                        let Some(old) = t.entries() else {
+                            return self.repair_index(st);
+                        };
+                        table_entries = old.into_iter().map(|(h, loc)| (h, loc.offset)).collect();
+                        table_entries.sort_unstable();
+                    }
+                    None => {}
                 }
-            };
-        let path = self.dir.join(runs::file_name(seq));
-        let meta = self.index_io(runs::write(
-            &path,
-            seq,
-            kind,
-            st.segment_id,
-            from,
-            st.end,
-            &new_entries,
-        ))?;
-        drop(new_entries);
+                if !table_entries.is_empty() {
+                    sources.push(manifest::Source::List(&table_entries));
+                }
+                sources.push(manifest::Source::List(&delta));
+                let from = segment::HEADER_LEN;
+                let meta =
+                    self.write_merged(&path, seq, runs::KIND_BASE, st, from, &sources, seg)?;
+                (Vec::new(), meta)
+            }
+        };
+        drop(delta);
         self.crash_point(CheckpointCrash::AfterRunWritten)?;
         // The run's directory entry is durable before any manifest names it.
         self.index_io(recovery::sync_dir(&self.dir))?;
         self.crash_point(CheckpointCrash::AfterRunDurable)?;
-        seq += 1;
         let run = match Run::open(&path, meta, st.segment_id)? {
             Ok(r) => Arc::new(r),
             Err(reason) => {
@@ -174,7 +174,7 @@ impl Inner {
             segment_id: st.segment_id,
             covered_len: st.end,
             counters: st.counters,
-            next_seq: seq,
+            next_seq: seq + 1,
             runs: set_runs.iter().map(|r| r.meta).collect(),
         };
         self.index_io(manifest.write_tmp(&self.dir))?;
@@ -194,6 +194,36 @@ impl Inner {
             overlay: Arc::new(Overlay::new()),
         }));
         Ok(())
+    }
+
+    /// Writes the merge of `sources` as run `seq` covering `[from, st.end)`, streamed.
+    // The run's identity (path, seq, kind, range) and its inputs: a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    fn write_merged(
+        &self,
+        path: &std::path::Path,
+        seq: u64,
+        kind: u32,
+        st: &State,
+        from: u64,
+        sources: &[manifest::Source<'_>],
+        seg: &[u8],
+    ) -> Result<runs::RunMeta> {
+        let max = manifest::total_len(sources);
+        let mut w = self.index_io(runs::RunWriter::create(
+            path,
+            seq,
+            kind,
+            st.segment_id,
+            from,
+            st.end,
+            max,
+        ))?;
+        let into_base = kind == runs::KIND_BASE;
+        self.index_io(manifest::merge(sources, seg, into_base, &mut |h, word| {
+            w.push(h, word)
+        }))?;
+        self.index_io(w.finish())
     }
 
     /// Fails (and poisons the handle) at `point` when a test asked for a crash there.

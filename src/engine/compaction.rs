@@ -12,13 +12,16 @@
 //!    between without a write (a page evicted and read back wrong) would be copied unchecked,
 //!    and are then caught by the first get of the new segment, which checks every record once.
 //! 3. Under the lock: copy the records appended since `E0` (puts and tombstones, in order), fsync
-//!    the new segment, build `index.sqi.compact` and fsync it.
-//! 4. Switch: rename the segment over `segment.sqs`, then the index over `index.sqi`, fsync the
-//!    directory, publish the new view.
+//!    the new segment, write its index (index format 3): a base run of the copied records, a
+//!    delta run of the carried tail, both synced, and their manifest as `index.sqm.compact`,
+//!    synced; fsync the directory.
+//! 4. Switch: rename the segment over `segment.sqs`, then the manifest over `index.sqm`, fsync
+//!    the directory, delete the old segment's runs (and a version-2 `index.sqi`), publish the new
+//!    view.
 //!
 //! A crash before the first rename leaves the old store whole (the `.compact` files are removed at
 //! the next open). A crash between the renames leaves the new, complete segment with the old
-//! index, whose `segment_id` no longer matches: the index is rebuilt from the new segment. The old
+//! manifest, whose `segment_id` no longer matches: the index is rebuilt from the new segment. The old
 //! segment's inode lives on while a reader still maps it and is freed with the last reference.
 
 use std::fs::OpenOptions;

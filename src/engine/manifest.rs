@@ -260,17 +260,19 @@ impl RunSet {
 
     /// Finds `key`: the deltas newest first, then the base.
     pub fn probe(&self, key: &str, hash: u64, segment: &[u8]) -> Probe {
-        let mut found = Vec::new();
         for run in self.runs.iter().rev() {
             match run.may_contain(hash) {
                 Ok(false) => continue,
                 Ok(true) => {}
                 Err(runs::Damaged) => return Probe::BadSlot,
             }
-            if run.find(hash, &mut found).is_err() {
+            let Ok((start, end)) = run.find(hash) else {
                 return Probe::BadSlot;
-            }
-            for &w in &found {
+            };
+            for i in (start..end).rev() {
+                let Ok(w) = run.word(i) else {
+                    return Probe::BadSlot;
+                };
                 let offset = w & runs::OFFSET_MASK;
                 match key_of(segment, offset) {
                     KeyOf::Past => return Probe::PastSegment,
@@ -298,15 +300,23 @@ impl RunSet {
 
     /// Every live key's hash and location; `None` if a run is damaged.
     pub fn entries(&self, segment: &[u8]) -> Option<Vec<(u64, Loc)>> {
-        let all: Vec<&Run> = self.runs.iter().map(|r| &**r).collect();
-        let merged = merge(&all, segment, true).ok()?;
-        merged
-            .into_iter()
-            .map(|(h, w)| match key_of(segment, w & runs::OFFSET_MASK) {
-                KeyOf::Key(_, loc) | KeyOf::Damaged(loc) => Some((h, loc)),
-                KeyOf::Past => None,
-            })
-            .collect()
+        let sources: Vec<Source<'_>> = self
+            .runs
+            .iter()
+            .map(|r| Source::run(r))
+            .collect::<std::result::Result<_, _>>()
+            .ok()?;
+        let mut out = Vec::with_capacity(self.base_len() as usize);
+        let mut past = false;
+        merge(&sources, segment, true, &mut |h, w| {
+            match key_of(segment, w & runs::OFFSET_MASK) {
+                KeyOf::Key(_, loc) | KeyOf::Damaged(loc) => out.push((h, loc)),
+                KeyOf::Past => past = true,
+            }
+            Ok(())
+        })
+        .ok()?;
+        (!past).then_some(out)
     }
 
     /// Bytes of all the run files and the manifest.
@@ -372,46 +382,69 @@ fn key_of(segment: &[u8], offset: u64) -> KeyOf<'_> {
     }
 }
 
-/// Merges runs (each sorted by `(hash, offset)`) into one sorted list with one entry per key,
-/// its newest. `into_base` drops tombstones too (nothing older is left for them to hide).
-/// Keys sharing a hash are told apart by reading their records' keys from `segment`; a record
-/// whose header fails is kept (it may be any key). `Err` if a run is damaged.
-pub(crate) fn merge(
-    inputs: &[&Run],
-    segment: &[u8],
-    into_base: bool,
-) -> std::result::Result<Vec<(u64, u64)>, runs::Damaged> {
-    let lists: Vec<Vec<(u64, u64)>> = inputs
-        .iter()
-        .map(|r| r.all())
-        .collect::<std::result::Result<_, _>>()?;
-    Ok(merge_lists(lists, segment, into_base))
+/// One sorted input of a merge: a run (checked whole first) or a list in memory.
+pub(crate) enum Source<'a> {
+    /// A run [`Run::validated`] accepted, and its entry count.
+    Run(&'a Run, usize),
+    /// Entries sorted by `(hash, offset word)`.
+    List(&'a [(u64, u64)]),
 }
 
-/// [`merge`] over lists already read.
-pub(crate) fn merge_lists(
-    lists: Vec<Vec<(u64, u64)>>,
+impl<'a> Source<'a> {
+    /// A run as a merge input, after checking every block, the order and the offsets.
+    pub fn run(run: &'a Run) -> std::result::Result<Source<'a>, runs::Damaged> {
+        Ok(Source::Run(run, run.validated()?))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Source::Run(_, n) => *n,
+            Source::List(l) => l.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> (u64, u64) {
+        match self {
+            Source::Run(r, _) => r.at(i),
+            Source::List(l) => l[i],
+        }
+    }
+}
+
+/// The total entries of `sources`: a bound on what a merge of them emits.
+pub(crate) fn total_len(sources: &[Source<'_>]) -> u64 {
+    sources.iter().map(|s| s.len() as u64).sum()
+}
+
+/// Merges sorted inputs into one sorted stream with one entry per key, its newest, passed to
+/// `emit` in `(hash, offset word)` order. `into_base` drops tombstones too (nothing older is
+/// left for them to hide). Keys sharing a hash are told apart by reading their records' keys
+/// from `segment`; a record whose header fails is kept (it may be any key).
+pub(crate) fn merge(
+    sources: &[Source<'_>],
     segment: &[u8],
     into_base: bool,
-) -> Vec<(u64, u64)> {
-    let total: usize = lists.iter().map(Vec::len).sum();
-    let mut out = Vec::with_capacity(total);
-    let mut pos = vec![0usize; lists.len()];
+    emit: &mut dyn FnMut(u64, u64) -> Result<()>,
+) -> Result<()> {
+    let mut pos = vec![0usize; sources.len()];
     let mut group: Vec<u64> = Vec::new();
+    let mut kept: Vec<u64> = Vec::new();
     loop {
-        // The smallest head; k is at most MAX_RUNS, so a linear pick beats a heap.
-        let mut best: Option<(u64, usize)> = None;
-        for (i, l) in lists.iter().enumerate() {
-            if let Some(&(h, _)) = l.get(pos[i])
-                && best.is_none_or(|(bh, _)| h < bh)
-            {
-                best = Some((h, i));
+        // The smallest head; there are at most MAX_RUNS + 1 inputs, so a linear pick beats a heap.
+        let mut best: Option<u64> = None;
+        for (i, src) in sources.iter().enumerate() {
+            if pos[i] < src.len() {
+                let (h, _) = src.get(pos[i]);
+                if best.is_none_or(|b| h < b) {
+                    best = Some(h);
+                }
             }
         }
-        let Some((hash, _)) = best else { break };
+        let Some(hash) = best else { break };
         group.clear();
-        for (i, l) in lists.iter().enumerate() {
-            while let Some(&(h, w)) = l.get(pos[i]) {
+        for (i, src) in sources.iter().enumerate() {
+            while pos[i] < src.len() {
+                let (h, w) = src.get(pos[i]);
                 if h != hash {
                     break;
                 }
@@ -419,16 +452,16 @@ pub(crate) fn merge_lists(
                 pos[i] += 1;
             }
         }
-        if group.len() == 1 {
-            if !(into_base && group[0] & TOMBSTONE != 0) {
-                out.push((hash, group[0]));
+        if let [w] = group[..] {
+            if !(into_base && w & TOMBSTONE != 0) {
+                emit(hash, w)?;
             }
             continue;
         }
         // Newest first: the first record seen of each key wins.
         group.sort_unstable_by_key(|w| std::cmp::Reverse(w & runs::OFFSET_MASK));
         let mut seen: HashSet<&[u8]> = HashSet::new();
-        let start = out.len();
+        kept.clear();
         for &w in &group {
             let keep = match key_of(segment, w & runs::OFFSET_MASK) {
                 KeyOf::Key(k, _) => seen.insert(k),
@@ -436,12 +469,16 @@ pub(crate) fn merge_lists(
                 KeyOf::Damaged(_) | KeyOf::Past => true,
             };
             if keep && !(into_base && w & TOMBSTONE != 0) {
-                out.push((hash, w));
+                kept.push(w);
             }
         }
-        out[start..].sort_unstable();
+        kept.sort_unstable();
+        kept.dedup();
+        for &w in &kept {
+            emit(hash, w)?;
+        }
     }
-    out
+    Ok(())
 }
 
 /// The index a handle reads: a version-2 hash table (until the first checkpoint converts it)

@@ -9,10 +9,12 @@
 //! # The memory-map contract
 //! Values are served straight out of a read-only `mmap` of the segment file. This is sound as long
 //! as nothing outside this library truncates, rewrites or replaces those files in place while a
-//! store is open in any process: do not edit, truncate or `cp` over `segment.sqs` or `index.sqi`
-//! of an open store (copying them elsewhere is fine). The library itself only ever appends to a
-//! segment, zeroes a torn tail instead of truncating it, and replaces files by renaming new ones
-//! over them, so a mapping never outlives the bytes behind it.
+//! store is open in any process: do not edit, truncate or `cp` over `segment.sqs` or the index
+//! files (`index.sqm`, `index-*.sqr`, a version-2 `index.sqi`) of an open store (copying them
+//! elsewhere is fine). The library itself only ever appends to a segment, zeroes a torn tail
+//! instead of truncating it, writes each run file once and never changes it, and replaces files
+//! by renaming new ones over them (or deletes runs no manifest names), so a mapping never
+//! outlives the bytes behind it.
 
 // The handle, split by what it does.
 pub(crate) mod checkpoint;

@@ -153,64 +153,164 @@ pub(crate) fn write(
     to: u64,
     entries: &[(u64, u64)],
 ) -> Result<RunMeta> {
-    debug_assert!(entries.windows(2).all(|w| w[0] <= w[1]));
-    let count = entries.len() as u64;
-    let bloom_blocks = if kind == KIND_DELTA {
-        bloom_blocks_for(count)
-    } else {
-        0
-    };
-    let lay = layout(count, bloom_blocks)
-        .ok_or_else(|| Error::corruption(path, 0, None, "run too large"))?;
-    let mut body = vec![0u8; lay.body_len];
-    for (i, (hash, word)) in entries.iter().enumerate() {
-        let at = i * ENTRY_LEN;
-        body[at..at + 8].copy_from_slice(&hash.to_le_bytes());
-        body[at + 8..at + 16].copy_from_slice(&word.to_le_bytes());
+    let mut w = RunWriter::create(path, seq, kind, segment_id, from, to, entries.len() as u64)?;
+    for &(h, word) in entries {
+        w.push(h, word)?;
     }
-    if bloom_blocks > 0 {
-        let bloom = &mut body[lay.bloom_at..];
-        for (hash, _) in entries {
-            let (block, bits) = bloom_slot(*hash, bloom_blocks);
+    w.finish()
+}
+
+/// Writes a run file sequentially, entry by entry, so a merge never holds the run in memory
+/// (only a delta's Bloom filter, 10 bits per key). The header goes last, at offset 0.
+pub(crate) struct RunWriter {
+    path: std::path::PathBuf,
+    file: File,
+    out: std::io::BufWriter<File>,
+    seq: u64,
+    kind: u32,
+    segment_id: u64,
+    from: u64,
+    to: u64,
+    count: u64,
+    last: Option<(u64, u64)>,
+    bloom: Vec<u8>,
+    bloom_blocks: u64,
+    body_at: usize,
+    block: crc32fast::Hasher,
+    table: Vec<u8>,
+}
+
+impl RunWriter {
+    /// Creates the file (it must not exist: a name is never reused). `max_entries` bounds the
+    /// entries to come and sizes a delta's Bloom filter.
+    pub fn create(
+        path: &Path,
+        seq: u64,
+        kind: u32,
+        segment_id: u64,
+        from: u64,
+        to: u64,
+        max_entries: u64,
+    ) -> Result<RunWriter> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .at(path)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file.try_clone().at(path)?);
+        out.write_all(&[0u8; HEADER_LEN]).at(path)?;
+        let bloom_blocks = if kind == KIND_DELTA {
+            bloom_blocks_for(max_entries)
+        } else {
+            0
+        };
+        let bloom_len = usize::try_from(bloom_blocks)
+            .ok()
+            .and_then(|b| b.checked_mul(BLOOM_BLOCK))
+            .ok_or_else(|| Error::corruption(path, 0, None, "run too large"))?;
+        Ok(RunWriter {
+            path: path.to_owned(),
+            file,
+            out,
+            seq,
+            kind,
+            segment_id,
+            from,
+            to,
+            count: 0,
+            last: None,
+            bloom: vec![0u8; bloom_len],
+            bloom_blocks,
+            body_at: 0,
+            block: crc32fast::Hasher::new(),
+            table: Vec::new(),
+        })
+    }
+
+    fn body(&mut self, mut bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes).at(&self.path)?;
+        while !bytes.is_empty() {
+            let room = BLOCK_LEN - self.body_at % BLOCK_LEN;
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            self.block.update(now);
+            self.body_at += now.len();
+            if self.body_at % BLOCK_LEN == 0 {
+                let crc = std::mem::take(&mut self.block).finalize();
+                self.table.extend_from_slice(&crc.to_le_bytes());
+            }
+            bytes = rest;
+        }
+        Ok(())
+    }
+
+    /// Appends one entry; entries must come in strictly increasing `(hash, word)` order.
+    pub fn push(&mut self, hash: u64, word: u64) -> Result<()> {
+        if self.last.is_some_and(|l| l >= (hash, word)) {
+            return Err(Error::corruption(
+                &self.path,
+                0,
+                None,
+                "run entries out of order (a bug)",
+            ));
+        }
+        self.last = Some((hash, word));
+        let mut e = [0u8; ENTRY_LEN];
+        e[..8].copy_from_slice(&hash.to_le_bytes());
+        e[8..].copy_from_slice(&word.to_le_bytes());
+        self.body(&e)?;
+        self.count += 1;
+        if self.bloom_blocks > 0 {
+            let (block, bits) = bloom_slot(hash, self.bloom_blocks);
             for bit in bits {
-                let byte = block * BLOOM_BLOCK + usize::from(bit / 8);
-                bloom[byte] |= 1 << (bit % 8);
+                self.bloom[block * BLOOM_BLOCK + usize::from(bit / 8)] |= 1 << (bit % 8);
             }
         }
+        Ok(())
     }
-    let mut table = Vec::with_capacity(lay.blocks * 4);
-    for block in body.chunks(BLOCK_LEN) {
-        table.extend_from_slice(&crc32fast::hash(block).to_le_bytes());
+
+    /// Writes the Bloom filter, the crc table and the header, syncs the file.
+    pub fn finish(mut self) -> Result<RunMeta> {
+        if self.bloom_blocks > 0 {
+            let pad = self.body_at.next_multiple_of(BLOOM_BLOCK) - self.body_at;
+            self.body(&[0u8; BLOOM_BLOCK][..pad])?;
+            let bloom = std::mem::take(&mut self.bloom);
+            self.body(&bloom)?;
+        }
+        if self.body_at % BLOCK_LEN != 0 {
+            let crc = std::mem::take(&mut self.block).finalize();
+            self.table.extend_from_slice(&crc.to_le_bytes());
+        }
+        let table = std::mem::take(&mut self.table);
+        self.out.write_all(&table).at(&self.path)?;
+        self.out.flush().at(&self.path)?;
+        let mut head = [0u8; HEADER_LEN];
+        head[0..8].copy_from_slice(&MAGIC);
+        head[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        head[12..16].copy_from_slice(&self.kind.to_le_bytes());
+        head[16..24].copy_from_slice(&self.segment_id.to_le_bytes());
+        head[24..32].copy_from_slice(&self.from.to_le_bytes());
+        head[32..40].copy_from_slice(&self.to.to_le_bytes());
+        head[40..48].copy_from_slice(&self.count.to_le_bytes());
+        let bloom_blocks = u32::try_from(self.bloom_blocks)
+            .map_err(|_| Error::corruption(&self.path, 0, None, "run too large"))?;
+        head[48..52].copy_from_slice(&bloom_blocks.to_le_bytes());
+        head[56..60].copy_from_slice(&crc32fast::hash(&table).to_le_bytes());
+        let header_crc = crc32fast::hash(&head[..60]);
+        head[60..64].copy_from_slice(&header_crc.to_le_bytes());
+        crate::engine::platform::write_all_at(&self.file, &head, 0).at(&self.path)?;
+        self.file.sync_data().at(&self.path)?;
+        let file_len = (HEADER_LEN + self.body_at + table.len()) as u64;
+        Ok(RunMeta {
+            seq: self.seq,
+            kind: self.kind,
+            header_crc,
+            from: self.from,
+            to: self.to,
+            count: self.count,
+            file_len,
+        })
     }
-    let mut head = [0u8; HEADER_LEN];
-    head[0..8].copy_from_slice(&MAGIC);
-    head[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    head[12..16].copy_from_slice(&kind.to_le_bytes());
-    head[16..24].copy_from_slice(&segment_id.to_le_bytes());
-    head[24..32].copy_from_slice(&from.to_le_bytes());
-    head[32..40].copy_from_slice(&to.to_le_bytes());
-    head[40..48].copy_from_slice(&count.to_le_bytes());
-    head[48..52].copy_from_slice(&(bloom_blocks as u32).to_le_bytes());
-    head[56..60].copy_from_slice(&crc32fast::hash(&table).to_le_bytes());
-    let header_crc = crc32fast::hash(&head[..60]);
-    head[60..64].copy_from_slice(&header_crc.to_le_bytes());
-    let mut file = File::create(path).at(path)?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
-    out.write_all(&head).at(path)?;
-    out.write_all(&body).at(path)?;
-    out.write_all(&table).at(path)?;
-    out.flush().at(path)?;
-    drop(out);
-    file.sync_data().at(path)?;
-    Ok(RunMeta {
-        seq,
-        kind,
-        header_crc,
-        from,
-        to,
-        count,
-        file_len: lay.file_len as u64,
-    })
 }
 
 /// A lookup met a block that fails its crc or an entry that breaks the run's rules: the run
@@ -371,13 +471,10 @@ impl Run {
             .all(|&bit| line[usize::from(bit / 8)] & (1 << (bit % 8)) != 0))
     }
 
-    /// The entries whose hash is `hash`, as (offset word) newest first, by interpolation search.
-    pub fn find(&self, hash: u64, out: &mut Vec<u64>) -> std::result::Result<(), Damaged> {
-        out.clear();
+    /// The entries whose hash is `hash`: indices `[start, end)`, found by interpolation search.
+    /// Read them with [`Run::word`], newest (highest index) first.
+    pub fn find(&self, hash: u64) -> std::result::Result<(usize, usize), Damaged> {
         let n = self.lay.entries_len / ENTRY_LEN;
-        if n == 0 {
-            return Ok(());
-        }
         // Invariant: entries before `lo` have a smaller hash, entries from `hi` on a hash at
         // least `hash`; `lo_h`/`hi_h` bound the hashes in [lo, hi) for the interpolation.
         let (mut lo, mut hi) = (0usize, n);
@@ -406,21 +503,30 @@ impl Run {
                 return Err(Damaged);
             }
         }
-        let mut i = lo;
-        while i < n {
-            let (h, w) = self.entry(i)?;
-            if h > hash {
+        let mut start = lo;
+        while start < n {
+            let (h, _) = self.entry(start)?;
+            if h >= hash {
                 break;
             }
-            if h == hash {
-                self.check_word(w)?;
-                out.push(w);
-            }
-            i += 1;
+            start += 1;
         }
-        // Sorted by offset ascending: newest first is the reverse.
-        out.reverse();
-        Ok(())
+        let mut end = start;
+        while end < n {
+            let (h, _) = self.entry(end)?;
+            if h != hash {
+                break;
+            }
+            end += 1;
+        }
+        Ok((start, end))
+    }
+
+    /// The offset word of entry `i` (its block checked, its offset in the run's range).
+    pub fn word(&self, i: usize) -> std::result::Result<u64, Damaged> {
+        let (_, w) = self.entry(i)?;
+        self.check_word(w)?;
+        Ok(w)
     }
 
     fn check_word(&self, w: u64) -> std::result::Result<(), Damaged> {
@@ -432,10 +538,17 @@ impl Run {
     }
 
     /// Every entry, checked (crc of every block, sort order, offsets in range).
+    #[cfg(test)]
     pub fn all(&self) -> std::result::Result<Vec<(u64, u64)>, Damaged> {
+        let n = self.validated()?;
+        Ok((0..n).map(|i| self.entry_unchecked(i)).collect())
+    }
+
+    /// Checks the whole run before a merge reads it: the crc of every block, the sort order and
+    /// every offset. Returns the number of entries, then readable with [`Run::at`].
+    pub fn validated(&self) -> std::result::Result<usize, Damaged> {
         self.check_all()?;
         let n = self.lay.entries_len / ENTRY_LEN;
-        let mut out = Vec::with_capacity(n);
         let mut prev = (0u64, 0u64);
         for i in 0..n {
             let e = self.entry_unchecked(i);
@@ -444,9 +557,13 @@ impl Run {
                 return Err(Damaged);
             }
             prev = e;
-            out.push(e);
         }
-        Ok(out)
+        Ok(n)
+    }
+
+    /// Entry `i` of a run [`Run::validated`] accepted.
+    pub fn at(&self, i: usize) -> (u64, u64) {
+        self.entry_unchecked(i)
     }
 
     /// The length of the file.
@@ -460,8 +577,10 @@ mod tests {
     use super::*;
 
     fn meta_of(dir: &Path, entries: &[(u64, u64)], kind: u32) -> (std::path::PathBuf, RunMeta) {
-        let p = dir.join(file_name(7));
-        let m = write(&p, 7, kind, 42, 32, 1 << 40, entries).expect("test");
+        let seq = 7 + u64::from(kind);
+        let p = dir.join(file_name(seq));
+        let _ = std::fs::remove_file(&p);
+        let m = write(&p, seq, kind, 42, 32, 1 << 40, entries).expect("test");
         (p, m)
     }
 
@@ -482,20 +601,21 @@ mod tests {
         for kind in [KIND_BASE, KIND_DELTA] {
             let (p, m) = meta_of(dir.path(), &entries, kind);
             let run = Run::open(&p, m, 42).expect("io").expect("trusted");
-            let mut out = Vec::new();
+            let words = |h: u64| -> Vec<u64> {
+                let (a, b) = run.find(h).expect("test");
+                (a..b).rev().map(|i| run.word(i).expect("test")).collect()
+            };
             for (h, w) in &entries {
                 assert!(run.may_contain(*h).expect("test"));
-                run.find(*h, &mut out).expect("test");
-                assert!(out.contains(w));
+                assert!(words(*h).contains(w));
             }
-            run.find(dup, &mut out).expect("test");
+            let out = words(dup);
             assert_eq!(out.len(), 2);
             assert!(out[0] > out[1], "newest first");
             let mut misses = 0;
             for i in 0..10_000u64 {
                 let h = xxhash_rust::xxh3::xxh3_64(&(i + 1_000_000).to_le_bytes());
-                run.find(h, &mut out).expect("test");
-                assert!(out.is_empty());
+                assert!(words(h).is_empty());
                 misses += u32::from(!run.may_contain(h).expect("test"));
             }
             if kind == KIND_DELTA {
@@ -526,10 +646,10 @@ mod tests {
             match Run::open(&p, m, 42).expect("test") {
                 Err(_) => {}
                 Ok(run) => {
-                    let mut out = Vec::new();
                     let looked = entries.iter().try_for_each(|(h, _)| {
                         run.may_contain(*h)?;
-                        run.find(*h, &mut out)
+                        let (a, b) = run.find(*h)?;
+                        (a..b).try_for_each(|i| run.word(i).map(drop))
                     });
                     assert!(looked.is_err() || run.all().is_err(), "flip at {at} missed");
                 }
