@@ -472,6 +472,7 @@ impl Inner {
         st.closed_mark = false;
         st.version = segment::FORMAT_VERSION;
         st.synced = new_end;
+        st.written_back = new_end;
         // It ends with a mark proving all of it, as if just opened after a clean close.
         st.proven = new_end;
         st.damaged.clear();

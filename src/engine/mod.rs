@@ -165,6 +165,8 @@ pub(crate) struct State {
     pub(crate) version: u32,
     /// Segment bytes `[0, synced)` are durable: `fdatasync` returned after they were written.
     pub(crate) synced: u64,
+    /// Segment bytes before this were handed to the kernel's writeback (a hint, see `append`).
+    pub(crate) written_back: u64,
     /// Segment bytes `[0, proven)` are proven durable by a sync mark in the segment itself. The
     /// writer leads its next append with a mark whenever `synced` has moved past it.
     pub(crate) proven: u64,

@@ -217,6 +217,7 @@ impl Engine {
             needs_repair: false,
             version,
             synced: if writable { end } else { 0 },
+            written_back: end,
             proven,
             damaged,
             lost_found_files: crate::engine::lost_found::list(dir)?.len() as u64,

@@ -481,9 +481,10 @@ impl Run {
         let (mut lo_h, mut hi_h) = (0u64, u64::MAX);
         let mut steps = 0u32;
         while hi - lo > 8 {
-            let span = (hi - lo) as u128;
             let guess = if steps < 4 && hash >= lo_h && hi_h > lo_h {
-                let frac = u128::from(hash - lo_h) * span / (u128::from(hi_h - lo_h) + 1);
+                // Floating point: only an estimate, and a 128-bit division costs more than the
+                // cache line it saves.
+                let frac = (hash - lo_h) as f64 / (hi_h - lo_h) as f64 * (hi - lo) as f64;
                 lo + (frac as usize).min(hi - lo - 1)
             } else {
                 lo + (hi - lo) / 2
