@@ -433,11 +433,22 @@ fn v3_vector_decodes_manifest_and_runs() {
         let bloom_blocks = u32_at(&f, 48) as usize;
         assert_eq!(bloom_blocks == 0, kind == 0);
         let entries = count as usize * 16;
-        let body = if bloom_blocks == 0 {
-            entries
-        } else {
-            entries.next_multiple_of(64) + 64 * bloom_blocks
-        };
+        let fences = entries.div_ceil(4096);
+        let fence_at = entries.next_multiple_of(64);
+        let bloom_at = (fence_at + 8 * fences).next_multiple_of(64);
+        let body = bloom_at + 64 * bloom_blocks;
+        // Fence i: the hash of entry 256 i.
+        for i in 0..fences {
+            assert_eq!(
+                u64_at(&f, 64 + fence_at + 8 * i),
+                u64_at(&f, 64 + 4096 * i),
+                "fence {i}"
+            );
+        }
+        assert!(
+            f[64 + entries..64 + fence_at].iter().all(|&b| b == 0),
+            "padding"
+        );
         let blocks = body.div_ceil(4096);
         assert_eq!(f.len(), 64 + body + 4 * blocks);
         let table = &f[64 + body..];
@@ -460,7 +471,7 @@ fn v3_vector_decodes_manifest_and_runs() {
                 // The Bloom filter has the key's bits set, as the spec computes them.
                 let block = ((u128::from(hash) * bloom_blocks as u128) >> 64) as usize;
                 let g = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let line = &f[64 + entries.next_multiple_of(64) + 64 * block..][..64];
+                let line = &f[64 + bloom_at + 64 * block..][..64];
                 for j in 0..6 {
                     let bit = ((g >> (9 * j)) & 511) as usize;
                     assert_ne!(line[bit / 8] & (1 << (bit % 8)), 0);

@@ -46,6 +46,10 @@ pub(crate) const HEADER_LEN: usize = 64;
 pub(crate) const ENTRY_LEN: usize = 16;
 /// Bytes of body per crc in the crc table.
 pub(crate) const BLOCK_LEN: usize = 4096;
+/// Bytes per fence: the hash of the first entry of each 4096-byte block of entries.
+pub(crate) const FENCE_LEN: usize = 8;
+/// Entries per fence.
+pub(crate) const ENTRIES_PER_FENCE: usize = BLOCK_LEN / ENTRY_LEN;
 /// Bytes per Bloom filter block (one cache line).
 pub(crate) const BLOOM_BLOCK: usize = 64;
 /// Bloom filter bits per key in a delta run.
@@ -91,6 +95,8 @@ pub(crate) struct RunMeta {
 #[derive(Debug, Clone, Copy)]
 struct Layout {
     entries_len: usize,
+    fence_at: usize,
+    fences: usize,
     bloom_at: usize,
     body_len: usize,
     blocks: usize,
@@ -102,11 +108,13 @@ fn layout(count: u64, bloom_blocks: u64) -> Option<Layout> {
     let bloom_len = usize::try_from(bloom_blocks)
         .ok()?
         .checked_mul(BLOOM_BLOCK)?;
-    let bloom_at = if bloom_len == 0 {
-        entries_len
-    } else {
-        entries_len.checked_next_multiple_of(BLOOM_BLOCK)?
-    };
+    // Entries, zeros to a multiple of 64, the fences, zeros to a multiple of 64, the Bloom
+    // filter: no fence and no Bloom block straddles a 4096-byte crc block.
+    let fence_at = entries_len.checked_next_multiple_of(BLOOM_BLOCK)?;
+    let fences = entries_len.div_ceil(BLOCK_LEN);
+    let bloom_at = fence_at
+        .checked_add(fences.checked_mul(FENCE_LEN)?)?
+        .checked_next_multiple_of(BLOOM_BLOCK)?;
     let body_len = bloom_at.checked_add(bloom_len)?;
     let blocks = body_len.div_ceil(BLOCK_LEN);
     let file_len = HEADER_LEN
@@ -114,6 +122,8 @@ fn layout(count: u64, bloom_blocks: u64) -> Option<Layout> {
         .checked_add(blocks.checked_mul(4)?)?;
     Some(Layout {
         entries_len,
+        fence_at,
+        fences,
         bloom_at,
         body_len,
         blocks,
@@ -178,6 +188,7 @@ pub(crate) struct RunWriter {
     body_at: usize,
     block: crc32fast::Hasher,
     table: Vec<u8>,
+    fences: Vec<u8>,
 }
 
 impl RunWriter {
@@ -225,6 +236,7 @@ impl RunWriter {
             body_at: 0,
             block: crc32fast::Hasher::new(),
             table: Vec::new(),
+            fences: Vec::new(),
         })
     }
 
@@ -255,6 +267,9 @@ impl RunWriter {
             ));
         }
         self.last = Some((hash, word));
+        if self.count % ENTRIES_PER_FENCE as u64 == 0 {
+            self.fences.extend_from_slice(&hash.to_le_bytes());
+        }
         let mut e = [0u8; ENTRY_LEN];
         e[..8].copy_from_slice(&hash.to_le_bytes());
         e[8..].copy_from_slice(&word.to_le_bytes());
@@ -271,12 +286,14 @@ impl RunWriter {
 
     /// Writes the Bloom filter, the crc table and the header, syncs the file.
     pub fn finish(mut self) -> Result<RunMeta> {
-        if self.bloom_blocks > 0 {
-            let pad = self.body_at.next_multiple_of(BLOOM_BLOCK) - self.body_at;
-            self.body(&[0u8; BLOOM_BLOCK][..pad])?;
-            let bloom = std::mem::take(&mut self.bloom);
-            self.body(&bloom)?;
-        }
+        let pad = self.body_at.next_multiple_of(BLOOM_BLOCK) - self.body_at;
+        self.body(&[0u8; BLOOM_BLOCK][..pad])?;
+        let fences = std::mem::take(&mut self.fences);
+        self.body(&fences)?;
+        let pad = self.body_at.next_multiple_of(BLOOM_BLOCK) - self.body_at;
+        self.body(&[0u8; BLOOM_BLOCK][..pad])?;
+        let bloom = std::mem::take(&mut self.bloom);
+        self.body(&bloom)?;
         if self.body_at % BLOCK_LEN != 0 {
             let crc = std::mem::take(&mut self.block).finalize();
             self.table.extend_from_slice(&crc.to_le_bytes());
@@ -475,13 +492,44 @@ impl Run {
     /// Read them with [`Run::word`], newest (highest index) first.
     pub fn find(&self, hash: u64) -> std::result::Result<(usize, usize), Damaged> {
         let n = self.lay.entries_len / ENTRY_LEN;
+        if n == 0 {
+            return Ok((0, 0));
+        }
+        // The fences: `k` = how many blocks start below `hash`. The first entry at least `hash`
+        // is then in block k - 1, or the first of block k.
+        let (mut a, mut b) = (0usize, self.lay.fences);
+        while a < b {
+            let mid = a + (b - a) / 2;
+            if self.fence(mid)? < hash {
+                a = mid + 1;
+            } else {
+                b = mid;
+            }
+        }
+        let k = a;
+        let (mut lo, mut hi, mut lo_h, mut hi_h) = if k == 0 {
+            (0, 0, 0, 0)
+        } else {
+            let lo = (k - 1) * ENTRIES_PER_FENCE;
+            let hi = (k * ENTRIES_PER_FENCE).min(n);
+            let next = if k < self.lay.fences {
+                self.fence(k)?
+            } else {
+                u64::MAX
+            };
+            let first = self.fence(k - 1)?;
+            // The fence must be the hash of its block's first entry: a fence that lies (damage
+            // that passed the crc) would send the search to the wrong block.
+            if self.entry(lo)?.0 != first {
+                return Err(Damaged);
+            }
+            (lo, hi, first, next)
+        };
         // Invariant: entries before `lo` have a smaller hash, entries from `hi` on a hash at
         // least `hash`; `lo_h`/`hi_h` bound the hashes in [lo, hi) for the interpolation.
-        let (mut lo, mut hi) = (0usize, n);
-        let (mut lo_h, mut hi_h) = (0u64, u64::MAX);
         let mut steps = 0u32;
         while hi - lo > 8 {
-            let guess = if steps < 4 && hash >= lo_h && hi_h > lo_h {
+            let guess = if steps < 2 && hash >= lo_h && hi_h > lo_h {
                 // Floating point: only an estimate, and a 128-bit division costs more than the
                 // cache line it saves.
                 let frac = (hash - lo_h) as f64 / (hi_h - lo_h) as f64 * (hi - lo) as f64;
@@ -498,9 +546,8 @@ impl Run {
                 hi = guess;
                 hi_h = h;
             }
-            // A run whose entries are not sorted (damage that passed the crc: never seen, but
-            // bounded anyway) cannot make this loop more than ~64 + 4 times.
-            if steps > 200 {
+            // At most 256 entries in the range: this loop ends long before.
+            if steps > 64 {
                 return Err(Damaged);
             }
         }
@@ -521,6 +568,15 @@ impl Run {
             end += 1;
         }
         Ok((start, end))
+    }
+
+    /// Fence `i`: the hash of entry `256 i` (its block checked).
+    fn fence(&self, i: usize) -> std::result::Result<u64, Damaged> {
+        let at = self.lay.fence_at + i * FENCE_LEN;
+        self.check_block(at / BLOCK_LEN)?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.body()[at..at + FENCE_LEN]);
+        Ok(u64::from_le_bytes(b))
     }
 
     /// The offset word of entry `i` (its block checked, its offset in the run's range).
@@ -555,6 +611,9 @@ impl Run {
             let e = self.entry_unchecked(i);
             self.check_word(e.1)?;
             if i > 0 && e <= prev {
+                return Err(Damaged);
+            }
+            if i % ENTRIES_PER_FENCE == 0 && self.fence(i / ENTRIES_PER_FENCE)? != e.0 {
                 return Err(Damaged);
             }
             prev = e;
