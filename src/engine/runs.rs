@@ -247,7 +247,7 @@ impl RunWriter {
             let (now, rest) = bytes.split_at(room.min(bytes.len()));
             self.block.update(now);
             self.body_at += now.len();
-            if self.body_at % BLOCK_LEN == 0 {
+            if self.body_at.is_multiple_of(BLOCK_LEN) {
                 let crc = std::mem::take(&mut self.block).finalize();
                 self.table.extend_from_slice(&crc.to_le_bytes());
             }
@@ -267,7 +267,7 @@ impl RunWriter {
             ));
         }
         self.last = Some((hash, word));
-        if self.count % ENTRIES_PER_FENCE as u64 == 0 {
+        if self.count.is_multiple_of(ENTRIES_PER_FENCE as u64) {
             self.fences.extend_from_slice(&hash.to_le_bytes());
         }
         let mut e = [0u8; ENTRY_LEN];
@@ -294,7 +294,7 @@ impl RunWriter {
         self.body(&[0u8; BLOOM_BLOCK][..pad])?;
         let bloom = std::mem::take(&mut self.bloom);
         self.body(&bloom)?;
-        if self.body_at % BLOCK_LEN != 0 {
+        if !self.body_at.is_multiple_of(BLOCK_LEN) {
             let crc = std::mem::take(&mut self.block).finalize();
             self.table.extend_from_slice(&crc.to_le_bytes());
         }
@@ -613,7 +613,7 @@ impl Run {
             if i > 0 && e <= prev {
                 return Err(Damaged);
             }
-            if i % ENTRIES_PER_FENCE == 0 && self.fence(i / ENTRIES_PER_FENCE)? != e.0 {
+            if i.is_multiple_of(ENTRIES_PER_FENCE) && self.fence(i / ENTRIES_PER_FENCE)? != e.0 {
                 return Err(Damaged);
             }
             prev = e;
