@@ -51,6 +51,7 @@ pub use driver::{Driver, MessagepackDriver};
 /// stable API.
 #[doc(hidden)]
 pub use engine::backend::{Backend, FileBackend};
+pub use engine::checkpoint::CheckpointCrash;
 pub use engine::compaction::{CompactionReport, CrashPoint};
 pub use engine::record::MAX_KEY_LEN;
 pub use engine::repair::{RepairReport, repair};

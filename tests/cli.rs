@@ -598,7 +598,7 @@ fn a_torn_tail_is_reported_but_is_not_corruption() {
 fn rebuild_index_repairs_a_lost_index() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = imported(tmp.path());
-    std::fs::write(store.join("index.sqi"), b"junk").expect("writes");
+    std::fs::write(store.join("index.sqm"), b"junk").expect("writes");
     let o = run(["verify", p(&store)]);
     assert_code(&o, 0);
     assert!(

@@ -30,7 +30,7 @@ fn verify_recommends_repair_and_repair_loses_nothing_else() {
     let at = bytes.windows(7).position(|w| w == b"value 4").unwrap();
     bytes[at + 3] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
-    std::fs::remove_file(store.join("index.sqi")).unwrap();
+    std::fs::remove_file(store.join("index.sqm")).unwrap();
     let s = store.to_str().unwrap();
 
     let v = cli(&["verify", s]);

@@ -148,6 +148,7 @@ fn a_crash_at_any_step_leaves_a_whole_store() {
             "{point:?}"
         );
         assert!(!dir.path().join("index.sqi.compact").exists(), "{point:?}");
+        assert!(!dir.path().join("index.sqm.compact").exists(), "{point:?}");
         // And the store can still be compacted and written.
         db.compact().unwrap();
         db.set("x", b"y").unwrap();

@@ -36,6 +36,40 @@ fn build(dir: &std::path::Path, seed: u64) -> (BTreeMap<String, Vec<u8>>, Vec<Ex
     (model, extents)
 }
 
+/// A store whose index is a base run and delta runs (with tombstones): 800 keys checkpointed,
+/// then overwrites, new keys and deletes checkpointed in small batches, closed cleanly.
+fn build_with_deltas(dir: &std::path::Path, seed: u64) -> BTreeMap<String, Vec<u8>> {
+    let mut rng = Rng(seed);
+    let db = Config::new(dir)
+        .durability(Durability::Buffered)
+        .open()
+        .unwrap();
+    let mut model = BTreeMap::new();
+    for i in 0..800u64 {
+        let key = format!("key-{i:04}");
+        let value = value_for(&key, i, 20 + rng.below(60) as usize);
+        db.set(&key, &value).unwrap();
+        model.insert(key, value);
+    }
+    db.checkpoint().unwrap();
+    for i in 0..60u64 {
+        let key = format!("key-{:04}", rng.below(900));
+        if rng.chance(15) {
+            db.delete(&key).unwrap();
+            model.remove(&key);
+        } else {
+            let value = value_for(&key, 1000 + i, 20 + rng.below(60) as usize);
+            db.set(&key, &value).unwrap();
+            model.insert(key, value);
+        }
+        if i % 25 == 24 {
+            db.checkpoint().unwrap();
+        }
+    }
+    db.close().unwrap();
+    model
+}
+
 #[test]
 fn flipped_segment_bytes_are_all_found_and_never_served() {
     let (mut trials, mut flips_total, mut found_total) = (0, 0, 0);
@@ -107,26 +141,49 @@ fn flipped_segment_bytes_are_all_found_and_never_served() {
     );
 }
 
+/// The index files of a store (index format 3): the manifest and its run files.
+fn index_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name == "index.sqm" || (name.starts_with("index-") && name.ends_with(".sqr"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A flipped byte anywhere in the manifest or a run (header, entries, Bloom filter, crc table)
+/// makes the handle rebuild the index from the segment: never a wrong or a missing value.
 #[test]
 fn flipped_index_bytes_are_detected_and_rebuilt() {
     let mut flips_total = 0;
     for seed in 0..40u64 {
         let dir = tempfile::tempdir().unwrap();
-        let (model, _) = build(dir.path(), seed);
-        let idx = dir.path().join("index.sqi");
-        let mut bytes = std::fs::read(&idx).unwrap();
+        let model = if seed % 2 == 0 {
+            build(dir.path(), seed).0
+        } else {
+            build_with_deltas(dir.path(), seed)
+        };
+        let files = index_files(dir.path());
+        let want = if seed % 2 == 0 { 2 } else { 3 };
+        assert!(files.len() >= want, "a manifest and runs: {files:?}");
         let mut rng = Rng(seed + 2000);
+        let idx = &files[rng.below(files.len() as u64) as usize];
+        let mut bytes = std::fs::read(idx).unwrap();
         for _ in 0..1 + rng.below(4) {
-            // Half the flips in the header page, half in the slots.
+            // Half the flips in the first 128 bytes (headers), half anywhere.
             let at = if rng.chance(50) {
-                rng.below(128)
+                rng.below(128.min(bytes.len() as u64))
             } else {
-                4096 + rng.below(bytes.len() as u64 - 4096)
+                rng.below(bytes.len() as u64)
             };
             bytes[at as usize] ^= 1 << rng.below(8);
             flips_total += 1;
         }
-        std::fs::write(&idx, &bytes).unwrap();
+        std::fs::write(idx, &bytes).unwrap();
         for read_only in [true, false] {
             let db = Config::new(dir.path()).read_only(read_only).open().unwrap();
             for (key, value) in &model {

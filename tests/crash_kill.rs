@@ -28,9 +28,12 @@ fn kill_child() {
     } else {
         Durability::Fsync
     };
+    // A checkpoint every 8 records over ~150 keys: index format 3 then writes new deltas, merges
+    // the deltas, and merges into the base, all within a few dozen records, so kills land in
+    // every step of every kind of checkpoint.
     let db = Config::new(&dir)
         .durability(durability)
-        .checkpoint_every(40, 1 << 20)
+        .checkpoint_every(8, 1 << 20)
         .open()
         .unwrap();
     if mode == "compact" {

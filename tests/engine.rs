@@ -246,7 +246,7 @@ fn damaged_or_missing_index_is_rebuilt() {
                 .unwrap();
         }
     }
-    let idx = dir.path().join("index.sqi");
+    let idx = dir.path().join("index.sqm");
     // Garbage index.
     let mut f = OpenOptions::new().write(true).open(&idx).unwrap();
     f.write_all(b"garbage!").unwrap();
@@ -260,17 +260,20 @@ fn damaged_or_missing_index_is_rebuilt() {
     assert_eq!(db.len(), 300);
     assert_eq!(&*db.get("k299").unwrap().unwrap(), b"v299");
     drop(db);
-    // Damaged slots (the header is intact, so open trusts the file): the first lookup that meets
-    // one rebuilds the index from the segment, so every key still reads, none vanishes.
-    for flip in [0usize, 5, 9, 17, 30] {
-        let mut bytes = std::fs::read(&idx).unwrap();
-        let live: Vec<usize> = (0..(bytes.len() - 4096) / 32)
-            .filter(|i| bytes[4096 + 32 * i..4096 + 32 * i + 8] != [0; 8])
-            .collect();
-        for &slot in live.iter().step_by(7) {
-            bytes[4096 + 32 * slot + flip] ^= 0x5a;
+    // Damaged entries in the base run (its header and crc table are intact, so open trusts the
+    // file): the first lookup that meets one fails its block's crc and rebuilds the index from
+    // the segment, so every key still reads, none vanishes.
+    for flip in [0usize, 5, 9, 13, 15] {
+        let run = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "sqr"))
+            .expect("a base run");
+        let mut bytes = std::fs::read(&run).unwrap();
+        for entry in (0..300).step_by(7) {
+            bytes[64 + 16 * entry + flip] ^= 0x5a;
         }
-        std::fs::write(&idx, &bytes).unwrap();
+        std::fs::write(&run, &bytes).unwrap();
         for read_only in [true, false] {
             let db = Config::new(dir.path()).read_only(read_only).open().unwrap();
             for i in 0..300 {

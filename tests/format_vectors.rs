@@ -320,3 +320,245 @@ fn a_v1_store_opened_read_write_is_upgraded() {
     let ro = Engine::open_read_only(tmp.path()).unwrap();
     assert_eq!(ro.keys().unwrap(), vec!["alpha", "bravo", "delta"]);
 }
+
+/// Writes `v3-runs/`: `v2-marks/` opened read-write (`Durability::Fsync`), a `set_many` of
+/// `k00`..`k15` = `v00`..`v15`, a checkpoint (the conversion: base run 1), a delete of `alpha`,
+/// a clean close (delta run 2). Deterministic: the segment id comes from `v2-marks/`.
+fn build_v3(dst: &Path) {
+    for f in std::fs::read_dir(vectors().join("v2-marks")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
+    }
+    let db = Config::new(dst)
+        .durability(Durability::Fsync)
+        .open()
+        .unwrap();
+    let kv: Vec<(String, Vec<u8>)> = (0..16)
+        .map(|i| (format!("k{i:02}"), format!("v{i:02}").into_bytes()))
+        .collect();
+    db.set_many(kv.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        .unwrap();
+    db.checkpoint().unwrap();
+    assert!(db.delete("alpha").unwrap());
+    db.close().unwrap();
+}
+
+/// The index format 3 files of `dir`, sorted by name.
+fn v3_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("index"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// `v3-runs/`: the manifest and both runs decode byte for byte as format-spec/README.md says
+/// (parser written from the spec), name exactly the records the segment holds, and the engine
+/// reproduces the files exactly from `v2-marks/`.
+#[test]
+fn v3_vector_decodes_manifest_and_runs() {
+    let dir = vectors().join("v3-runs");
+    if std::env::var_os("SQS_REGEN_VECTORS").is_some() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        build_v3(&dir);
+        let _ = std::fs::remove_file(dir.join("LOCK"));
+        // The preallocated zeros after the records are left out of the committed file.
+        let m = std::fs::read(dir.join("index.sqm")).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("segment.sqs"))
+            .unwrap();
+        f.set_len(u64_at(&m, 24)).unwrap();
+    }
+    assert_eq!(
+        v3_files(&dir),
+        vec![
+            "index-0000000000000001.sqr",
+            "index-0000000000000002.sqr",
+            "index.sqm"
+        ]
+    );
+    let seg = std::fs::read(dir.join("segment.sqs")).unwrap();
+    let segment_id = u64_at(&seg, 16);
+    // Records by offset: (kind, key).
+    let mut records = std::collections::BTreeMap::new();
+    let mut at = 32usize;
+    while at + 24 <= seg.len() && u32_at(&seg, at + 4) == crc32fast::hash(&seg[at + 8..at + 24]) {
+        let key_len = usize::from(u16::from_le_bytes([seg[at + 10], seg[at + 11]]));
+        let end = at + 24 + key_len + u64_at(&seg, at + 16) as usize;
+        let key = String::from_utf8(seg[at + 24..at + 24 + key_len].to_vec()).unwrap();
+        records.insert(at as u64, (seg[at + 8], key));
+        at = end;
+    }
+    let seg_end = at as u64;
+
+    let m = std::fs::read(dir.join("index.sqm")).unwrap();
+    assert_eq!(&m[0..8], b"\x89SQMAN\r\n");
+    assert_eq!(u32_at(&m, 8), 3, "version");
+    assert_eq!(u32_at(&m, 12), 2, "closed cleanly");
+    assert_eq!(u64_at(&m, 16), segment_id);
+    assert_eq!(u64_at(&m, 24), seg_end, "covers every record");
+    assert_eq!(u64_at(&m, 32), 18, "live records: bravo, charlie, k00..k15");
+    let n = u32_at(&m, 72) as usize;
+    assert_eq!(n, 2);
+    assert_eq!(u32_at(&m, 76), 0);
+    assert_eq!(m.len(), 84 + 48 * n);
+    assert_eq!(u32_at(&m, 80 + 48 * n), crc32fast::hash(&m[..80 + 48 * n]));
+    let mut from = 32;
+    let mut live = std::collections::BTreeMap::new();
+    for i in 0..n {
+        let r = &m[80 + 48 * i..128 + 48 * i];
+        let (seq, kind, header_crc) = (u64_at(r, 0), u32_at(r, 8), u32_at(r, 12));
+        let (rfrom, rto, count, file_len) =
+            (u64_at(r, 16), u64_at(r, 24), u64_at(r, 32), u64_at(r, 40));
+        assert!(seq < u64_at(&m, 64), "seq below next_seq");
+        assert_eq!(kind, if i == 0 { 0 } else { 1 });
+        assert_eq!(rfrom, from, "runs tile the covered bytes");
+        from = rto;
+        let f = std::fs::read(dir.join(format!("index-{seq:016x}.sqr"))).unwrap();
+        assert_eq!(f.len() as u64, file_len);
+        assert_eq!(&f[0..8], b"\x89SQRUN\r\n");
+        assert_eq!(u32_at(&f, 8), 3);
+        assert_eq!(u32_at(&f, 12), kind);
+        assert_eq!(u64_at(&f, 16), segment_id);
+        assert_eq!(
+            (u64_at(&f, 24), u64_at(&f, 32), u64_at(&f, 40)),
+            (rfrom, rto, count)
+        );
+        assert_eq!(u32_at(&f, 60), crc32fast::hash(&f[..60]));
+        assert_eq!(u32_at(&f, 60), header_crc);
+        let bloom_blocks = u32_at(&f, 48) as usize;
+        assert_eq!(bloom_blocks == 0, kind == 0);
+        let entries = count as usize * 16;
+        let fences = entries.div_ceil(4096);
+        let fence_at = entries.next_multiple_of(64);
+        let bloom_at = (fence_at + 8 * fences).next_multiple_of(64);
+        let body = bloom_at + 64 * bloom_blocks;
+        // Fence i: the hash of entry 256 i.
+        for i in 0..fences {
+            assert_eq!(
+                u64_at(&f, 64 + fence_at + 8 * i),
+                u64_at(&f, 64 + 4096 * i),
+                "fence {i}"
+            );
+        }
+        assert!(
+            f[64 + entries..64 + fence_at].iter().all(|&b| b == 0),
+            "padding"
+        );
+        let blocks = body.div_ceil(4096);
+        assert_eq!(f.len(), 64 + body + 4 * blocks);
+        let table = &f[64 + body..];
+        assert_eq!(u32_at(&f, 56), crc32fast::hash(table));
+        for (b, chunk) in f[64..64 + body].chunks(4096).enumerate() {
+            assert_eq!(u32_at(table, 4 * b), crc32fast::hash(chunk));
+        }
+        let mut prev = None;
+        for e in f[64..64 + entries].chunks(16) {
+            let (hash, word) = (u64_at(e, 0), u64_at(e, 8));
+            assert!(prev.is_none_or(|p| p < (hash, word)), "sorted");
+            prev = Some((hash, word));
+            let offset = word & ((1 << 62) - 1);
+            assert!(offset >= rfrom && offset < rto);
+            let (rkind, key) = &records[&offset];
+            let h = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+            assert_eq!(hash, if h < 2 { h + 2 } else { h });
+            assert_eq!(word >> 63 == 1, *rkind == 2, "bit 63: tombstone");
+            if bloom_blocks > 0 {
+                // The Bloom filter has the key's bits set, as the spec computes them.
+                let block = ((u128::from(hash) * bloom_blocks as u128) >> 64) as usize;
+                let g = hash.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let line = &f[64 + bloom_at + 64 * block..][..64];
+                for j in 0..6 {
+                    let bit = ((g >> (9 * j)) & 511) as usize;
+                    assert_ne!(line[bit / 8] & (1 << (bit % 8)), 0);
+                }
+            }
+            live.insert(key.clone(), *rkind == 1);
+        }
+    }
+    assert_eq!(from, seg_end);
+    // Newer runs shadow older ones (the delta's tombstone hides the base's alpha).
+    let mut want: Vec<String> = vec!["bravo".into(), "charlie".into()];
+    want.extend((0..16).map(|i| format!("k{i:02}")));
+    let live_keys: Vec<String> = live
+        .iter()
+        .filter(|(_, l)| **l)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(live_keys, want);
+    // The engine reads it, and writes exactly these files from v2-marks/.
+    let ro = Engine::open_read_only(&dir).unwrap();
+    assert_eq!(ro.keys().unwrap(), want);
+    assert!(ro.get("alpha").unwrap().is_none());
+    drop(ro);
+    let tmp = tempfile::tempdir().unwrap();
+    build_v3(tmp.path());
+    for name in v3_files(&dir)
+        .iter()
+        .chain(["segment.sqs".to_string()].iter())
+    {
+        let want = std::fs::read(dir.join(name)).unwrap();
+        let mut got = std::fs::read(tmp.path().join(name)).unwrap();
+        if name == "segment.sqs" {
+            assert!(
+                got[want.len()..].iter().all(|&b| b == 0),
+                "zeros after the records"
+            );
+            got.truncate(want.len());
+        }
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+/// A committed version-2 store (`v2-marks/`, an `index.sqi` hash table) opens read-only as it
+/// is, and a read-write session converts it at its first checkpoint: the manifest and a base
+/// run appear, `index.sqi` is removed, and every key is intact before and after.
+#[test]
+fn a_v2_store_is_read_then_converted() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(vectors().join("v2-marks")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
+    }
+    let expect = |db: &Engine| {
+        assert_eq!(db.keys().unwrap(), vec!["alpha", "bravo", "charlie"]);
+        assert_eq!(&*db.get("alpha").unwrap().unwrap(), b"first value");
+        assert_eq!(&*db.get("bravo").unwrap().unwrap(), b"second value");
+        assert_eq!(&*db.get("charlie").unwrap().unwrap(), b"third value");
+    };
+    let ro = Engine::open_read_only(tmp.path()).unwrap();
+    expect(&ro);
+    assert_eq!(
+        ro.stats().index_file_len,
+        36864,
+        "the v2 table is what it reads"
+    );
+    assert!(!ro.stats().index_rebuilt);
+    drop(ro);
+    let db = Engine::open(tmp.path()).unwrap();
+    expect(&db);
+    assert!(
+        tmp.path().join("index.sqi").exists(),
+        "kept until the first checkpoint"
+    );
+    db.checkpoint().unwrap();
+    assert!(
+        !tmp.path().join("index.sqi").exists(),
+        "removed once the manifest is durable"
+    );
+    assert!(tmp.path().join("index.sqm").exists());
+    expect(&db);
+    db.close().unwrap();
+    let ro = Engine::open_read_only(tmp.path()).unwrap();
+    expect(&ro);
+    assert!(!ro.stats().index_rebuilt);
+    assert_eq!(
+        ro.stats().replayed_records,
+        0,
+        "the conversion covered every record"
+    );
+}

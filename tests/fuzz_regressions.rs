@@ -139,11 +139,27 @@ mod engine {
     }
 
     /// A store holding `b` and `c`, closed cleanly: the index names both records.
+    /// A store with keys `b` (its record at offset 32) and `c`, closed cleanly, whose index is a
+    /// version-2 hash table `index.sqi`: these regressions pin how damaged slots are read. The
+    /// engine writes index format 3; `push` to a `file://` URL publishes a version-2 table, and
+    /// the published directory (without its `store.json`) is a version-2 store.
     fn indexed_store(dir: &Path) {
-        let db = Config::new(dir).open().expect("open");
+        let src = tempfile::tempdir().expect("tempdir");
+        let db = Config::new(src.path()).open().expect("open");
         db.set("b", b"value of b").expect("set");
         db.set("c", b"value of c").expect("set");
         db.close().expect("close");
+        let url = format!("file://{}", dir.display());
+        squirrel_store::remote::push(
+            src.path(),
+            &url,
+            squirrel_store::remote::RemoteOptions::new(),
+        )
+        .expect("push");
+        for name in ["store.json", "keys.json"] {
+            std::fs::remove_file(dir.join(name)).expect("remove");
+        }
+        assert!(dir.join("index.sqi").exists() && !dir.join("index.sqm").exists());
     }
 
     /// Pins: `get` answering `Ok(None)` for a key whose indexed record has a flipped key byte.
@@ -274,12 +290,10 @@ mod engine {
     #[test]
     fn compaction_never_resurrects_a_deleted_key() {
         let dir = tempfile::tempdir().expect("tempdir");
+        indexed_store(dir.path());
         let db = Config::new(dir.path()).open().expect("open");
-        db.set("b", b"value of b").expect("set");
-        db.set("c", b"value of c").expect("set");
-        db.checkpoint().expect("checkpoint");
         assert!(db.delete("b").expect("delete"));
-        db.abandon(); // the tombstone stays in the tail after the checkpoint
+        db.abandon(); // the tombstone stays in the tail after the (version-2) checkpoint
         let (slot, hash, _) = occupied_slots(dir.path())
             .into_iter()
             .find(|&(_, _, offset)| offset == 32)
@@ -396,7 +410,7 @@ mod engine {
         db.close().expect("close");
         // Damage in the first record of the old batch; the index is lost (it is derived).
         flip(&seg, 32 + 24 + 1 + 50, 0x01);
-        std::fs::remove_file(dir.path().join("index.sqi")).expect("remove the index");
+        std::fs::remove_file(dir.path().join("index.sqm")).expect("remove the index");
         for read_only in [true, false] {
             match Config::new(dir.path()).read_only(read_only).open() {
                 Err(Error::Corruption { .. }) => {}

@@ -137,11 +137,33 @@ fn a_large_index_is_read_in_pages_with_the_same_answers() {
     assert!(store.verify().expect("verify").ok());
 }
 
+/// A local store with index format 3 has no `index.sqi`, so its directory is not read by URL
+/// as it is (a typed error saying why); `push` to a `file://` URL publishes the version-2 table
+/// built from its runs, and that opens by URL. A directory holding a version-2 store (here: the
+/// published copy, without its `store.json`) still opens as it is.
 #[test]
 fn a_closed_local_store_opens_by_file_url() {
+    let local = tempfile::tempdir().expect("tempdir");
+    let live = make_store(local.path(), 30, 4);
+    let err = RemoteStore::open(
+        &format!("file://{}", local.path().display()),
+        RemoteOptions::new(),
+    )
+    .expect_err("no index.sqi in a v3 store");
+    assert!(
+        matches!(remote_err(&err), RemoteError::NotPublished { .. }),
+        "{err}"
+    );
     let dir = tempfile::tempdir().expect("tempdir");
-    let live = make_store(dir.path(), 30, 4);
     let url = format!("file://{}", dir.path().display());
+    remote::push(local.path(), &url, RemoteOptions::new()).expect("push");
+    assert!(dir.path().join("index.sqi").exists());
+    assert!(
+        !local.path().join("index.sqi.push").exists(),
+        "the built table is not left"
+    );
+    std::fs::remove_file(dir.path().join("store.json")).expect("remove");
+    std::fs::remove_file(dir.path().join("keys.json")).expect("remove");
     let store = RemoteStore::open(&url, RemoteOptions::new()).expect("open");
     assert!(!store.stats().has_manifest);
     // No keys.json: the keys come from reading the segment.
@@ -785,9 +807,12 @@ fn a_forged_index_slot_is_refused_not_followed() {
     // is a typed corruption error, never an allocation of the forged size.
     for forged_len in [1u64 << 50, 1 << 20] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Config::new(dir.path()).open().expect("open");
+        let local = tempfile::tempdir().expect("tempdir");
+        let db = Config::new(local.path()).open().expect("open");
         db.set("only", b"value").expect("set");
         db.close().expect("close");
+        let url = format!("file://{}", dir.path().display());
+        remote::push(local.path(), &url, RemoteOptions::new()).expect("push");
         let idx_path = dir.path().join("index.sqi");
         let mut idx = std::fs::read(&idx_path).expect("read");
         let slot = (4096..idx.len())
@@ -798,7 +823,6 @@ fn a_forged_index_slot_is_refused_not_followed() {
         let crc = crc32fast::hash(&idx[slot..slot + 28]);
         idx[slot + 28..slot + 32].copy_from_slice(&crc.to_le_bytes());
         std::fs::write(&idx_path, &idx).expect("write");
-        let url = format!("file://{}", dir.path().display());
         let store = RemoteStore::open(&url, RemoteOptions::new()).expect("open");
         let err = store.get("only").expect_err("forged");
         assert!(matches!(err, Error::Corruption { .. }), "{err}");

@@ -83,7 +83,7 @@ fn torn_tail_is_not_corruption_and_index_rebuilds() {
     let r = verify(dir.path(), &mut no_progress()).unwrap();
     assert!(!r.is_corrupt(), "{r:?}");
     assert_eq!(r.torn_tail, Some((end as u64, 30)));
-    std::fs::write(dir.path().join("index.sqi"), b"junk").unwrap();
+    std::fs::write(dir.path().join("index.sqm"), b"junk").unwrap();
     let r = verify(dir.path(), &mut no_progress()).unwrap();
     assert_eq!(r.index, IndexCheck::Unusable);
     let stats = rebuild_index(dir.path()).unwrap();

@@ -234,7 +234,7 @@ pub fn run(data: &[u8]) {
         &model,
         &format!("{what}: read-write open after the crash"),
     );
-    for name in ["segment.sqs.compact", "index.sqi.compact"] {
+    for name in ["segment.sqs.compact", "index.sqi.compact", "index.sqm.compact"] {
         assert!(
             !dir.path().join(name).exists(),
             "{what}: {name} survived a read-write open"

@@ -107,8 +107,11 @@ pub fn base() -> &'static Base {
 }
 
 fn build_base() -> Base {
-    let dir = tempdir();
-    let db = Config::new(dir.path())
+    // The engine writes index format 3 (runs); these modes damage a version-2 `index.sqi`, which
+    // stores written before it still have and which `push` publishes. A store published to a
+    // `file://` directory is such a store: build one, then append the tail to it.
+    let src = tempdir();
+    let db = Config::new(src.path())
         .durability(Durability::Buffered)
         .open()
         .expect("create the base store");
@@ -121,7 +124,15 @@ fn build_base() -> Base {
     put(&db, "bravo", 0, b"bravo, overwritten");
     db.delete("charlie").expect("base delete");
     put(&db, "\u{1F43F}", 0, b"");
-    db.checkpoint().expect("base checkpoint");
+    db.close().expect("base close");
+    let dir = tempdir();
+    let url = format!("file://{}", dir.path().display());
+    squirrel_store::remote::push(src.path(), &url, squirrel_store::remote::RemoteOptions::new())
+        .expect("publish the base store as version 2");
+    let db = Config::new(dir.path())
+        .durability(Durability::Buffered)
+        .open()
+        .expect("open the base store");
     // A tail after the checkpoint, replayed at open.
     put(&db, "delta", 0, b"in the tail");
     put(&db, "alpha", 2, b"(\xb5/\xfd\x00X!\x00\x00\x81\xa1k\x01");

@@ -358,6 +358,9 @@ fn trusted_covered(dir: &Path) -> u64 {
 /// [`trusted_covered`], and whether that index says "closed cleanly" (state 2).
 fn trusted_checkpoint(dir: &Path) -> (u64, bool) {
     let seg = std::fs::read(dir.join("segment.sqs")).unwrap_or_default();
+    if let Ok(m) = std::fs::read(dir.join("index.sqm")) {
+        return trusted_manifest(dir, &seg, &m);
+    }
     let idx = std::fs::read(dir.join("index.sqi")).unwrap_or_default();
     if idx.len() < 4096 || seg.len() < 32 {
         return (32, false);
@@ -382,6 +385,68 @@ fn trusted_checkpoint(dir: &Path) -> (u64, bool) {
     } else {
         (32, false)
     }
+}
+
+/// Index format 3 (format-spec "Opening", rule 2): the manifest's `covered_len` and state when
+/// the manifest is whole and names the segment, and every run it names exists with its length
+/// and header checksum; else 32. (Damage inside a run's entries is found later, by a lookup,
+/// and costs a rebuild: this target predicts opens only before it flips index bytes.)
+fn trusted_manifest(dir: &Path, seg: &[u8], m: &[u8]) -> (u64, bool) {
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or_default());
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or_default());
+    if m.len() < 84 || seg.len() < 32 {
+        return (32, false);
+    }
+    let n = u32_at(m, 72) as usize;
+    if n == 0 || n > 8 || m.len() != 84 + 48 * n {
+        return (32, false);
+    }
+    let covered = u64_at(m, 24);
+    let mut ok = m[0..8] == *b"\x89SQMAN\r\n"
+        && u32_at(m, 8) == 3
+        && crc32fast::hash(&m[..80 + 48 * n]) == u32_at(m, 80 + 48 * n)
+        && matches!(u32_at(m, 12), 0 | 2)
+        && u64_at(m, 16) == segment_id(seg)
+        && (32..=seg.len() as u64).contains(&covered);
+    let mut from = 32;
+    for i in 0..n {
+        let r = &m[80 + 48 * i..128 + 48 * i];
+        let name = format!("index-{:016x}.sqr", u64_at(r, 0));
+        let run = std::fs::read(dir.join(name)).unwrap_or_default();
+        ok &= u64_at(r, 16) == from
+            && run.len() as u64 == u64_at(r, 40)
+            && run.len() >= 64
+            && u32_at(&run, 60) == u32_at(r, 12)
+            && crc32fast::hash(&run[..60]) == u32_at(&run, 60);
+        from = u64_at(r, 24);
+        if !ok {
+            break;
+        }
+    }
+    if ok && from == covered {
+        (covered, u32_at(m, 12) == 2)
+    } else {
+        (32, false)
+    }
+}
+
+/// The index files a flip may aim at: the version-2 table, or the manifest and its runs.
+fn index_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n == "index.sqi"
+                            || n == "index.sqm"
+                            || (n.starts_with("index-") && n.ends_with(".sqr"))
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
 }
 
 /// The bytes a read-write open must save before cutting at `end` (format-spec "Opening", rule 4):
@@ -663,7 +728,11 @@ fn both(h: &mut History, alt: &mut Option<History>, f: impl Fn(&mut History)) {
 fn flip(dir: &Path, h: &History, target: u8, pos: u32, mask: u8, what: &str) {
     let mask = if mask == 0 { 1 } else { mask };
     let seg = dir.join("segment.sqs");
-    let idx = dir.join("index.sqi");
+    let files = index_files(dir);
+    let idx = match files.len() {
+        0 => dir.join("index.sqm"),
+        n => files[(pos as usize / 7) % n].clone(),
+    };
     let (path, at) = match target % 3 {
         0 if h.end() > 32 => (&seg, 32 + u64::from(pos) % (h.end() - 32)),
         0 | 1 => (&seg, u64::from(pos) % file_len(&seg).max(1)),

@@ -57,7 +57,8 @@ Exit status:
 
 /// Inspect, check and maintain squirrel-store stores, and move shards to and from Python squirrel.
 ///
-/// A store is a directory holding segment.sqs (the data), index.sqi and LOCK. One process at a
+/// A store is a directory holding segment.sqs (the data), its index (index.sqm naming
+/// index-*.sqr runs; index.sqi in stores written before index format 3) and LOCK. One process at a
 /// time may write to a store; the read-only commands (stats, verify, keys, get, export) work while
 /// a writer runs. Long commands (verify, compact, import, export, stats --compression) show a
 /// progress bar on standard error when it is a terminal, and nothing when it is not.
@@ -424,7 +425,7 @@ fn not_a_squirrel_dir(src: &Path) -> Option<String> {
             (e.file_name().to_string_lossy().into_owned(), dir)
         })
         .collect();
-    let is_store = ["segment.sqs", "index.sqi"]
+    let is_store = ["segment.sqs", "index.sqm", "index.sqi"]
         .iter()
         .any(|f| entries.iter().any(|(n, _)| n == f));
     let what = if is_store {

@@ -45,6 +45,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The I/O error of the underlying call.
     fn sync_data(&self) -> io::Result<()>;
 
+    /// Starts writing `len` bytes at `offset` back to the disk without waiting for it, so that a
+    /// later [`Backend::sync_data`] has less left to do. A hint: it promises no durability. The
+    /// default does nothing.
+    ///
+    /// # Errors
+    /// The I/O error of the underlying call.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+
     /// Copies `len` bytes of `src` from `src_offset` to `offset` in this file inside the kernel
     /// (`copy_file_range`), without a trip through user space. `Ok(false)` means this backend or
     /// file system cannot (nothing was written): the caller writes the bytes with
@@ -107,6 +118,10 @@ impl Backend for FileBackend {
 
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        platform::start_writeback(&self.file, offset, len)
     }
 
     fn copy_from(&self, src: &File, src_offset: u64, len: u64, offset: u64) -> io::Result<bool> {

@@ -1,85 +1,260 @@
-//! Checkpoints: the overlay written into the index (or a fresh index built and renamed into
-//! place), the clean-close protocol, and the index rebuild after a damaged slot.
+//! Checkpoints: the overlay written as a new sorted run (index format 3), merges of runs, the
+//! conversion of a version-2 index, the clean-close protocol, and the index rebuild after a
+//! damaged run.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::engine::index::{self, Counters, IndexMap, Loc};
+use crate::engine::index::{self, Counters};
+use crate::engine::manifest::{self, Index, Manifest, RunSet};
 use crate::engine::recovery::{self, Entry, Overlay};
+use crate::engine::runs::{self, Run, TOMBSTONE};
 use crate::engine::scan::Reach;
 use crate::engine::segment::{self};
 use crate::error::{Error, Result};
 
 use super::{Inner, State, View};
 
+/// Points at which a test can stop a checkpoint, as if the process died there
+/// ([`crate::Engine::checkpoint_crashing_at`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CheckpointCrash {
+    /// After the segment's fsync, before the run is written.
+    AfterSegmentSync = 1,
+    /// After the run file is written and synced, before the directory fsync.
+    AfterRunWritten,
+    /// After the run is durable, before the manifest is written.
+    AfterRunDurable,
+    /// After `index.sqm.tmp` is written and synced, before the rename.
+    AfterManifestTmp,
+    /// After the manifest is renamed and the directory synced, before old files are deleted.
+    BeforeCleanup,
+}
+
+/// What a checkpoint writes, decided before anything is written.
+enum Plan {
+    /// One new delta run after the existing ones.
+    Delta,
+    /// The deltas (and the overlay) merged into one delta.
+    MergeDeltas,
+    /// Everything merged into a new base run.
+    Base,
+}
+
 impl Inner {
-    /// Writes the overlay into the index. `rebuild` forces a fresh index file.
+    /// Writes the overlay into the index. `rebuild` forces a new base run holding everything.
     ///
-    /// Protocol (format-spec/ argues it): fsync the segment, so everything the index will name is
-    /// durable; mark the index header dirty and sync; update slots in place; sync; write the clean
-    /// header with the new covered length; sync. A crash in between leaves a dirty header, and the
-    /// next open rebuilds the index from the segment.
+    /// Protocol (format-spec/ argues it): fsync the segment, so everything a run will name is
+    /// durable; write the new run (the overlay sorted by hash, or a merge) and fsync it and the
+    /// directory; replace the manifest by rename (temporary file, fsync, rename, fsync of the
+    /// directory); only then delete the run files (and a version-2 `index.sqi`) that the new
+    /// manifest no longer names. A crash anywhere leaves a durable manifest whose runs all exist,
+    /// or (if a directory entry was lost) one the next open does not trust and rebuilds from the
+    /// segment.
     pub(crate) fn checkpoint(&self, st: &mut State, rebuild: bool) -> Result<()> {
         if std::mem::take(&mut st.needs_repair) {
             return self.repair_index(st);
         }
         let view = self.view.load_full();
-        if !rebuild && view.overlay.is_empty() && st.covered_len == st.end && view.index.is_some() {
+        let old_set = match &view.index {
+            Some(Index::Runs(set)) => Some(set.clone()),
+            _ => None,
+        };
+        if !rebuild && view.overlay.is_empty() && st.covered_len == st.end && old_set.is_some() {
             return Ok(());
         }
         self.sync(st)?;
+        self.crash_point(CheckpointCrash::AfterSegmentSync)?;
         let seg = view.segment.bytes();
-        let puts = view
+        let mut delta: Vec<(u64, u64)> = view
             .overlay
             .iter()
-            .filter(|e| matches!(e.value(), Entry::Put(_)))
-            .count() as u64;
-        let in_place = match &view.index {
-            Some(idx) if !rebuild && !index::too_full(st.used_slots + puts, idx.slot_count()) => {
-                Some(idx.clone())
+            .map(|e| {
+                let word = match *e.value() {
+                    Entry::Put(loc) => loc.offset,
+                    Entry::Tombstone(at) => at | TOMBSTONE,
+                };
+                (index::hash_key(e.key()), word)
+            })
+            .collect();
+        delta.sort_unstable();
+        let seq = self.next_seq(old_set.as_deref())?;
+        let plan = match &old_set {
+            Some(set) if !rebuild => {
+                let deltas = set.runs.len() - 1 + 1;
+                let delta_entries = set.delta_len() + delta.len() as u64;
+                if delta_entries.saturating_mul(manifest::BASE_FRACTION) > set.base_len() {
+                    Plan::Base
+                } else if deltas > manifest::MAX_DELTAS {
+                    Plan::MergeDeltas
+                } else {
+                    Plan::Delta
+                }
             }
-            _ => None,
+            _ => Plan::Base,
         };
-        let new_index = match in_place {
-            Some(idx) => {
-                let mut header = st.index_header(st.covered_len, idx.slot_count(), st.used_slots);
-                header.dirty = true;
-                idx.write_header(&header)?;
-                // Only the header page changed: flush it alone, not the whole map.
-                self.index_io(idx.flush_header(&self.idx_path))?;
-                let mut used = st.used_slots;
-                for e in view.overlay.iter() {
-                    let key: &str = e.key();
-                    let hash = index::hash_key(key);
-                    let r = match *e.value() {
-                        Entry::Put(loc) => idx.upsert(key, hash, loc, seg).map(|new| {
-                            used += u64::from(new);
-                        }),
-                        Entry::Tombstone => idx.remove(key, hash, seg),
-                    };
-                    if r.is_err() {
-                        // A damaged slot: the table cannot be trusted; rebuild it from the segment.
-                        drop(e);
-                        return self.repair_index(st);
+        let path = self.dir.join(runs::file_name(seq));
+        let (kept, meta) = match (&plan, &old_set) {
+            (Plan::Delta, Some(set)) => {
+                let meta = self.index_io(runs::write(
+                    &path,
+                    seq,
+                    runs::KIND_DELTA,
+                    st.segment_id,
+                    st.covered_len,
+                    st.end,
+                    &delta,
+                ))?;
+                (set.runs.clone(), meta)
+            }
+            (Plan::MergeDeltas, Some(set)) => {
+                let mut sources = Vec::new();
+                for r in &set.runs[1..] {
+                    match manifest::Source::run(r) {
+                        Ok(s) => sources.push(s),
+                        Err(runs::Damaged) => return self.repair_index(st),
                     }
                 }
-                self.index_io(idx.flush(&self.idx_path))?;
-                let header = st.index_header(st.end, idx.slot_count(), used);
-                idx.write_header(&header)?;
-                self.index_io(idx.flush_header(&self.idx_path))?;
-                st.used_slots = used;
-                idx
+                sources.push(manifest::Source::List(&delta));
+                let from = set.runs[1].meta.from;
+                let meta =
+                    self.write_merged(&path, seq, runs::KIND_DELTA, st, from, &sources, seg)?;
+                (vec![set.runs[0].clone()], meta)
             }
-            None => self.rebuild_index(st, &view)?,
+            _ => {
+                let mut table_entries = Vec::new();
+                let mut sources = Vec::new();
+                match &view.index {
+                    Some(Index::Runs(set)) => {
+                        for r in &set.runs {
+                            match manifest::Source::run(r) {
+                                Ok(s) => sources.push(s),
+                                Err(runs::Damaged) => return self.repair_index(st),
+                            }
+                        }
+                    }
+                    Some(Index::Table(t)) => {
+                        // Converting a version-2 table: one pass over its slots, sorted.
+                        let Some(old) = t.entries() else {
+                            return self.repair_index(st);
+                        };
+                        table_entries = old.into_iter().map(|(h, loc)| (h, loc.offset)).collect();
+                        table_entries.sort_unstable();
+                    }
+                    None => {}
+                }
+                if !table_entries.is_empty() {
+                    sources.push(manifest::Source::List(&table_entries));
+                }
+                sources.push(manifest::Source::List(&delta));
+                let from = segment::HEADER_LEN;
+                let meta =
+                    self.write_merged(&path, seq, runs::KIND_BASE, st, from, &sources, seg)?;
+                (Vec::new(), meta)
+            }
         };
+        drop(delta);
+        self.crash_point(CheckpointCrash::AfterRunWritten)?;
+        // The run's directory entry is durable before any manifest names it.
+        self.index_io(recovery::sync_dir(&self.dir))?;
+        self.crash_point(CheckpointCrash::AfterRunDurable)?;
+        let run = match Run::open(&path, meta, st.segment_id)? {
+            Ok(r) => Arc::new(r),
+            Err(reason) => {
+                self.poisoned.store(true, Ordering::Release);
+                return Err(Error::corruption(&path, 0, None, reason));
+            }
+        };
+        let mut set_runs = kept;
+        set_runs.push(run);
+        let manifest = Manifest {
+            closed: false,
+            segment_id: st.segment_id,
+            covered_len: st.end,
+            counters: st.counters,
+            next_seq: seq + 1,
+            runs: set_runs.iter().map(|r| r.meta).collect(),
+        };
+        self.index_io(manifest.write_tmp(&self.dir))?;
+        self.crash_point(CheckpointCrash::AfterManifestTmp)?;
+        self.index_io(Manifest::install(&self.dir))?;
+        self.crash_point(CheckpointCrash::BeforeCleanup)?;
+        self.store_manifest_cleanup(&manifest)?;
         st.covered_len = st.end;
+        st.used_slots = 0;
+        st.closed_mark = false;
         self.view.store(Arc::new(View {
             segment: view.segment.clone(),
-            index: Some(new_index),
+            index: Some(Index::Runs(Arc::new(RunSet {
+                manifest,
+                runs: set_runs,
+            }))),
             overlay: Arc::new(Overlay::new()),
         }));
         Ok(())
+    }
+
+    /// Writes the merge of `sources` as run `seq` covering `[from, st.end)`, streamed.
+    // The run's identity (path, seq, kind, range) and its inputs: a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    fn write_merged(
+        &self,
+        path: &std::path::Path,
+        seq: u64,
+        kind: u32,
+        st: &State,
+        from: u64,
+        sources: &[manifest::Source<'_>],
+        seg: &[u8],
+    ) -> Result<runs::RunMeta> {
+        let max = manifest::total_len(sources);
+        let mut w = self.index_io(runs::RunWriter::create(
+            path,
+            seq,
+            kind,
+            st.segment_id,
+            from,
+            st.end,
+            max,
+        ))?;
+        let into_base = kind == runs::KIND_BASE;
+        self.index_io(manifest::merge(sources, seg, into_base, &mut |h, word| {
+            w.push(h, word)
+        }))?;
+        self.index_io(w.finish())
+    }
+
+    /// Fails (and poisons the handle) at `point` when a test asked for a crash there.
+    fn crash_point(&self, point: CheckpointCrash) -> Result<()> {
+        if self.checkpoint_crash.load(Ordering::Acquire) != point as u8 {
+            return Ok(());
+        }
+        self.poisoned.store(true, Ordering::Release);
+        Err(Error::io(
+            "checkpoint",
+            std::io::Error::other("simulated crash (test crash point)"),
+        ))
+    }
+
+    /// After `manifest` is durable: deletes the run files it does not name, and a v2 table.
+    pub(crate) fn store_manifest_cleanup(&self, manifest: &Manifest) -> Result<()> {
+        self.index_io(manifest::remove_unnamed(&self.dir, &manifest.runs))?;
+        match std::fs::remove_file(&self.idx_path) {
+            Ok(()) => self.index_io(recovery::sync_dir(&self.dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => self.index_io(Err(Error::io(&self.idx_path, e))),
+        }
+    }
+
+    /// The sequence number for the next run file: past the manifest's and past every run file on
+    /// disk, so a name is never reused while a reader may have the old file mapped.
+    fn next_seq(&self, set: Option<&RunSet>) -> Result<u64> {
+        let on_disk = self.index_io(manifest::max_seq_on_disk(&self.dir))?;
+        Ok(set
+            .map_or(1, |s| s.manifest.next_seq)
+            .max(on_disk.saturating_add(1)))
     }
 
     pub(crate) fn index_io<T>(&self, r: Result<T>) -> Result<T> {
@@ -89,54 +264,29 @@ impl Inner {
         r
     }
 
-    /// Builds a fresh index file from the current index and the overlay, and renames it into place.
-    pub(super) fn rebuild_index(&self, st: &mut State, view: &View) -> Result<Arc<IndexMap>> {
-        let seg = view.segment.bytes();
-        let mut by_hash: HashMap<u64, Vec<Box<str>>> = HashMap::new();
-        let mut entries: Vec<(u64, Loc)> = Vec::new();
-        for e in view.overlay.iter() {
-            let hash = index::hash_key(e.key());
-            by_hash.entry(hash).or_default().push(e.key().clone());
-            if let Entry::Put(loc) = *e.value() {
-                entries.push((hash, loc));
-            }
-        }
-        if let Some(old) = &view.index {
-            let Some(old_entries) = old.entries() else {
-                return self.repair_index(st).and_then(|()| {
-                    self.view.load().index.clone().ok_or_else(|| {
-                        Error::corruption(&self.idx_path, 0, None, "index rebuild failed")
-                    })
-                });
-            };
-            for (hash, loc) in old_entries {
-                if let Some(keys) = by_hash.get(&hash) {
-                    let key = self.key_of(seg, loc)?;
-                    if keys.iter().any(|k| &**k == key) {
-                        continue;
-                    }
-                }
-                entries.push((hash, loc));
-            }
-        }
-        let slots = index::slots_for(entries.len() as u64);
-        let header = st.index_header(st.end, slots, entries.len() as u64);
-        let tmp = self.dir.join(format!("{}.tmp", index::INDEX_FILE));
-        let map = self.index_io(IndexMap::create(&self.idx_path, &tmp, header, &entries))?;
-        self.index_io(recovery::sync_dir(&self.dir))?;
-        st.used_slots = entries.len() as u64;
-        Ok(map)
-    }
-
-    /// Rewrites the index header's state as of `st`: `closed` after a clean close, else clean.
+    /// Rewrites the manifest's state as of `st`: `closed` after a clean close, else clean.
     pub(super) fn mark_index(&self, st: &mut State, closed: bool) -> Result<()> {
-        let Some(idx) = self.view.load().index.clone() else {
+        let Some(index) = self.view.load().index.clone() else {
             return Ok(());
         };
-        let mut header = st.index_header(st.covered_len, idx.slot_count(), st.used_slots);
-        header.closed = closed;
-        idx.write_header(&header)?;
-        self.index_io(idx.flush_header(&self.idx_path))?;
+        match index {
+            Index::Runs(set) => {
+                let manifest = Manifest {
+                    closed,
+                    covered_len: st.covered_len,
+                    counters: st.counters,
+                    ..set.manifest.clone()
+                };
+                self.index_io(manifest.store(&self.dir))?;
+                self.store_manifest_cleanup(&manifest)?;
+            }
+            Index::Table(idx) => {
+                let mut header = st.index_header(st.covered_len, idx.slot_count(), st.used_slots);
+                header.closed = closed;
+                idx.write_header(&header)?;
+                self.index_io(idx.flush_header(&self.idx_path))?;
+            }
+        }
         st.closed_mark = closed;
         Ok(())
     }

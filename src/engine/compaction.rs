@@ -12,22 +12,27 @@
 //!    between without a write (a page evicted and read back wrong) would be copied unchecked,
 //!    and are then caught by the first get of the new segment, which checks every record once.
 //! 3. Under the lock: copy the records appended since `E0` (puts and tombstones, in order), fsync
-//!    the new segment, build `index.sqi.compact` and fsync it.
-//! 4. Switch: rename the segment over `segment.sqs`, then the index over `index.sqi`, fsync the
-//!    directory, publish the new view.
+//!    the new segment, write its index (index format 3): a base run of the copied records, a
+//!    delta run of the carried tail, both synced, and their manifest as `index.sqm.compact`,
+//!    synced; fsync the directory.
+//! 4. Switch: rename the segment over `segment.sqs`, then the manifest over `index.sqm`, fsync
+//!    the directory, delete the old segment's runs (and a version-2 `index.sqi`), publish the new
+//!    view.
 //!
 //! A crash before the first rename leaves the old store whole (the `.compact` files are removed at
 //! the next open). A crash between the renames leaves the new, complete segment with the old
-//! index, whose `segment_id` no longer matches: the index is rebuilt from the new segment. The old
+//! manifest, whose `segment_id` no longer matches: the index is rebuilt from the new segment. The old
 //! segment's inode lives on while a reader still maps it and is freed with the last reference.
 
 use std::fs::OpenOptions;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::engine::index::{self, Counters, IndexMap, Loc};
+use crate::engine::index::{self, Counters, Loc};
+use crate::engine::manifest::{self, Index, Manifest, RunSet};
 use crate::engine::record::{self, Header, Kind};
-use crate::engine::recovery::{self, Overlay};
+use crate::engine::recovery::{self, Entry, Overlay};
+use crate::engine::runs::{self, Run};
 use crate::engine::scan;
 use crate::engine::segment::{self, SegmentMap};
 use crate::engine::{Inner, View};
@@ -164,7 +169,8 @@ impl Inner {
         crash: Option<CrashPoint>,
     ) -> Result<CompactionReport> {
         self.writable()?;
-        for path in [&self.seg_path, &self.idx_path] {
+        let man_path = self.dir.join(manifest::MANIFEST_FILE);
+        for path in [&self.seg_path, &self.idx_path, &man_path] {
             if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
                 // The switch renames a new file over the name: that would replace the link and
                 // leave its target stale. Refuse instead of half-doing it.
@@ -183,7 +189,7 @@ impl Inner {
             .join(format!("{}.{COMPACT_SUFFIX}", segment::SEGMENT_FILE));
         let idx_tmp = self
             .dir
-            .join(format!("{}.{COMPACT_SUFFIX}", index::INDEX_FILE));
+            .join(format!("{}.{COMPACT_SUFFIX}", manifest::MANIFEST_FILE));
 
         // 1. Checkpoint and snapshot. Every slot must name a record of a key with its hash: the
         // index is derived, and a damaged one is rebuilt from the segment (once) rather than
@@ -193,7 +199,7 @@ impl Inner {
             let mut st = self.state.lock();
             self.checkpoint(&mut st, false)?;
             let view = self.view.load_full();
-            let entries = match view.index.as_ref().map(|i| i.entries()) {
+            let entries = match view.index.as_ref().map(|i| i.entries(view.segment.bytes())) {
                 None => Some(Vec::new()),
                 Some(entries) => entries.filter(|e| {
                     e.iter()
@@ -299,6 +305,7 @@ impl Inner {
         let current = self.view.load_full();
         let tail_map = current.segment.clone();
         let mut tail = Vec::new();
+        let tail_at = copier.at;
         let mut at = e0;
         while at < st.end {
             let Some((header, len)) = scan::intact_at(tail_map.bytes(), at) else {
@@ -333,54 +340,101 @@ impl Inner {
             return Err(simulated());
         }
         let new_map = SegmentMap::new(&file, new_end, &seg_tmp)?;
-        let tail_puts = tail.iter().filter(|(h, _, _)| h.kind == Kind::Put).count() as u64;
-        let slots = index::slots_for(entries.len() as u64 + tail_puts);
-        let placeholder =
-            index::header_for(new_id, segment::HEADER_LEN, slots, 0, Counters::default());
-        let idx = IndexMap::build(&idx_tmp, placeholder, &entries)?;
+        // The new index: a base run of the copied records, a delta of the carried tail (its
+        // records replayed against the base, which also counts them), and a manifest naming
+        // both, renamed into place after the segment.
+        let mut base: Vec<(u64, u64)> = entries.iter().map(|(h, l)| (*h, l.offset)).collect();
+        base.sort_unstable();
+        let mut seq = manifest::max_seq_on_disk(&self.dir)?.saturating_add(1);
+        if let Some(Index::Runs(set)) = &view.index {
+            seq = seq.max(set.manifest.next_seq);
+        }
+        let base_path = self.dir.join(runs::file_name(seq));
+        let base_meta = runs::write(
+            &base_path,
+            seq,
+            runs::KIND_BASE,
+            new_id,
+            segment::HEADER_LEN,
+            tail_at,
+            &base,
+        )?;
+        drop(base);
+        let base_run = Run::open(&base_path, base_meta, new_id)?
+            .map_err(|r| Error::corruption(&base_path, 0, None, r))?;
         let mut counters = Counters {
             live_records: entries.len() as u64,
             live_bytes: entries.iter().map(|(_, l)| l.len).sum(),
-            // The closing mark: dead bytes, as every mark is (a rescan counts the same).
-            dead_bytes: record::MARK_LEN,
             ..Counters::default()
         };
-        let mut used = entries.len() as u64;
-        for (header, offset, len) in &tail {
-            let key = self.key_of(
-                new_map.bytes(),
-                Loc {
-                    offset: *offset,
-                    len: *len,
-                    crc: header.crc,
-                },
-            )?;
-            let hash = index::hash_key(key);
-            let prev = match idx.probe(key, hash, new_map.bytes()) {
-                index::Probe::Found(l) => Some(l),
-                _ => None,
-            };
-            recovery::count(&mut counters, header.kind, prev, *len);
-            let r = match header.kind {
-                Kind::Mark => Ok(()),
-                Kind::Put => idx
-                    .upsert(
-                        key,
-                        hash,
-                        Loc {
-                            offset: *offset,
-                            len: *len,
-                            crc: header.crc,
-                        },
-                        new_map.bytes(),
-                    )
-                    .map(|new| used += u64::from(new)),
-                Kind::Delete => idx.remove(key, hash, new_map.bytes()),
-            };
-            r.map_err(|()| Error::corruption(&idx_tmp, 0, Some(key), "new index has no room"))?;
+        let partial = Index::Runs(Arc::new(RunSet {
+            manifest: Manifest {
+                closed: false,
+                segment_id: new_id,
+                covered_len: tail_at,
+                counters,
+                next_seq: seq + 1,
+                runs: vec![base_meta],
+            },
+            runs: vec![Arc::new(base_run)],
+        }));
+        let tail_overlay = Overlay::new();
+        recovery::replay(
+            new_map.bytes(),
+            tail_at,
+            tail_at,
+            scan::Reach::Written,
+            Some(&partial),
+            &tail_overlay,
+            &mut counters,
+            &seg_tmp,
+        )?;
+        let mut delta: Vec<(u64, u64)> = tail_overlay
+            .iter()
+            .map(|e| {
+                let word = match *e.value() {
+                    Entry::Put(loc) => loc.offset,
+                    Entry::Tombstone(at) => at | runs::TOMBSTONE,
+                };
+                (index::hash_key(e.key()), word)
+            })
+            .collect();
+        delta.sort_unstable();
+        let delta_path = self.dir.join(runs::file_name(seq + 1));
+        let delta_meta = runs::write(
+            &delta_path,
+            seq + 1,
+            runs::KIND_DELTA,
+            new_id,
+            tail_at,
+            new_end,
+            &delta,
+        )?;
+        let delta_run = Run::open(&delta_path, delta_meta, new_id)?
+            .map_err(|r| Error::corruption(&delta_path, 0, None, r))?;
+        let Index::Runs(partial) = partial else {
+            unreachable!("built as runs above")
+        };
+        let new_manifest = Manifest {
+            closed: false,
+            segment_id: new_id,
+            covered_len: new_end,
+            counters,
+            next_seq: seq + 2,
+            runs: vec![base_meta, delta_meta],
+        };
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&idx_tmp).at(&idx_tmp)?;
+            f.write_all(&new_manifest.encode()).at(&idx_tmp)?;
+            f.sync_data().at(&idx_tmp)?;
         }
-        idx.write_header(&index::header_for(new_id, new_end, slots, used, counters))?;
-        idx.sync(&idx_tmp)?;
+        // The runs' and the manifest's directory entries are durable before the switch.
+        recovery::sync_dir(&self.dir)?;
+        let new_set = RunSet {
+            manifest: new_manifest.clone(),
+            runs: vec![partial.runs[0].clone(), Arc::new(delta_run)],
+        };
         if crash == Some(CrashPoint::AfterIndex) {
             return Err(simulated());
         }
@@ -391,12 +445,18 @@ impl Inner {
             self.poisoned.store(true, Ordering::Release);
             return Err(simulated());
         }
-        std::fs::rename(&idx_tmp, &self.idx_path).at(&self.idx_path)?;
+        std::fs::rename(&idx_tmp, &man_path).at(&man_path)?;
         if crash == Some(CrashPoint::AfterRenames) {
             self.poisoned.store(true, Ordering::Release);
             return Err(simulated());
         }
         if let Err(e) = recovery::sync_dir(&self.dir) {
+            self.poisoned.store(true, Ordering::Release);
+            return Err(e);
+        }
+        // The new manifest is durable: what it does not name (the old segment's runs, a
+        // version-2 table) can go.
+        if let Err(e) = self.store_manifest_cleanup(&new_manifest) {
             self.poisoned.store(true, Ordering::Release);
             return Err(e);
         }
@@ -407,18 +467,19 @@ impl Inner {
         st.end = new_end;
         st.file_len = new_end;
         st.covered_len = new_end;
-        st.used_slots = used;
+        st.used_slots = 0;
         st.counters = counters;
         st.closed_mark = false;
         st.version = segment::FORMAT_VERSION;
         st.synced = new_end;
+        st.written_back = new_end;
         // It ends with a mark proving all of it, as if just opened after a clean close.
         st.proven = new_end;
         st.damaged.clear();
         self.live.store(counters.live_records, Ordering::Release);
         self.view.store(Arc::new(View {
             segment: new_map,
-            index: Some(Arc::new(idx)),
+            index: Some(Index::Runs(Arc::new(new_set))),
             overlay: Arc::new(Overlay::new()),
         }));
         Ok(CompactionReport {
@@ -458,6 +519,9 @@ pub(crate) fn remove_leftovers(dir: &std::path::Path) -> Result<()> {
         format!("{}.{COMPACT_SUFFIX}", segment::SEGMENT_FILE),
         format!("{}.{COMPACT_SUFFIX}", index::INDEX_FILE),
         format!("{}.tmp", index::INDEX_FILE),
+        format!("{}.{COMPACT_SUFFIX}", manifest::MANIFEST_FILE),
+        format!("{}.tmp", manifest::MANIFEST_FILE),
+        format!("{}.push", index::INDEX_FILE),
     ];
     for name in leftovers {
         let p = dir.join(name);

@@ -201,7 +201,6 @@ pub(crate) struct IndexMap {
     map: MmapRaw,
     file: File,
     slot_count: u64,
-    writable: bool,
 }
 
 impl IndexMap {
@@ -238,7 +237,6 @@ impl IndexMap {
                 map,
                 file,
                 slot_count: header.slot_count,
-                writable,
             }),
             header,
         ))))
@@ -259,19 +257,6 @@ impl IndexMap {
         }
     }
 
-    /// Writes a complete new index to `tmp`, syncs it and renames it to `path`.
-    pub fn create(
-        path: &Path,
-        tmp: &Path,
-        header: IndexHeader,
-        entries: &[(u64, Loc)],
-    ) -> Result<Arc<IndexMap>> {
-        let index = Self::build(tmp, header, entries)?;
-        index.sync(tmp)?;
-        std::fs::rename(tmp, path).at(path)?;
-        Ok(Arc::new(index))
-    }
-
     /// Writes a new index file at `path` holding `entries` (distinct keys), not yet synced.
     pub fn build(path: &Path, header: IndexHeader, entries: &[(u64, Loc)]) -> Result<IndexMap> {
         let file = OpenOptions::new()
@@ -290,7 +275,6 @@ impl IndexMap {
             map,
             file,
             slot_count: header.slot_count,
-            writable: true,
         };
         for &(hash, loc) in entries {
             index.insert_new(hash, loc);
@@ -366,8 +350,8 @@ impl IndexMap {
     /// Finds `key`. `segment` is the caller's map of the segment, used to compare keys.
     pub fn probe(&self, key: &str, hash: u64, segment: &[u8]) -> Probe {
         match self.find(key, hash, segment) {
-            Find::Found(_, loc) => Probe::Found(loc),
-            Find::Vacant(_) => Probe::NotFound,
+            Find::Found(loc) => Probe::Found(loc),
+            Find::Vacant => Probe::NotFound,
             Find::BadSlot => Probe::BadSlot,
             Find::PastSegment => Probe::PastSegment,
         }
@@ -376,15 +360,15 @@ impl IndexMap {
     fn find(&self, key: &str, hash: u64, segment: &[u8]) -> Find {
         let mask = self.slot_count - 1;
         let mut i = hash & mask;
-        let mut first_deleted = None;
+        let mut seen_deleted = false;
         // At most one pass over the table: a damaged or full table cannot make this loop forever.
         for _ in 0..self.slot_count {
             let h = acquire(&self.slot(i)[0]);
             if h == EMPTY {
-                return Find::Vacant(first_deleted.unwrap_or(i));
+                return Find::Vacant;
             }
             if h == DELETED {
-                first_deleted.get_or_insert(i);
+                seen_deleted = true;
             } else {
                 // Every live slot on the path is checked, not only the one whose hash matches:
                 // a damaged hash would otherwise make its key silently vanish.
@@ -396,20 +380,21 @@ impl IndexMap {
                     continue;
                 }
                 match key_at(segment, loc.offset) {
-                    KeyAt::Key(k) if k == key.as_bytes() => return Find::Found(i, loc),
+                    KeyAt::Key(k) if k == key.as_bytes() => return Find::Found(loc),
                     // Another key under the same hash: a collision if that record is intact.
                     // If it is damaged, its key bytes may be this key's, flipped: hand it out,
                     // so the read reports the damage instead of calling the key absent.
-                    KeyAt::Key(_) if !record_intact(segment, loc) => return Find::Found(i, loc),
+                    KeyAt::Key(_) if !record_intact(segment, loc) => return Find::Found(loc),
                     KeyAt::Key(_) => {}
                     KeyAt::Past => return Find::PastSegment,
                 }
             }
             i = (i + 1) & mask;
         }
-        match first_deleted {
-            Some(d) => Find::Vacant(d),
-            None => Find::BadSlot,
+        if seen_deleted {
+            Find::Vacant
+        } else {
+            Find::BadSlot
         }
     }
 
@@ -421,35 +406,6 @@ impl IndexMap {
             i = (i + 1) & mask;
         }
         self.write_slot(i, hash, loc);
-    }
-
-    /// Points `key` at `loc`, in place. Returns whether a new slot was used.
-    pub fn upsert(&self, key: &str, hash: u64, loc: Loc, segment: &[u8]) -> Result<bool, ()> {
-        debug_assert!(self.writable);
-        match self.find(key, hash, segment) {
-            Find::Found(i, _) => {
-                self.write_slot(i, hash, loc);
-                Ok(false)
-            }
-            Find::Vacant(i) => {
-                let was_empty = self.slot(i)[0].load(Ordering::Relaxed) == EMPTY;
-                self.write_slot(i, hash, loc);
-                Ok(was_empty)
-            }
-            Find::BadSlot | Find::PastSegment => Err(()),
-        }
-    }
-
-    /// Removes `key` if present, leaving a deleted marker so later probes continue past it.
-    pub fn remove(&self, key: &str, hash: u64, segment: &[u8]) -> Result<(), ()> {
-        match self.find(key, hash, segment) {
-            Find::Found(i, _) => {
-                self.slot(i)[0].store(DELETED, Ordering::Release);
-                Ok(())
-            }
-            Find::Vacant(_) => Ok(()),
-            Find::BadSlot | Find::PastSegment => Err(()),
-        }
     }
 
     /// Every live slot's hash and location, in slot order; `None` if a live slot is damaged.
@@ -490,16 +446,11 @@ impl IndexMap {
     pub fn flush_header(&self, path: &Path) -> Result<()> {
         self.map.flush_range(0, HEADER_LEN).at(path)
     }
-
-    /// Makes every slot write durable.
-    pub fn flush(&self, path: &Path) -> Result<()> {
-        self.map.flush().at(path)
-    }
 }
 
 enum Find {
-    Found(u64, Loc),
-    Vacant(u64),
+    Found(Loc),
+    Vacant,
     BadSlot,
     PastSegment,
 }
@@ -525,7 +476,7 @@ fn key_at(segment: &[u8], offset: u64) -> KeyAt<'_> {
 }
 
 /// Whether the record at `loc` is whole: valid header, the slot's length and crc, and its crc.
-fn record_intact(segment: &[u8], loc: Loc) -> bool {
+pub(crate) fn record_intact(segment: &[u8], loc: Loc) -> bool {
     let Some(rec) = usize::try_from(loc.offset)
         .ok()
         .zip(usize::try_from(loc.len).ok())
@@ -565,11 +516,6 @@ pub(crate) fn slots_for(live: u64) -> u64 {
         .max(MIN_SLOTS)
         .checked_next_power_of_two()
         .unwrap_or(1 << 62)
-}
-
-/// Whether a table of `slot_count` slots with `used` used slots needs to be rebuilt larger.
-pub(crate) fn too_full(used: u64, slot_count: u64) -> bool {
-    used.saturating_mul(10) > slot_count.saturating_mul(7)
 }
 
 pub(crate) fn header_for(

@@ -9,22 +9,27 @@
 //! # The memory-map contract
 //! Values are served straight out of a read-only `mmap` of the segment file. This is sound as long
 //! as nothing outside this library truncates, rewrites or replaces those files in place while a
-//! store is open in any process: do not edit, truncate or `cp` over `segment.sqs` or `index.sqi`
-//! of an open store (copying them elsewhere is fine). The library itself only ever appends to a
-//! segment, zeroes a torn tail instead of truncating it, and replaces files by renaming new ones
-//! over them, so a mapping never outlives the bytes behind it.
+//! store is open in any process: do not edit, truncate or `cp` over `segment.sqs` or the index
+//! files (`index.sqm`, `index-*.sqr`, a version-2 `index.sqi`) of an open store (copying them
+//! elsewhere is fine). The library itself only ever appends to a segment, zeroes a torn tail
+//! instead of truncating it, writes each run file once and never changes it, and replaces files
+//! by renaming new ones over them (or deletes runs no manifest names), so a mapping never
+//! outlives the bytes behind it.
 
 // The handle, split by what it does.
-mod checkpoint;
+pub(crate) mod checkpoint;
 mod config;
 mod open;
 mod read;
 mod refresh;
 mod write;
 
-// The file format: the segment file's header, its records, the scanner over them, the index.
+// The file format: the segment file's header, its records, the scanner over them, the index
+// (version 3: sorted runs named by a manifest; version 2: the hash table, read and converted).
 pub(crate) mod index;
+pub(crate) mod manifest;
 pub(crate) mod record;
+pub(crate) mod runs;
 pub(crate) mod scan;
 pub(crate) mod segment;
 
@@ -53,8 +58,9 @@ use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
 use backend::Backend;
-use index::{Counters, IndexMap, Loc};
+use index::{Counters, Loc};
 use lock::WriterLock;
+use manifest::Index;
 use record::{Kind, MAX_KEY_LEN};
 use recovery::{Entry, Overlay};
 use scan::Damaged;
@@ -113,7 +119,7 @@ impl Stats {
 /// What a reader needs, swapped as one unit so it is always self-consistent.
 pub(crate) struct View {
     pub segment: Arc<SegmentMap>,
-    pub index: Option<Arc<IndexMap>>,
+    pub index: Option<Index>,
     pub overlay: Arc<Overlay>,
 }
 
@@ -159,6 +165,8 @@ pub(crate) struct State {
     pub(crate) version: u32,
     /// Segment bytes `[0, synced)` are durable: `fdatasync` returned after they were written.
     pub(crate) synced: u64,
+    /// Segment bytes before this were handed to the kernel's writeback (a hint, see `append`).
+    pub(crate) written_back: u64,
     /// Segment bytes `[0, proven)` are proven durable by a sync mark in the segment itself. The
     /// writer leads its next append with a mark whenever `synced` has moved past it.
     pub(crate) proven: u64,
@@ -181,6 +189,8 @@ pub(crate) struct Inner {
     pub(crate) compaction: Mutex<()>,
     /// Set while an automatic compaction thread runs.
     pub(crate) auto_compacting: AtomicBool,
+    /// A [`checkpoint::CheckpointCrash`] a test asked for (0: none).
+    pub(crate) checkpoint_crash: std::sync::atomic::AtomicU8,
     _lock: Option<WriterLock>,
 }
 
@@ -372,7 +382,7 @@ impl Engine {
         let view = self.inner.view.load();
         let prev = recovery::current(
             &view.overlay,
-            view.index.as_deref(),
+            view.index.as_ref(),
             view.segment.bytes(),
             key,
             index::hash_key(key),
@@ -502,7 +512,7 @@ impl Engine {
             .values()
             .filter_map(|e| match e {
                 Entry::Put(loc) => Some((*loc, true)),
-                Entry::Tombstone => None,
+                Entry::Tombstone(_) => None,
             })
             .collect();
         locs.extend(snap.indexed.into_iter().map(|(_, loc)| (loc, false)));
@@ -559,6 +569,30 @@ impl Engine {
         self.inner.refresh(&mut st)
     }
 
+    /// Writes this store's live index as a version-2 hash table (`index.sqi` format, state
+    /// "closed cleanly") to `path`, synced, and returns its length. `push` publishes stores in
+    /// that format, so remote readers need not know index format 3. The handle must have
+    /// nothing beyond its checkpoint (a store closed cleanly, opened read-only).
+    pub(crate) fn write_table(&self, path: &Path) -> Result<u64> {
+        let snap = self.inner.snapshot()?;
+        let st = self.inner.state.lock();
+        if !snap.recent.is_empty() || st.covered_len != st.end {
+            return Err(Error::corruption(
+                path,
+                0,
+                None,
+                "records follow the last checkpoint: close the store cleanly first",
+            ));
+        }
+        let n = snap.indexed.len() as u64;
+        let slots = index::slots_for(n);
+        let mut header = st.index_header(st.covered_len, slots, n);
+        header.closed = true;
+        let table = index::IndexMap::build(path, header, &snap.indexed)?;
+        table.sync(path)?;
+        Ok(table.file_len())
+    }
+
     /// Statistics as of now.
     pub fn stats(&self) -> Stats {
         let st = self.inner.state.lock();
@@ -612,6 +646,23 @@ impl Engine {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<crate::CompactionReport> {
         self.inner.compact(progress, None)
+    }
+
+    /// For crash tests: runs a checkpoint that stops at `point` as if the process died there
+    /// (the handle then refuses writes, as after a failed sync).
+    ///
+    /// # Errors
+    /// The simulated crash, as an [`Error::Io`].
+    #[doc(hidden)]
+    pub fn checkpoint_crashing_at(&self, point: crate::CheckpointCrash) -> Result<()> {
+        self.inner.writable()?;
+        let mut st = self.inner.state.lock();
+        self.inner
+            .checkpoint_crash
+            .store(point as u8, Ordering::Release);
+        let r = self.inner.checkpoint(&mut st, false);
+        self.inner.checkpoint_crash.store(0, Ordering::Release);
+        r
     }
 
     /// Runs a compaction that stops at `point` as if the process died there. For crash tests.

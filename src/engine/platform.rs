@@ -78,6 +78,32 @@ pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> io::Result<bool> {
     }
 }
 
+/// Starts writing back `len` bytes at `offset` of `file` to the disk without waiting
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that a later `fdatasync` finds less to do.
+/// Durability is unchanged: only `fdatasync` promises anything. A no-op elsewhere.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Ok(());
+        };
+        // SAFETY: `sync_file_range` takes a file descriptor (valid: `file` is borrowed for the
+        // call) and integers; it touches no memory of this process.
+        let r =
+            unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset, len);
+        Ok(())
+    }
+}
+
 /// Frees the blocks of `len` bytes at `offset` without changing the file's length, so they read
 /// as zeros. `Ok(false)` where holes cannot be punched: the caller then writes zeros.
 pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<bool> {

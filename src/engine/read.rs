@@ -125,7 +125,7 @@ impl Inner {
                     indexed: Vec::new(),
                 });
             };
-            let entries = index.entries();
+            let entries = index.entries(view.segment.bytes());
             let fits = entries.as_ref().is_some_and(|e| {
                 e.iter().all(|(_, l)| {
                     l.offset
@@ -171,7 +171,7 @@ impl Inner {
             let view = self.view.load();
             let loc = match view.overlay.get(key).map(|e| *e) {
                 Some(Entry::Put(loc)) => loc,
-                Some(Entry::Tombstone) => return Ok(None),
+                Some(Entry::Tombstone(_)) => return Ok(None),
                 None => {
                     let Some(index) = &view.index else {
                         return Ok(None);

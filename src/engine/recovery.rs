@@ -11,6 +11,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use crate::engine::index::{self, Counters, IndexMap, Loc, Probe};
+use crate::engine::manifest::{Index, Manifest, RunSet};
 use crate::engine::platform;
 use crate::engine::record::{Kind, MARK_LEN};
 use crate::engine::scan::{self, Damaged, Event, Reach, Tail};
@@ -21,7 +22,8 @@ use crate::error::{Error, IoContext, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Entry {
     Put(Loc),
-    Tombstone,
+    /// A delete, and the offset of its tombstone record (a delta run names it).
+    Tombstone(u64),
 }
 
 /// Keys written since the last checkpoint, newest record per key.
@@ -49,7 +51,7 @@ impl std::ops::Deref for Overlay {
 /// The live location of `key`: overlay first, then the index.
 pub(crate) fn current(
     overlay: &Overlay,
-    index: Option<&IndexMap>,
+    index: Option<&Index>,
     segment: &[u8],
     key: &str,
     hash: u64,
@@ -58,7 +60,7 @@ pub(crate) fn current(
     if let Some(e) = overlay.get(key) {
         return Ok(match *e {
             Entry::Put(loc) => Some(loc),
-            Entry::Tombstone => None,
+            Entry::Tombstone(_) => None,
         });
     }
     let Some(index) = index else { return Ok(None) };
@@ -146,7 +148,7 @@ pub(crate) fn replay(
     from: u64,
     synced_floor: u64,
     reach: Reach,
-    index: Option<&IndexMap>,
+    index: Option<&Index>,
     overlay: &Overlay,
     counters: &mut Counters,
     path: &Path,
@@ -158,7 +160,7 @@ pub(crate) fn replay(
         count(counters, kind, prev, loc.len);
         let entry = match kind {
             Kind::Put => Entry::Put(loc),
-            _ => Entry::Tombstone,
+            _ => Entry::Tombstone(loc.offset),
         };
         overlay.insert(key.into(), entry);
         Ok(())
@@ -298,19 +300,69 @@ pub(crate) fn open_regular_with(path: &Path, options: &mut OpenOptions) -> Resul
     Ok(file)
 }
 
+/// What a usable index vouches for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    /// Written by a clean close: nothing follows `covered_len` in the segment.
+    pub closed: bool,
+    /// The index reflects every record in segment bytes `[0, covered_len)`.
+    pub covered_len: u64,
+    /// Statistics as of `covered_len`.
+    pub counters: Counters,
+    /// Used slots of a version-2 table (0 for runs).
+    pub used_slots: u64,
+}
+
 /// A usable index and the state it vouches for, or the reason there is none.
 pub(crate) enum IndexState {
-    Usable(Arc<IndexMap>, index::IndexHeader),
+    Usable(Index, Checkpoint),
     Unusable,
 }
 
-/// Opens the index and checks that it belongs to this segment and is complete.
+/// Opens the index and checks that it belongs to this segment and is complete: the version-3
+/// manifest and its runs when there is a manifest, else a version-2 `index.sqi`.
 pub(crate) fn open_index(
     dir: &Path,
     writable: bool,
     segment_id: u64,
     seg_len: u64,
 ) -> Result<IndexState> {
+    // A writer in another process may replace the manifest and delete the runs the old one
+    // named between our reading it and mapping them: read it again then (runs are never
+    // changed, only deleted once no durable manifest names them).
+    for _ in 0..4 {
+        let manifest = match Manifest::load(dir)? {
+            None => return open_table(dir, writable, segment_id, seg_len),
+            Some(Err(_)) => return Ok(IndexState::Unusable),
+            Some(Ok(m)) => m,
+        };
+        if !manifest.plausible(segment_id, seg_len) {
+            return Ok(IndexState::Unusable);
+        }
+        let checkpoint = Checkpoint {
+            closed: manifest.closed,
+            covered_len: manifest.covered_len,
+            counters: manifest.counters,
+            used_slots: 0,
+        };
+        match RunSet::open(dir, manifest.clone())? {
+            Ok(set) => return Ok(IndexState::Usable(Index::Runs(Arc::new(set)), checkpoint)),
+            Err(_) => {
+                let again = Manifest::load(dir)?;
+                if again
+                    .as_ref()
+                    .is_none_or(|m| m.as_ref().ok() == Some(&manifest))
+                {
+                    return Ok(IndexState::Unusable);
+                }
+            }
+        }
+    }
+    Ok(IndexState::Unusable)
+}
+
+/// Opens a version-2 `index.sqi` and checks it belongs to this segment and is complete.
+fn open_table(dir: &Path, writable: bool, segment_id: u64, seg_len: u64) -> Result<IndexState> {
     let path = dir.join(index::INDEX_FILE);
     Ok(match IndexMap::open(&path, writable)? {
         None => IndexState::Unusable,
@@ -336,7 +388,15 @@ pub(crate) fn open_index(
                 && header.covered_len >= segment::HEADER_LEN
                 && header.covered_len <= seg_len;
             if trusted {
-                IndexState::Usable(map, header)
+                IndexState::Usable(
+                    Index::Table(map),
+                    Checkpoint {
+                        closed: header.closed,
+                        covered_len: header.covered_len,
+                        counters: header.counters,
+                        used_slots: header.used_slots,
+                    },
+                )
             } else {
                 IndexState::Unusable
             }

@@ -44,7 +44,7 @@ impl Inner {
             from,
             from,
             Reach::Written,
-            index.as_deref(),
+            index.as_ref(),
             &overlay,
             &mut st.counters,
             &self.seg_path,

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::engine::index::{self, IndexMap, Loc};
+use crate::engine::index::{self, Loc};
 use crate::engine::lost_found::{self, LostFile};
 use crate::engine::record::Kind;
 use crate::engine::recovery::{self, IndexState};
@@ -203,7 +203,7 @@ fn check_index(
             ));
         }
     }
-    let Some(indexed) = IndexMap::entries(&idx).map(|e| e.len() as u64) else {
+    let Some(indexed) = idx.entries(bytes).map(|e| e.len() as u64) else {
         problems.push("the index has damaged slots".to_string());
         return Ok(IndexCheck::Inconsistent(problems));
     };

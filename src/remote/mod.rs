@@ -13,7 +13,7 @@
 //! | object | what |
 //! |---|---|
 //! | `segment.sqs` | the segment, cut at the end of its records |
-//! | `index.sqi` | the index, as on disk: closed cleanly, covering the whole segment |
+//! | `index.sqi` | a version-2 index (a hash table; `push` builds it from a local store's runs): closed cleanly, covering the whole segment |
 //! | `keys.json` | the live keys, sorted, as a JSON array of strings |
 //! | `store.json` | the manifest, written last: segment id, lengths, counters |
 //!

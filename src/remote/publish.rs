@@ -10,6 +10,7 @@ use super::client::{Client, block_on};
 use super::error::RemoteError;
 use super::store::{INDEX, KEYS, MANIFEST, RemoteStore, SEGMENT, StoreManifest};
 use crate::engine::index::IndexHeader;
+use crate::engine::manifest::{MANIFEST_FILE, Manifest};
 use crate::engine::segment;
 use crate::engine::{Config, Engine};
 use crate::error::{Error, Result};
@@ -48,9 +49,19 @@ pub struct PullReport {
     pub keys: u64,
 }
 
-/// The segment id, end of records and index length of a cleanly closed store, or `None` when
-/// its index is not a clean close's (or is missing, or describes another segment).
-fn closed_state(dir: &Path) -> Result<Option<(u64, u64, u64)>> {
+/// Where the published `index.sqi` comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum IndexSource {
+    /// A version-2 `index.sqi` closed cleanly: uploaded byte for byte.
+    Table { len: u64 },
+    /// A version-3 manifest closed cleanly (its bytes, to notice a change during the push): a
+    /// version-2 table is built from it at push time, so the published format stays version 2.
+    Runs { manifest: Vec<u8> },
+}
+
+/// The segment id, end of records and index of a cleanly closed store, or `None` when its index
+/// is not a clean close's (or is missing, or describes another segment).
+fn closed_state(dir: &Path) -> Result<Option<(u64, u64, IndexSource)>> {
     let seg_path = dir.join(SEGMENT);
     let idx_path = dir.join(INDEX);
     let mut head = [0u8; segment::HEADER_LEN as usize];
@@ -66,6 +77,14 @@ fn closed_state(dir: &Path) -> Result<Option<(u64, u64, u64)>> {
     std::io::Read::read_exact(&mut &seg, &mut head).map_err(|e| Error::io(&seg_path, e))?;
     let (id, _) = segment::decode_header(&seg_path, &head)?;
     let seg_len = seg.metadata().map_err(|e| Error::io(&seg_path, e))?.len();
+    let man_path = dir.join(MANIFEST_FILE);
+    if let Ok(bytes) = std::fs::read(&man_path) {
+        let Ok(m) = Manifest::decode(&bytes) else {
+            return Ok(None);
+        };
+        let ok = m.segment_id == id && m.closed && m.covered_len <= seg_len;
+        return Ok(ok.then_some((id, m.covered_len, IndexSource::Runs { manifest: bytes })));
+    }
     let Ok(idx) = std::fs::File::open(&idx_path) else {
         return Ok(None);
     };
@@ -78,7 +97,7 @@ fn closed_state(dir: &Path) -> Result<Option<(u64, u64, u64)>> {
         return Ok(None);
     };
     let ok = h.segment_id == id && h.closed && !h.dirty && h.covered_len <= seg_len;
-    Ok(ok.then_some((id, h.covered_len, idx_len)))
+    Ok(ok.then_some((id, h.covered_len, IndexSource::Table { len: idx_len })))
 }
 
 /// Uploads the store in directory `dir` to `url`, so that readers see nothing of it or all of
@@ -112,7 +131,37 @@ pub fn push(dir: impl AsRef<Path>, url: &str, opts: RemoteOptions) -> Result<Pus
             })?
         }
     };
-    let (segment_id, seg_len, index_len) = state;
+    let (segment_id, seg_len, source) = state.clone();
+    let published_table = dir.join(format!("{INDEX}.push"));
+    let (idx_path, index_len) = match &source {
+        IndexSource::Table { len } => (dir.join(INDEX), *len),
+        IndexSource::Runs { .. } => {
+            let len = Engine::open_read_only(dir)?.write_table(&published_table)?;
+            (published_table.clone(), len)
+        }
+    };
+    let result = push_files(
+        dir, url, opts, &state, segment_id, seg_len, idx_path, index_len,
+    );
+    // The built table is a copy for the upload only: never left beside the store's own index.
+    if matches!(source, IndexSource::Runs { .. }) {
+        let _ = std::fs::remove_file(&published_table);
+    }
+    result
+}
+
+// The state checked before and after, and what the upload is made of.
+#[allow(clippy::too_many_arguments)]
+fn push_files(
+    dir: &Path,
+    url: &str,
+    opts: RemoteOptions,
+    state: &(u64, u64, IndexSource),
+    segment_id: u64,
+    seg_len: u64,
+    idx_path: PathBuf,
+    index_len: u64,
+) -> Result<PushReport> {
     let keys = Engine::open_read_only(dir)?.keys()?;
     let keys_json = Bytes::from(serde_json::to_vec(&keys).map_err(|e| RemoteError::Other {
         url: url.to_owned(),
@@ -141,7 +190,6 @@ pub fn push(dir: impl AsRef<Path>, url: &str, opts: RemoteOptions) -> Result<Pus
     let multipart = seg_len > client.options().multipart_threshold;
     let c = client.clone();
     let seg_path = dir.join(SEGMENT);
-    let idx_path = dir.join(INDEX);
     block_on(async move {
         c.delete(MANIFEST).await?;
         c.put_file(SEGMENT, seg_path, seg_len).await?;
@@ -163,7 +211,7 @@ pub fn push(dir: impl AsRef<Path>, url: &str, opts: RemoteOptions) -> Result<Pus
         }
         Ok::<(), Error>(())
     })??;
-    if closed_state(dir)? != Some(state) {
+    if closed_state(dir)?.as_ref() != Some(state) {
         return Err(RemoteError::Other {
             url: url.to_owned(),
             detail: format!(

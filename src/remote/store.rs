@@ -360,7 +360,10 @@ impl RemoteStore {
         else {
             return Err(RemoteError::NotPublished {
                 url: client.url().to_owned(),
-                reason: format!("no {INDEX} (the index is needed to read a store remotely)"),
+                reason: format!(
+                    "no {INDEX} (the index is needed to read a store remotely; a local store \
+                     with index format 3 has none: `push` publishes one)"
+                ),
             }
             .into());
         };
