@@ -199,6 +199,8 @@ pub(crate) enum Probe {
 #[derive(Debug)]
 pub(crate) struct IndexMap {
     map: MmapRaw,
+    // Only `push` (feature `remote`) still writes a version-2 table.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
     file: File,
     slot_count: u64,
 }
@@ -258,6 +260,8 @@ impl IndexMap {
     }
 
     /// Writes a new index file at `path` holding `entries` (distinct keys), not yet synced.
+    // Only `push` (feature `remote`) still writes a version-2 table.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
     pub fn build(path: &Path, header: IndexHeader, entries: &[(u64, Loc)]) -> Result<IndexMap> {
         let file = OpenOptions::new()
             .read(true)
@@ -284,6 +288,8 @@ impl IndexMap {
     }
 
     /// Flushes the map and fsyncs the file.
+    // Only `push` (feature `remote`) still writes a version-2 table.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
     pub fn sync(&self, path: &Path) -> Result<()> {
         self.map.flush().at(path)?;
         self.file.sync_all().at(path)
@@ -337,6 +343,8 @@ impl IndexMap {
         Some(loc)
     }
 
+    // Only `push` (feature `remote`) still writes a version-2 table.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
     fn write_slot(&self, i: u64, hash: u64, loc: Loc) {
         let w = self.slot(i);
         let crcs = u64::from(loc.crc) | (u64::from(Self::slot_crc(hash, &loc)) << 32);
@@ -399,6 +407,8 @@ impl IndexMap {
     }
 
     /// Inserts a key known to be absent (used while building a fresh table).
+    // Only `push` (feature `remote`) still writes a version-2 table.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
     fn insert_new(&self, hash: u64, loc: Loc) {
         let mask = self.slot_count - 1;
         let mut i = hash & mask;

@@ -573,6 +573,7 @@ impl Engine {
     /// "closed cleanly") to `path`, synced, and returns its length. `push` publishes stores in
     /// that format, so remote readers need not know index format 3. The handle must have
     /// nothing beyond its checkpoint (a store closed cleanly, opened read-only).
+    #[cfg(feature = "remote")]
     pub(crate) fn write_table(&self, path: &Path) -> Result<u64> {
         let snap = self.inner.snapshot()?;
         let st = self.inner.state.lock();
