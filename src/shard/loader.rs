@@ -489,16 +489,9 @@ impl<T: Send + 'static> Iterator for ShardIter<T> {
         }
         let prefetch = shared.prefetch;
         let mut state = shared.state.lock();
-        loop {
+        let outcome = loop {
             if let Some(outcome) = state.slots[index % prefetch].take() {
-                // The window moves by one: a waiting worker may claim again.
-                state.next = index + 1;
-                if state.workers_waiting > 0 {
-                    shared.workers.notify_one();
-                }
-                drop(state);
-                self.next = index + 1;
-                return Some(outcome.unwrap_or_else(|panicked| panic::resume_unwind(panicked)));
+                break outcome;
             }
             if state.claimed < index + prefetch && state.claimed < shared.keys.len() {
                 // Rather than wait, decode the first unclaimed shard (often the one whose turn
@@ -512,13 +505,7 @@ impl<T: Send + 'static> Iterator for ShardIter<T> {
                 let outcome = panic::catch_unwind(AssertUnwindSafe(|| shared.decode(claim)));
                 state = shared.state.lock();
                 if claim == index {
-                    state.next = index + 1;
-                    if state.workers_waiting > 0 {
-                        shared.workers.notify_one();
-                    }
-                    drop(state);
-                    self.next = index + 1;
-                    return Some(outcome.unwrap_or_else(|panicked| panic::resume_unwind(panicked)));
+                    break outcome;
                 }
                 state.slots[claim % prefetch] = Some(outcome);
                 continue;
@@ -532,7 +519,15 @@ impl<T: Send + 'static> Iterator for ShardIter<T> {
             state.consumer_waiting = true;
             shared.consumer.wait(&mut state);
             state.consumer_waiting = false;
+        };
+        // The window moves by one: a waiting worker may claim again.
+        state.next = index + 1;
+        if state.workers_waiting > 0 {
+            shared.workers.notify_one();
         }
+        drop(state);
+        self.next = index + 1;
+        Some(outcome.unwrap_or_else(|panicked| panic::resume_unwind(panicked)))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
