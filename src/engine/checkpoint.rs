@@ -15,6 +15,10 @@ use crate::error::{Error, Result};
 
 use super::{Inner, State, View};
 
+/// The most records a new overlay is sized for up front (a larger `checkpoint_records` lets it
+/// grow as needed rather than reserve memory a store may never fill).
+const OVERLAY_PRESIZE: usize = 65_536;
+
 /// Points at which a test can stop a checkpoint, as if the process died there
 /// ([`crate::Engine::checkpoint_crashing_at`]).
 #[doc(hidden)]
@@ -191,7 +195,14 @@ impl Inner {
                 manifest,
                 runs: set_runs,
             }))),
-            overlay: Arc::new(Overlay::new()),
+            // Sized for as many records as this checkpoint took in, so a bulk load does not regrow
+            // it every time, and a store written now and then does not reserve for one.
+            overlay: Arc::new(Overlay::with_capacity(
+                view.overlay
+                    .len()
+                    .min(self.config.checkpoint_records)
+                    .min(OVERLAY_PRESIZE),
+            )),
         }));
         Ok(())
     }

@@ -116,7 +116,7 @@ impl Inner {
             let recent: HashMap<Box<str>, Entry> = view
                 .overlay
                 .iter()
-                .map(|e| (e.key().clone(), *e.value()))
+                .map(|e| (Box::from(e.key().as_str()), *e.value()))
                 .collect();
             let Some(index) = &view.index else {
                 return Ok(Snapshot {

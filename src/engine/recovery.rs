@@ -8,6 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use dashmap::DashMap;
 
 use crate::engine::index::{self, Counters, IndexMap, Loc, Probe};
@@ -30,18 +31,29 @@ pub(crate) enum Entry {
 ///
 /// Hashed with foldhash (seeded per map) rather than the standard SipHash: every `set` looks its
 /// key up and inserts it, and SipHash cost more than the rest of a small record's bookkeeping.
+/// Keys are `CompactString`s, so a key of up to 24 bytes lives in the table itself: a bulk load
+/// of small keys then makes no allocation per key, and the checkpoint's pass over the overlay
+/// (and dropping it) reads the table sequentially instead of chasing one pointer per key.
 #[derive(Debug, Default)]
-pub(crate) struct Overlay(DashMap<Box<str>, Entry, foldhash::fast::RandomState>);
+pub(crate) struct Overlay(DashMap<CompactString, Entry, foldhash::fast::RandomState>);
 
 impl Overlay {
     /// An empty overlay.
     pub(crate) fn new() -> Overlay {
         Overlay::default()
     }
+
+    /// An empty overlay with room for `records` keys before it regrows.
+    pub(crate) fn with_capacity(records: usize) -> Overlay {
+        Overlay(DashMap::with_capacity_and_hasher(
+            records,
+            foldhash::fast::RandomState::default(),
+        ))
+    }
 }
 
 impl std::ops::Deref for Overlay {
-    type Target = DashMap<Box<str>, Entry, foldhash::fast::RandomState>;
+    type Target = DashMap<CompactString, Entry, foldhash::fast::RandomState>;
 
     fn deref(&self) -> &Self::Target {
         &self.0
