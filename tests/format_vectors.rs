@@ -321,10 +321,10 @@ fn a_v1_store_opened_read_write_is_upgraded() {
     assert_eq!(ro.keys().unwrap(), vec!["alpha", "bravo", "delta"]);
 }
 
-/// Writes `v3-runs/`: `v2-marks/` opened read-write (`Durability::Fsync`), a `set_many` of
+/// Writes `v4-runs/` (as an index-format-3 engine wrote `v3-runs/`): `v2-marks/` opened read-write (`Durability::Fsync`), a `set_many` of
 /// `k00`..`k15` = `v00`..`v15`, a checkpoint (the conversion: base run 1), a delete of `alpha`,
 /// a clean close (delta run 2). Deterministic: the segment id comes from `v2-marks/`.
-fn build_v3(dst: &Path) {
+fn build_runs_vector(dst: &Path) {
     for f in std::fs::read_dir(vectors().join("v2-marks")).unwrap() {
         let f = f.unwrap();
         std::fs::copy(f.path(), dst.join(f.file_name())).unwrap();
@@ -343,8 +343,8 @@ fn build_v3(dst: &Path) {
     db.close().unwrap();
 }
 
-/// The index format 3 files of `dir`, sorted by name.
-fn v3_files(dir: &Path) -> Vec<String> {
+/// The index files (manifest and runs) of `dir`, sorted by name.
+fn run_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -354,27 +354,12 @@ fn v3_files(dir: &Path) -> Vec<String> {
     names
 }
 
-/// `v3-runs/`: the manifest and both runs decode byte for byte as format-spec/README.md says
-/// (parser written from the spec), name exactly the records the segment holds, and the engine
-/// reproduces the files exactly from `v2-marks/`.
-#[test]
-fn v3_vector_decodes_manifest_and_runs() {
-    let dir = vectors().join("v3-runs");
-    if std::env::var_os("SQS_REGEN_VECTORS").is_some() {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        build_v3(&dir);
-        let _ = std::fs::remove_file(dir.join("LOCK"));
-        // The preallocated zeros after the records are left out of the committed file.
-        let m = std::fs::read(dir.join("index.sqm")).unwrap();
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("segment.sqs"))
-            .unwrap();
-        f.set_len(u64_at(&m, 24)).unwrap();
-    }
+/// Decodes a runs vector (`v3-runs/` or `v4-runs/`) of index format `version` with a parser
+/// written from format-spec/README.md: the manifest and both runs decode byte for byte and name
+/// exactly the records the segment holds. Returns the live keys.
+fn decode_runs_vector(dir: &Path, version: u32) -> Vec<String> {
     assert_eq!(
-        v3_files(&dir),
+        run_files(dir),
         vec![
             "index-0000000000000001.sqr",
             "index-0000000000000002.sqr",
@@ -397,7 +382,7 @@ fn v3_vector_decodes_manifest_and_runs() {
 
     let m = std::fs::read(dir.join("index.sqm")).unwrap();
     assert_eq!(&m[0..8], b"\x89SQMAN\r\n");
-    assert_eq!(u32_at(&m, 8), 3, "version");
+    assert_eq!(u32_at(&m, 8), version, "version");
     assert_eq!(u32_at(&m, 12), 2, "closed cleanly");
     assert_eq!(u64_at(&m, 16), segment_id);
     assert_eq!(u64_at(&m, 24), seg_end, "covers every record");
@@ -421,7 +406,7 @@ fn v3_vector_decodes_manifest_and_runs() {
         let f = std::fs::read(dir.join(format!("index-{seq:016x}.sqr"))).unwrap();
         assert_eq!(f.len() as u64, file_len);
         assert_eq!(&f[0..8], b"\x89SQRUN\r\n");
-        assert_eq!(u32_at(&f, 8), 3);
+        assert_eq!(u32_at(&f, 8), version);
         assert_eq!(u32_at(&f, 12), kind);
         assert_eq!(u64_at(&f, 16), segment_id);
         assert_eq!(
@@ -431,7 +416,8 @@ fn v3_vector_decodes_manifest_and_runs() {
         assert_eq!(u32_at(&f, 60), crc32fast::hash(&f[..60]));
         assert_eq!(u32_at(&f, 60), header_crc);
         let bloom_blocks = u32_at(&f, 48) as usize;
-        assert_eq!(bloom_blocks == 0, kind == 0);
+        // Format 4: a Bloom filter in every run; format 3: in the deltas only.
+        assert_eq!(bloom_blocks == 0, version == 3 && kind == 0);
         let entries = count as usize * 16;
         let fences = entries.div_ceil(4096);
         let fence_at = entries.next_multiple_of(64);
@@ -490,14 +476,48 @@ fn v3_vector_decodes_manifest_and_runs() {
         .map(|(k, _)| k.clone())
         .collect();
     assert_eq!(live_keys, want);
+    want
+}
+
+/// `v3-runs/`, written by index format 3 (no Bloom filter in the base), still decodes as the
+/// spec says and still opens.
+#[test]
+fn v3_vector_decodes_manifest_and_runs() {
+    let dir = vectors().join("v3-runs");
+    let want = decode_runs_vector(&dir, 3);
+    let ro = Engine::open_read_only(&dir).unwrap();
+    assert_eq!(ro.keys().unwrap(), want);
+    assert!(ro.get("alpha").unwrap().is_none());
+    assert_eq!(&*ro.get("k07").unwrap().unwrap(), b"v07");
+}
+
+/// `v4-runs/` decodes as the spec says, and the engine reproduces its files exactly from
+/// `v2-marks/`.
+#[test]
+fn v4_vector_decodes_manifest_and_runs() {
+    let dir = vectors().join("v4-runs");
+    if std::env::var_os("SQS_REGEN_VECTORS").is_some() {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        build_runs_vector(&dir);
+        let _ = std::fs::remove_file(dir.join("LOCK"));
+        // The preallocated zeros after the records are left out of the committed file.
+        let m = std::fs::read(dir.join("index.sqm")).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("segment.sqs"))
+            .unwrap();
+        f.set_len(u64_at(&m, 24)).unwrap();
+    }
+    let want = decode_runs_vector(&dir, 4);
     // The engine reads it, and writes exactly these files from v2-marks/.
     let ro = Engine::open_read_only(&dir).unwrap();
     assert_eq!(ro.keys().unwrap(), want);
     assert!(ro.get("alpha").unwrap().is_none());
     drop(ro);
     let tmp = tempfile::tempdir().unwrap();
-    build_v3(tmp.path());
-    for name in v3_files(&dir)
+    build_runs_vector(tmp.path());
+    for name in run_files(&dir)
         .iter()
         .chain(["segment.sqs".to_string()].iter())
     {
@@ -512,6 +532,63 @@ fn v3_vector_decodes_manifest_and_runs() {
         }
         assert_eq!(got, want, "{name}");
     }
+}
+
+/// A format-3 store (`v3-runs/`) opened read-write keeps working: a delta written next to its
+/// version-3 base is found, and the next merge into a base writes a version-4 base with a Bloom
+/// filter. Every key and value is intact throughout.
+#[test]
+fn a_v3_store_is_written_then_merged_into_v4() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(vectors().join("v3-runs")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), tmp.path().join(f.file_name())).unwrap();
+    }
+    let mut want: Vec<String> = vec!["bravo".into(), "charlie".into()];
+    want.extend((0..16).map(|i| format!("k{i:02}")));
+    // One new key: a second delta (2 delta entries are not more than 1/8 of the base's 19)
+    // beside the untouched version-3 base.
+    let db = Engine::open(tmp.path()).unwrap();
+    db.set("new0", b"n0").unwrap();
+    db.checkpoint().unwrap();
+    want.push("new0".into());
+    want.sort();
+    assert_eq!(db.keys().unwrap(), want);
+    assert_eq!(&*db.get("k03").unwrap().unwrap(), b"v03");
+    let base = std::fs::read(tmp.path().join("index-0000000000000001.sqr")).unwrap();
+    assert_eq!(
+        u32_at(&base, 8),
+        3,
+        "the version-3 base is kept until a merge"
+    );
+    // Enough new keys that the deltas pass 1/8 of the base: a new base, version 4.
+    for i in 1..8 {
+        db.set(&format!("new{i}"), format!("n{i}").as_bytes())
+            .unwrap();
+        want.push(format!("new{i}"));
+    }
+    db.checkpoint().unwrap();
+    db.close().unwrap();
+    want.sort();
+    let m = std::fs::read(tmp.path().join("index.sqm")).unwrap();
+    assert_eq!(u32_at(&m, 8), 4, "manifest version");
+    // The new base, then the delta of the clean close's sync mark.
+    assert_eq!(u32_at(&m, 72), 2, "the new base and the close's delta");
+    let seq = u64_at(&m, 80);
+    let run = std::fs::read(tmp.path().join(format!("index-{seq:016x}.sqr"))).unwrap();
+    assert_eq!(u32_at(&run, 8), 4, "run version");
+    assert_eq!(u32_at(&run, 12), 0, "a base");
+    assert!(u32_at(&run, 48) >= 1, "with a Bloom filter");
+    assert!(
+        !tmp.path().join("index-0000000000000001.sqr").exists(),
+        "the version-3 base is deleted once the manifest naming its successor is durable"
+    );
+    let ro = Engine::open_read_only(tmp.path()).unwrap();
+    assert_eq!(ro.keys().unwrap(), want);
+    assert!(ro.get("alpha").unwrap().is_none());
+    assert_eq!(&*ro.get("new5").unwrap().unwrap(), b"n5");
+    assert_eq!(&*ro.get("k15").unwrap().unwrap(), b"v15");
+    assert!(!ro.stats().index_rebuilt);
 }
 
 /// A committed version-2 store (`v2-marks/`, an `index.sqi` hash table) opens read-only as it

@@ -1,4 +1,4 @@
-//! Checkpoints: the overlay written as a new sorted run (index format 3), merges of runs, the
+//! Checkpoints: the overlay written as a new sorted run (index format 4), merges of runs, the
 //! conversion of a version-2 index, the clean-close protocol, and the index rebuild after a
 //! damaged run.
 
@@ -17,7 +17,7 @@ use super::{Inner, State, View};
 
 /// The most records a new overlay is sized for up front (a larger `checkpoint_records` lets it
 /// grow as needed rather than reserve memory a store may never fill).
-const OVERLAY_PRESIZE: usize = 65_536;
+const OVERLAY_PRESIZE: usize = 131_072;
 
 /// Points at which a test can stop a checkpoint, as if the process died there
 /// ([`crate::Engine::checkpoint_crashing_at`]).

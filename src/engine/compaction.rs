@@ -12,7 +12,7 @@
 //!    between without a write (a page evicted and read back wrong) would be copied unchecked,
 //!    and are then caught by the first get of the new segment, which checks every record once.
 //! 3. Under the lock: copy the records appended since `E0` (puts and tombstones, in order), fsync
-//!    the new segment, write its index (index format 3): a base run of the copied records, a
+//!    the new segment, write its index (index format 4): a base run of the copied records, a
 //!    delta run of the carried tail, both synced, and their manifest as `index.sqm.compact`,
 //!    synced; fsync the directory.
 //! 4. Switch: rename the segment over `segment.sqs`, then the manifest over `index.sqm`, fsync

@@ -1,7 +1,7 @@
-//! Index format 3's manifest (`index.sqm`): which runs make up the index, what segment bytes they
-//! cover, and the statistics as of then. Rewritten whole (write a temporary file, fsync, rename,
-//! fsync the directory) at every checkpoint; runs are immutable, so a reader that loaded one
-//! manifest always sees a consistent set of runs.
+//! The index manifest `index.sqm` (index formats 3 and 4): which runs make up the index, what
+//! segment bytes they cover, and the statistics as of then. Rewritten whole (write a temporary
+//! file, fsync, rename, fsync the directory) at every checkpoint; runs are immutable, so a reader
+//! that loaded one manifest always sees a consistent set of runs.
 //!
 //! ```text
 //! offset size field
@@ -41,9 +41,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"\x89SQMAN\r\n";
 /// checkpoint adds before merging.
 pub(crate) const MAX_RUNS: usize = 8;
 /// Delta runs kept before they are merged into one.
-pub(crate) const MAX_DELTAS: usize = 2;
+pub(crate) const MAX_DELTAS: usize = 3;
 /// The deltas are merged into the base once they hold more than base / `BASE_FRACTION` entries.
-pub(crate) const BASE_FRACTION: u64 = 8;
+pub(crate) const BASE_FRACTION: u64 = 4;
 const HEAD_LEN: usize = 80;
 const RUN_LEN: usize = 48;
 const STATE_CLEAN: u32 = 0;
@@ -120,7 +120,9 @@ impl Manifest {
         if crc32fast::hash(&b[..end]) != u32_at(end) {
             return Err("manifest checksum mismatch");
         }
-        if u32_at(8) != runs::VERSION {
+        // Version 3 and 4 manifests have the same layout; a version 4 one may name runs of
+        // either version (a store converted from index format 3 keeps its base until a merge).
+        if !(runs::OLDEST_VERSION..=runs::VERSION).contains(&u32_at(8)) {
             return Err("unsupported manifest version");
         }
         let closed = match u32_at(12) {
@@ -430,17 +432,41 @@ pub(crate) fn merge(
     let mut group: Vec<u64> = Vec::new();
     let mut kept: Vec<u64> = Vec::new();
     loop {
-        // The smallest head; there are at most MAX_RUNS + 1 inputs, so a linear pick beats a heap.
-        let mut best: Option<u64> = None;
+        // The smallest head, the source it is in, and the smallest head of the others; there are
+        // at most MAX_RUNS + 1 inputs, so a linear pick beats a heap.
+        let mut best: Option<(u64, usize)> = None;
+        let mut second = u64::MAX;
         for (i, src) in sources.iter().enumerate() {
             if pos[i] < src.len() {
                 let (h, _) = src.get(pos[i]);
-                if best.is_none_or(|b| h < b) {
-                    best = Some(h);
+                match best {
+                    Some((b, _)) if h >= b => second = second.min(h),
+                    _ => {
+                        if let Some((b, _)) = best {
+                            second = second.min(b);
+                        }
+                        best = Some((h, i));
+                    }
                 }
             }
         }
-        let Some(hash) = best else { break };
+        let Some((hash, first)) = best else { break };
+        if hash < second {
+            // Hashes below every other source's head are in this source alone, and one source
+            // holds one entry per key: copy them without grouping (a base merge is mostly this).
+            let src = &sources[first];
+            while pos[first] < src.len() {
+                let (h, w) = src.get(pos[first]);
+                if h >= second {
+                    break;
+                }
+                if !(into_base && w & TOMBSTONE != 0) {
+                    emit(h, w)?;
+                }
+                pos[first] += 1;
+            }
+            continue;
+        }
         group.clear();
         for (i, src) in sources.iter().enumerate() {
             while pos[i] < src.len() {

@@ -25,7 +25,7 @@ mod refresh;
 mod write;
 
 // The file format: the segment file's header, its records, the scanner over them, the index
-// (version 3: sorted runs named by a manifest; version 2: the hash table, read and converted).
+// (formats 3 and 4: sorted runs named by a manifest; version 2: the hash table, read and converted).
 pub(crate) mod index;
 pub(crate) mod manifest;
 pub(crate) mod record;
@@ -571,7 +571,7 @@ impl Engine {
 
     /// Writes this store's live index as a version-2 hash table (`index.sqi` format, state
     /// "closed cleanly") to `path`, synced, and returns its length. `push` publishes stores in
-    /// that format, so remote readers need not know index format 3. The handle must have
+    /// that format, so remote readers need not know index formats 3 and 4. The handle must have
     /// nothing beyond its checkpoint (a store closed cleanly, opened read-only).
     #[cfg(feature = "remote")]
     pub(crate) fn write_table(&self, path: &Path) -> Result<u64> {

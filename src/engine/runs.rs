@@ -1,16 +1,18 @@
-//! Index format 3: immutable sorted runs of 16-byte entries (key hash, record offset).
+//! Index format 4: immutable sorted runs of 16-byte entries (key hash, record offset), each with
+//! a Bloom filter. Version 3 runs (written by index format 3) are read as well: the same layout,
+//! but a base run has no Bloom filter.
 //!
 //! ```text
 //! run file `index-<seq as 16 hex digits>.sqr`
 //! offset size field
 //!   0    8    magic         89 53 51 52 55 4E 0D 0A  ("\x89SQRUN\r\n")
-//!   8    4    version       3
+//!   8    4    version       4 (3 is read)
 //!  12    4    kind          0 = base, 1 = delta
 //!  16    8    segment_id    the segment whose records the entries name
 //!  24    8    from          \ the entries describe every record in segment bytes [from, to)
 //!  32    8    to            /
 //!  40    8    count         entries
-//!  48    4    bloom_blocks  64-byte Bloom filter blocks (0 for a base run)
+//!  48    4    bloom_blocks  64-byte Bloom filter blocks (at least 1; version 3: 0 for a base)
 //!  52    4    reserved      0
 //!  56    4    table_crc     crc32 of the block crc table
 //!  60    4    header_crc    crc32 of bytes 0..60
@@ -38,8 +40,10 @@ use crate::error::{Error, IoContext, Result};
 
 /// Magic number at the start of a run file.
 pub(crate) const MAGIC: [u8; 8] = *b"\x89SQRUN\r\n";
-/// Index format version (the manifest's and every run's).
-pub(crate) const VERSION: u32 = 3;
+/// Index format version written (the manifest's and every new run's).
+pub(crate) const VERSION: u32 = 4;
+/// The oldest index format version still read: 3, whose base runs have no Bloom filter.
+pub(crate) const OLDEST_VERSION: u32 = 3;
 /// Bytes before the first entry.
 pub(crate) const HEADER_LEN: usize = 64;
 /// Bytes per entry.
@@ -52,7 +56,7 @@ pub(crate) const FENCE_LEN: usize = 8;
 pub(crate) const ENTRIES_PER_FENCE: usize = BLOCK_LEN / ENTRY_LEN;
 /// Bytes per Bloom filter block (one cache line).
 pub(crate) const BLOOM_BLOCK: usize = 64;
-/// Bloom filter bits per key in a delta run.
+/// Bloom filter bits per key in a run.
 pub(crate) const BLOOM_BITS_PER_KEY: u64 = 10;
 /// Bits set per key, all in one 512-bit block.
 pub(crate) const BLOOM_PROBES: u32 = 6;
@@ -131,7 +135,7 @@ fn layout(count: u64, bloom_blocks: u64) -> Option<Layout> {
     })
 }
 
-/// Bloom blocks for a delta of `count` keys: 10 bits per key, at least one block.
+/// Bloom blocks for a run of `count` keys: 10 bits per key, at least one block.
 fn bloom_blocks_for(count: u64) -> u64 {
     (count * BLOOM_BITS_PER_KEY)
         .div_ceil(BLOOM_BLOCK as u64 * 8)
@@ -189,6 +193,9 @@ pub(crate) struct RunWriter {
     block: crc32fast::Hasher,
     table: Vec<u8>,
     fences: Vec<u8>,
+    /// Entries not yet passed to `body`: one 4096-byte block's worth goes through the crc and the
+    /// file at once (crc32fast is slow on 16-byte pieces).
+    pending: Vec<u8>,
 }
 
 impl RunWriter {
@@ -211,11 +218,9 @@ impl RunWriter {
             .at(path)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file.try_clone().at(path)?);
         out.write_all(&[0u8; HEADER_LEN]).at(path)?;
-        let bloom_blocks = if kind == KIND_DELTA {
-            bloom_blocks_for(max_entries)
-        } else {
-            0
-        };
+        // A base run has one too (version 4): a write learns whether its key existed with one
+        // cache line of the filter instead of a search through the base.
+        let bloom_blocks = bloom_blocks_for(max_entries);
         let bloom_len = usize::try_from(bloom_blocks)
             .ok()
             .and_then(|b| b.checked_mul(BLOOM_BLOCK))
@@ -237,6 +242,7 @@ impl RunWriter {
             block: crc32fast::Hasher::new(),
             table: Vec::new(),
             fences: Vec::new(),
+            pending: Vec::with_capacity(BLOCK_LEN),
         })
     }
 
@@ -270,10 +276,14 @@ impl RunWriter {
         if self.count.is_multiple_of(ENTRIES_PER_FENCE as u64) {
             self.fences.extend_from_slice(&hash.to_le_bytes());
         }
-        let mut e = [0u8; ENTRY_LEN];
-        e[..8].copy_from_slice(&hash.to_le_bytes());
-        e[8..].copy_from_slice(&word.to_le_bytes());
-        self.body(&e)?;
+        self.pending.extend_from_slice(&hash.to_le_bytes());
+        self.pending.extend_from_slice(&word.to_le_bytes());
+        if self.pending.len() >= BLOCK_LEN {
+            let block = std::mem::take(&mut self.pending);
+            self.body(&block)?;
+            self.pending = block;
+            self.pending.clear();
+        }
         self.count += 1;
         if self.bloom_blocks > 0 {
             let (block, bits) = bloom_slot(hash, self.bloom_blocks);
@@ -286,6 +296,8 @@ impl RunWriter {
 
     /// Writes the Bloom filter, the crc table and the header, syncs the file.
     pub fn finish(mut self) -> Result<RunMeta> {
+        let entries = std::mem::take(&mut self.pending);
+        self.body(&entries)?;
         let pad = self.body_at.next_multiple_of(BLOOM_BLOCK) - self.body_at;
         self.body(&[0u8; BLOOM_BLOCK][..pad])?;
         let fences = std::mem::take(&mut self.fences);
@@ -385,7 +397,8 @@ impl Run {
         if crc32fast::hash(&h[..60]) != u32_at(60) {
             return Ok(Err("run: header checksum mismatch"));
         }
-        if u32_at(8) != VERSION {
+        let version = u32_at(8);
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Ok(Err("run: unsupported version"));
         }
         if u32_at(60) != meta.header_crc
@@ -399,7 +412,9 @@ impl Run {
             return Ok(Err("run header disagrees with the manifest"));
         }
         let bloom_blocks = u64::from(u32_at(48));
-        if (meta.kind == KIND_BASE) != (bloom_blocks == 0) {
+        // Version 3: a Bloom filter in every delta and in no base; version 4: in every run.
+        let bloom_wanted = version >= 4 || meta.kind != KIND_BASE;
+        if bloom_wanted != (bloom_blocks != 0) {
             return Ok(Err("run: Bloom filter where there should be none, or none"));
         }
         let Some(lay) = layout(meta.count, bloom_blocks).filter(|l| l.file_len == len) else {
@@ -474,7 +489,8 @@ impl Run {
         (u64::from_le_bytes(h), u64::from_le_bytes(w))
     }
 
-    /// Whether `hash` may be in this run (always true for a base run).
+    /// Whether `hash` may be in this run (always true for a version-3 base run, which has no
+    /// Bloom filter).
     pub fn may_contain(&self, hash: u64) -> std::result::Result<bool, Damaged> {
         if self.bloom_blocks == 0 {
             return Ok(true);
@@ -678,9 +694,8 @@ mod tests {
                 assert!(words(h).is_empty());
                 misses += u32::from(!run.may_contain(h).expect("test"));
             }
-            if kind == KIND_DELTA {
-                assert!(misses > 9_000, "Bloom filter rejects most misses: {misses}");
-            }
+            // Both kinds carry a Bloom filter (index format 4).
+            assert!(misses > 9_000, "Bloom filter rejects most misses: {misses}");
             assert_eq!(run.all().expect("test"), entries);
         }
     }

@@ -182,8 +182,8 @@ impl Inner {
         if start_writeback {
             // Buffered bulk writes: have the kernel write the bytes back as they come, so the
             // next checkpoint's fdatasync (the index may name only durable records) waits for
-            // the last few MiB, not all 16384 records. A hint; a failure here is reported by that
-            // fdatasync, which decides.
+            // the last few MiB, not a whole checkpoint interval. A hint; a failure here is
+            // reported by that fdatasync, which decides.
             let _ = backend.start_writeback(written_back, at - written_back);
         }
         if self.config.durability == Durability::Fsync {
