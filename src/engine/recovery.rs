@@ -8,6 +8,8 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use compact_str::CompactString;
 use dashmap::DashMap;
 
@@ -35,7 +37,12 @@ pub(crate) enum Entry {
 /// of small keys then makes no allocation per key, and the checkpoint's pass over the overlay
 /// (and dropping it) reads the table sequentially instead of chasing one pointer per key.
 #[derive(Debug, Default)]
-pub(crate) struct Overlay(DashMap<CompactString, Entry, foldhash::fast::RandomState>);
+pub(crate) struct Overlay {
+    map: DashMap<CompactString, Entry, foldhash::fast::RandomState>,
+    /// Keys in `map`, kept here because `DashMap::len` locks every shard, and the writer asks
+    /// after every append whether a checkpoint is due.
+    len: AtomicUsize,
+}
 
 impl Overlay {
     /// An empty overlay.
@@ -45,18 +52,39 @@ impl Overlay {
 
     /// An empty overlay with room for `records` keys before it regrows.
     pub(crate) fn with_capacity(records: usize) -> Overlay {
-        Overlay(DashMap::with_capacity_and_hasher(
-            records,
-            foldhash::fast::RandomState::default(),
-        ))
+        Overlay {
+            map: DashMap::with_capacity_and_hasher(records, foldhash::fast::RandomState::default()),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// Makes `entry` the newest record of `key`; returns the entry it replaces.
+    pub(crate) fn insert(&self, key: &str, entry: Entry) -> Option<Entry> {
+        let old = self.map.insert(key.into(), entry);
+        if old.is_none() {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        old
+    }
+
+    /// Keys held.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether no key is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
+/// Reads go to the map itself; writes go through [`Overlay::insert`], which keeps the count (the
+/// map has no removal: an overlay is only ever replaced whole).
 impl std::ops::Deref for Overlay {
     type Target = DashMap<CompactString, Entry, foldhash::fast::RandomState>;
 
     fn deref(&self) -> &Self::Target {
-        &self.0
+        &self.map
     }
 }
 
@@ -174,7 +202,7 @@ pub(crate) fn replay(
             Kind::Put => Entry::Put(loc),
             _ => Entry::Tombstone(loc.offset),
         };
-        overlay.insert(key.into(), entry);
+        overlay.insert(key, entry);
         Ok(())
     };
     let tail = scan::scan::<Error>(segment, from, synced_floor, reach, &mut |event| {

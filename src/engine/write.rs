@@ -233,7 +233,7 @@ impl Inner {
                 }),
                 _ => Entry::Tombstone(at),
             };
-            view.overlay.insert(r.key.into(), entry);
+            view.overlay.insert(r.key, entry);
             at += r.len();
         }
         st.end = at;
