@@ -387,7 +387,7 @@ fn trusted_checkpoint(dir: &Path) -> (u64, bool) {
     }
 }
 
-/// Index format 3 (format-spec "Opening", rule 2): the manifest's `covered_len` and state when
+/// Index formats 3 and 4 (format-spec "Opening", rule 2): the manifest's `covered_len` and state when
 /// the manifest is whole and names the segment, and every run it names exists with its length
 /// and header checksum; else 32. (Damage inside a run's entries is found later, by a lookup,
 /// and costs a rebuild: this target predicts opens only before it flips index bytes.)
@@ -403,7 +403,7 @@ fn trusted_manifest(dir: &Path, seg: &[u8], m: &[u8]) -> (u64, bool) {
     }
     let covered = u64_at(m, 24);
     let mut ok = m[0..8] == *b"\x89SQMAN\r\n"
-        && u32_at(m, 8) == 3
+        && matches!(u32_at(m, 8), 3 | 4)
         && crc32fast::hash(&m[..80 + 48 * n]) == u32_at(m, 80 + 48 * n)
         && matches!(u32_at(m, 12), 0 | 2)
         && u64_at(m, 16) == segment_id(seg)
