@@ -31,7 +31,7 @@ impl Pending<'_> {
 const COALESCE: usize = 256 << 10;
 
 /// Segment bytes written before the writer asks the kernel to start writing them back.
-const WRITEBACK_CHUNK: u64 = 4 << 20;
+pub(crate) const WRITEBACK_CHUNK: u64 = 4 << 20;
 
 impl Inner {
     pub(crate) fn writable(&self) -> Result<()> {
