@@ -550,7 +550,7 @@ fn a_v3_store_is_written_then_merged_into_v4() {
     let tmp = copy_vector("v3-runs");
     let mut want: Vec<String> = vec!["bravo".into(), "charlie".into()];
     want.extend((0..16).map(|i| format!("k{i:02}")));
-    // One new key: a second delta (2 delta entries are not more than 1/8 of the base's 19)
+    // One new key: a second delta (2 delta entries are not more than 1/4 of the base's 19)
     // beside the untouched version-3 base.
     let db = Engine::open(tmp.path()).unwrap();
     db.set("new0", b"n0").unwrap();
@@ -565,7 +565,7 @@ fn a_v3_store_is_written_then_merged_into_v4() {
         3,
         "the version-3 base is kept until a merge"
     );
-    // Enough new keys that the deltas pass 1/8 of the base: a new base, version 4.
+    // Enough new keys that the deltas pass 1/4 of the base: a new base, version 4.
     for i in 1..8 {
         db.set(&format!("new{i}"), format!("n{i}").as_bytes())
             .unwrap();

@@ -454,6 +454,8 @@ pub(crate) fn merge(
         if hash < second {
             // Hashes below every other source's head are in this source alone, and one source
             // holds one entry per key: copy them without grouping (a base merge is mostly this).
+            // Every source keeps that rule (the overlay is a map; runs and v2 tables are written
+            // from one); a source with two entries of one key would keep both here.
             let src = &sources[first];
             while pos[first] < src.len() {
                 let (h, w) = src.get(pos[first]);

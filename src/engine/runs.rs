@@ -175,7 +175,7 @@ pub(crate) fn write(
 }
 
 /// Writes a run file sequentially, entry by entry, so a merge never holds the run in memory
-/// (only a delta's Bloom filter, 10 bits per key). The header goes last, at offset 0.
+/// (only its Bloom filter, 10 bits per key; every run has one since format 4). The header goes last, at offset 0.
 pub(crate) struct RunWriter {
     path: std::path::PathBuf,
     file: File,
@@ -200,7 +200,7 @@ pub(crate) struct RunWriter {
 
 impl RunWriter {
     /// Creates the file (it must not exist: a name is never reused). `max_entries` bounds the
-    /// entries to come and sizes a delta's Bloom filter.
+    /// entries to come and sizes the run's Bloom filter (an upper bound only costs space).
     pub fn create(
         path: &Path,
         seq: u64,
