@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::engine::index::{self, Counters};
+use crate::engine::index::Counters;
 use crate::engine::manifest::{self, Index, Manifest, RunSet};
-use crate::engine::recovery::{self, Entry, Overlay};
-use crate::engine::runs::{self, Run, TOMBSTONE};
+use crate::engine::recovery::{self, Overlay};
+use crate::engine::runs::{self, Run};
 use crate::engine::scan::Reach;
 use crate::engine::segment::{self};
 use crate::error::{Error, Result};
@@ -72,18 +72,7 @@ impl Inner {
         self.sync(st)?;
         self.crash_point(CheckpointCrash::AfterSegmentSync)?;
         let seg = view.segment.bytes();
-        let mut delta: Vec<(u64, u64)> = view
-            .overlay
-            .iter()
-            .map(|e| {
-                let word = match *e.value() {
-                    Entry::Put(loc) => loc.offset,
-                    Entry::Tombstone(at) => at | TOMBSTONE,
-                };
-                (index::hash_key(e.key()), word)
-            })
-            .collect();
-        delta.sort_unstable();
+        let delta = view.overlay.run_entries();
         let seq = self.next_seq(old_set.as_deref())?;
         let plan = match &old_set {
             Some(set) if !rebuild => {

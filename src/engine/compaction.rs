@@ -34,7 +34,7 @@ use std::sync::atomic::Ordering;
 use crate::engine::index::{self, Counters, Loc};
 use crate::engine::manifest::{self, Index, Manifest, RunSet};
 use crate::engine::record::{self, Header, Kind};
-use crate::engine::recovery::{self, Entry, Overlay};
+use crate::engine::recovery::{self, Overlay};
 use crate::engine::runs::{self, Run};
 use crate::engine::scan;
 use crate::engine::segment::{self, SegmentMap};
@@ -411,17 +411,7 @@ impl Inner {
             &mut counters,
             &seg_tmp,
         )?;
-        let mut delta: Vec<(u64, u64)> = tail_overlay
-            .iter()
-            .map(|e| {
-                let word = match *e.value() {
-                    Entry::Put(loc) => loc.offset,
-                    Entry::Tombstone(at) => at | runs::TOMBSTONE,
-                };
-                (index::hash_key(e.key()), word)
-            })
-            .collect();
-        delta.sort_unstable();
+        let delta = tail_overlay.run_entries();
         let delta_path = self.dir.join(runs::file_name(seq + 1));
         let delta_meta = runs::write(
             &delta_path,

@@ -113,11 +113,10 @@ impl Inner {
         for attempt in 0..3 {
             let view = self.view.load_full();
             // The overlay first: an entry leaves it only after its slot is written.
-            let recent: HashMap<Box<str>, Entry> = view
-                .overlay
-                .iter()
-                .map(|e| (Box::from(e.key().as_str()), *e.value()))
-                .collect();
+            let mut recent: HashMap<Box<str>, Entry> = HashMap::with_capacity(view.overlay.len());
+            view.overlay.for_each(|key, e| {
+                recent.insert(Box::from(key), e);
+            });
             let Some(index) = &view.index else {
                 return Ok(Snapshot {
                     view,
@@ -169,7 +168,7 @@ impl Inner {
                 self.repair_index(&mut st)?;
             }
             let view = self.view.load();
-            let loc = match view.overlay.get(key).map(|e| *e) {
+            let loc = match view.overlay.get(key) {
                 Some(Entry::Put(loc)) => loc,
                 Some(Entry::Tombstone(_)) => return Ok(None),
                 None => {

@@ -17,6 +17,7 @@ use crate::engine::index::{self, Counters, IndexMap, Loc, Probe};
 use crate::engine::manifest::{Index, Manifest, RunSet};
 use crate::engine::platform;
 use crate::engine::record::{Kind, MARK_LEN};
+use crate::engine::runs::TOMBSTONE;
 use crate::engine::scan::{self, Damaged, Event, Reach, Tail};
 use crate::engine::segment::{self, SegmentMap};
 use crate::error::{Error, IoContext, Result};
@@ -76,15 +77,34 @@ impl Overlay {
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
 
-/// Reads go to the map itself; writes go through [`Overlay::insert`], which keeps the count (the
-/// map has no removal: an overlay is only ever replaced whole).
-impl std::ops::Deref for Overlay {
-    type Target = DashMap<CompactString, Entry, foldhash::fast::RandomState>;
+    /// The newest entry of `key`, if the overlay has one.
+    pub(crate) fn get(&self, key: &str) -> Option<Entry> {
+        self.map.get(key).map(|e| *e)
+    }
 
-    fn deref(&self) -> &Self::Target {
-        &self.map
+    /// Calls `f` with every key and its newest entry, in no order. Read-only on purpose: the
+    /// overlay has no removal (it is only ever replaced whole), so the count that
+    /// [`Overlay::insert`] keeps stays exact.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&str, Entry)) {
+        for e in self.map.iter() {
+            f(e.key().as_str(), *e.value());
+        }
+    }
+
+    /// The overlay as the entries of a run: `(hash, word)` sorted, a tombstone's word flagged
+    /// with [`TOMBSTONE`].
+    pub(crate) fn run_entries(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::with_capacity(self.len());
+        self.for_each(|key, e| {
+            let word = match e {
+                Entry::Put(loc) => loc.offset,
+                Entry::Tombstone(at) => at | TOMBSTONE,
+            };
+            out.push((index::hash_key(key), word));
+        });
+        out.sort_unstable();
+        out
     }
 }
 
@@ -98,7 +118,7 @@ pub(crate) fn current(
     path: &Path,
 ) -> Result<Option<Loc>> {
     if let Some(e) = overlay.get(key) {
-        return Ok(match *e {
+        return Ok(match e {
             Entry::Put(loc) => Some(loc),
             Entry::Tombstone(_) => None,
         });
