@@ -520,6 +520,16 @@ pub(crate) enum Index {
 }
 
 impl Index {
+    /// Starts loading the Bloom filter lines a [`Index::probe`] of `hash` will read (a hint, for
+    /// a writer that knows the next keys while it publishes this one).
+    pub fn prefetch(&self, hash: u64) {
+        if let Index::Runs(set) = self {
+            for run in &set.runs {
+                run.prefetch_bloom(hash);
+            }
+        }
+    }
+
     /// Finds `key`. `segment` is the caller's map of the segment.
     pub fn probe(&self, key: &str, hash: u64, segment: &[u8]) -> Probe {
         match self {

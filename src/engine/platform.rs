@@ -247,3 +247,22 @@ pub(crate) fn is_device_without_driver(e: &io::Error) -> bool {
         false
     }
 }
+
+/// Asks the CPU to start loading the first two cache lines of `bytes`.
+#[inline]
+pub(crate) fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let p = bytes.as_ptr().cast::<i8>();
+        // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program, so
+        // any address is sound; this one lies in (or one past) a live slice.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
+        if let Some(second) = bytes.get(64..) {
+            // SAFETY: as above.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(second.as_ptr().cast::<i8>()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}

@@ -15,6 +15,7 @@
 //! All integers little-endian. See format-spec/ for the full argument.
 
 use crc32fast::Hasher;
+use smallvec::SmallVec;
 
 /// Size of a record header in bytes.
 pub(crate) const HEADER_LEN: usize = 24;
@@ -169,58 +170,69 @@ pub(crate) fn encode(
     batch: Batch,
 ) -> (Vec<u8>, u32) {
     let e = Encoded::new(kind, codec, key.as_bytes(), value, batch);
-    (e.head, e.crc)
+    (e.head.to_vec(), e.crc)
 }
 
 /// Most key and value bytes [`Encoded::new`] hashes a second time rather than combine CRC states.
 const REHASH_MAX: usize = 4096;
 
 /// A record's header and key, with what it takes to change its batch flags later without another
-/// pass over the value (the writer leads an append with a sync mark only once it holds the lock).
+/// pass over a long value (the writer leads an append with a sync mark only once it holds the
+/// lock).
 #[derive(Clone)]
 pub(crate) struct Encoded {
-    /// Header and key bytes.
-    pub head: Vec<u8>,
+    /// Header and key bytes: inline up to [`INLINE_HEAD`] bytes, so a record with a short key
+    /// costs no allocation.
+    pub head: SmallVec<[u8; INLINE_HEAD]>,
     /// The record's `crc`.
     pub crc: u32,
-    /// CRC state over the key and value, the part of the record after the header.
-    suffix: Hasher,
+    /// CRC state over the key and value, the part of the record after the header: kept for a
+    /// long record only, whose crc [`Encoded::set_batch`] then combines instead of hashing the
+    /// value again. A short record is hashed again, which costs less than a combine.
+    suffix: Option<Hasher>,
 }
+
+/// Header and key bytes an [`Encoded`] keeps without allocating (keys of up to 40 bytes).
+const INLINE_HEAD: usize = 64;
 
 impl Encoded {
     pub(crate) fn new(kind: Kind, codec: u8, key: &[u8], value: &[u8], batch: Batch) -> Encoded {
-        let mut head = Vec::with_capacity(HEADER_LEN + key.len());
-        head.extend_from_slice(&[0; 8]);
-        head.push(kind as u8);
-        head.push(codec);
+        // Built in place in a zeroed buffer: SmallVec's piecewise extend costs more than the
+        // rest of encoding a short record.
+        let mut head: SmallVec<[u8; INLINE_HEAD]> = SmallVec::from_elem(0, HEADER_LEN + key.len());
+        head[8] = kind as u8;
+        head[9] = codec;
         // Callers validate the key length against MAX_KEY_LEN first, which fits a u16.
-        head.extend_from_slice(&(key.len() as u16).to_le_bytes());
-        head.extend_from_slice(&[0; 4]);
-        head.extend_from_slice(&(value.len() as u64).to_le_bytes());
-        head.extend_from_slice(key);
-        let mut suffix = Hasher::new();
-        suffix.update(key);
-        suffix.update(value);
+        head[10..12].copy_from_slice(&(key.len() as u16).to_le_bytes());
+        head[16..24].copy_from_slice(&(value.len() as u64).to_le_bytes());
+        head[HEADER_LEN..].copy_from_slice(key);
+        let suffix = (key.len() + value.len() > REHASH_MAX).then(|| {
+            let mut suffix = Hasher::new();
+            suffix.update(key);
+            suffix.update(value);
+            suffix
+        });
         let mut e = Encoded {
             head,
             crc: 0,
             suffix,
         };
-        e.seal(batch, Some(value));
+        e.seal(batch, value);
         e
     }
 
-    /// Sets the batch flags and recomputes both checksums (O(1) in the value's length).
-    pub(crate) fn set_batch(&mut self, batch: Batch) {
-        self.seal(batch, None);
+    /// Sets the batch flags and recomputes both checksums; `value` must be the one the record
+    /// was encoded with (hashed again only when it is short: O(1) in a long value's length).
+    pub(crate) fn set_batch(&mut self, batch: Batch, value: &[u8]) {
+        self.seal(batch, value);
     }
 
     /// Writes the batch flags and both checksums. The record's crc continues from the header
-    /// over the key and value: with `value` at hand and short, by hashing them again, which
-    /// costs less than combining with the saved state of their CRC (`Hasher::combine` costs some
-    /// 2,000 instructions whatever the length, about as much as hashing 4 KiB); otherwise by
+    /// over the key and value: for a short record by hashing them again, which costs less than
+    /// combining with the saved state of their CRC (`Hasher::combine` costs some 2,000
+    /// instructions whatever the length, about as much as hashing 4 KiB); for a long one by
     /// combining, O(1) in the value's length.
-    fn seal(&mut self, batch: Batch, value: Option<&[u8]>) {
+    fn seal(&mut self, batch: Batch, value: &[u8]) {
         let key = &self.head[HEADER_LEN..];
         let flags = if batch.continues { FLAG_CONTINUES } else { 0 }
             | if batch.follows { FLAG_FOLLOWS } else { 0 }
@@ -233,14 +245,14 @@ impl Encoded {
         let header_crc = crc32fast::hash(&self.head[8..HEADER_LEN]);
         self.head[4..8].copy_from_slice(&header_crc.to_le_bytes());
         let mut h = Hasher::new();
-        match value {
-            Some(value) if self.head.len() - HEADER_LEN + value.len() <= REHASH_MAX => {
+        match &self.suffix {
+            None => {
                 h.update(&self.head[4..]);
                 h.update(value);
             }
-            _ => {
+            Some(suffix) => {
                 h.update(&self.head[4..HEADER_LEN]);
-                h.combine(&self.suffix);
+                h.combine(suffix);
             }
         }
         self.crc = h.finalize();
@@ -265,7 +277,7 @@ pub(crate) fn encode_mark(synced: u64, batch: Batch) -> Encoded {
     let value = synced.to_le_bytes();
     let mut e = Encoded::new(Kind::Mark, 0, b"", &value, batch);
     // A mark is written whole from its head: it has no caller's buffer to write the value from.
-    // Its batch flags are final (`set_batch` reads the key from the head, which a mark lacks).
+    // Its batch flags are final (`set_batch` would hash the value twice once it is in the head).
     e.head.extend_from_slice(&value);
     e
 }
@@ -300,7 +312,7 @@ mod tests {
         ] {
             let value: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             let sealed = Encoded::new(Kind::Put, 1, b"abc", &value, Batch::ALONE);
-            let mut record = sealed.head.clone();
+            let mut record = sealed.head.to_vec();
             record.extend_from_slice(&value);
             assert!(crc_ok(&record, sealed.crc), "len {len}");
             // Changing the flags later (combined) gives what encoding with them (either way) does.
@@ -309,7 +321,7 @@ mod tests {
                 follows: true,
             };
             let mut later = sealed.clone();
-            later.set_batch(batch);
+            later.set_batch(batch, &value);
             let direct = Encoded::new(Kind::Put, 1, b"abc", &value, batch);
             assert_eq!(
                 (later.head, later.crc),
@@ -339,8 +351,8 @@ mod tests {
     fn changing_batch_flags_keeps_the_record_intact() {
         let value = vec![7u8; 100_000];
         let mut e = Encoded::new(Kind::Put, 1, b"key", &value, Batch::ALONE);
-        e.set_batch(Batch::nth(1, 3));
-        let mut full = e.head.clone();
+        e.set_batch(Batch::nth(1, 3), &value);
+        let mut full = e.head.to_vec();
         full.extend_from_slice(&value);
         let h = Header::decode(&full).expect("valid header");
         assert!(h.follows && h.continues);

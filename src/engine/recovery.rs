@@ -108,6 +108,16 @@ impl Overlay {
     }
 }
 
+impl Entry {
+    /// The live location this entry gives its key: none for a tombstone.
+    pub(crate) fn live(self) -> Option<Loc> {
+        match self {
+            Entry::Put(loc) => Some(loc),
+            Entry::Tombstone(_) => None,
+        }
+    }
+}
+
 /// The live location of `key`: overlay first, then the index.
 pub(crate) fn current(
     overlay: &Overlay,
@@ -117,12 +127,41 @@ pub(crate) fn current(
     hash: u64,
     path: &Path,
 ) -> Result<Option<Loc>> {
-    if let Some(e) = overlay.get(key) {
-        return Ok(match e {
-            Entry::Put(loc) => Some(loc),
-            Entry::Tombstone(_) => None,
-        });
+    match overlay.get(key) {
+        Some(e) => Ok(e.live()),
+        None => indexed(index, segment, key, hash, path),
     }
+}
+
+/// Makes `entry` the newest record of `key` and returns the key's previous live location
+/// (overlay, then index): one overlay lookup, where [`current`] then [`Overlay::insert`] take
+/// two. The entry is inserted even when the index lookup then fails. `hash` is the key's
+/// [`index::hash_key`] when the caller has it already.
+pub(crate) fn supersede(
+    overlay: &Overlay,
+    index: Option<&Index>,
+    segment: &[u8],
+    (key, hash): (&str, Option<u64>),
+    entry: Entry,
+    path: &Path,
+) -> Result<Option<Loc>> {
+    match overlay.insert(key, entry) {
+        Some(old) => Ok(old.live()),
+        None => {
+            let hash = hash.unwrap_or_else(|| index::hash_key(key));
+            indexed(index, segment, key, hash, path)
+        }
+    }
+}
+
+/// The live location of `key` in the index alone.
+fn indexed(
+    index: Option<&Index>,
+    segment: &[u8],
+    key: &str,
+    hash: u64,
+    path: &Path,
+) -> Result<Option<Loc>> {
     let Some(index) = index else { return Ok(None) };
     match index.probe(key, hash, segment) {
         // The slot's length and crc must be the record's own: statistics are computed with them.
@@ -216,13 +255,12 @@ pub(crate) fn replay(
     let mut records = 0u64;
     let mut damaged = Vec::new();
     let apply = |key: &str, kind: Kind, loc: Loc, counters: &mut Counters| -> Result<()> {
-        let prev = current(overlay, index, segment, key, index::hash_key(key), path)?;
-        count(counters, kind, prev, loc.len);
         let entry = match kind {
             Kind::Put => Entry::Put(loc),
             _ => Entry::Tombstone(loc.offset),
         };
-        overlay.insert(key, entry);
+        let prev = supersede(overlay, index, segment, (key, None), entry, path)?;
+        count(counters, kind, prev, loc.len);
         Ok(())
     };
     let tail = scan::scan::<Error>(segment, from, synced_floor, reach, &mut |event| {

@@ -504,6 +504,18 @@ impl Run {
             .all(|&bit| line[usize::from(bit / 8)] & (1 << (bit % 8)) != 0))
     }
 
+    /// Starts loading the Bloom filter line [`Run::may_contain`] reads for `hash` (a hint).
+    pub fn prefetch_bloom(&self, hash: u64) {
+        if self.bloom_blocks == 0 {
+            return;
+        }
+        let (block, _) = bloom_slot(hash, self.bloom_blocks);
+        let at = self.lay.bloom_at + block * BLOOM_BLOCK;
+        if let Some(line) = self.body().get(at..at + BLOOM_BLOCK) {
+            crate::engine::platform::prefetch(line);
+        }
+    }
+
     /// The entries whose hash is `hash`: indices `[start, end)`, found by interpolation search.
     /// Read them with [`Run::word`], newest (highest index) first.
     pub fn find(&self, hash: u64) -> std::result::Result<(usize, usize), Damaged> {

@@ -30,6 +30,9 @@ impl Pending<'_> {
 /// Small records are coalesced into one write; large values are written from the caller's buffer.
 const COALESCE: usize = 256 << 10;
 
+/// How many records ahead of the one being published a batch prefetches Bloom filter lines.
+const PREFETCH_AHEAD: usize = 8;
+
 /// Segment bytes written before the writer asks the kernel to start writing them back.
 pub(crate) const WRITEBACK_CHUNK: u64 = 4 << 20;
 
@@ -116,7 +119,9 @@ impl Inner {
             let continues = !records.is_empty();
             if let Some(first) = records.first_mut() {
                 let b = first.enc.batch();
-                first.enc.set_batch(record::Batch { follows: true, ..b });
+                first
+                    .enc
+                    .set_batch(record::Batch { follows: true, ..b }, first.value);
             }
             let enc = record::encode_mark(
                 st.synced,
@@ -202,29 +207,24 @@ impl Inner {
         }
         // Durable as promised: publish.
         let view = self.view.load();
+        // A batch of new keys each miss in the index's Bloom filters (a cache miss a key): the
+        // lines of the key PREFETCH_AHEAD records on are asked for while this one is published.
+        let hashes: Vec<u64> = match &view.index {
+            Some(_) if records.len() > PREFETCH_AHEAD => {
+                records.iter().map(|r| index::hash_key(r.key)).collect()
+            }
+            _ => Vec::new(),
+        };
         let mut at = start;
-        for r in &records {
+        for (i, r) in records.iter().enumerate() {
+            if let (Some(index), Some(&ahead)) = (&view.index, hashes.get(i + PREFETCH_AHEAD)) {
+                index.prefetch(ahead);
+            }
             if r.kind == Kind::Mark {
                 recovery::count(&mut st.counters, Kind::Mark, None, r.len());
                 at += r.len();
                 continue;
             }
-            let hash = index::hash_key(r.key);
-            // The record is written: publish it whatever happens. A damaged slot only costs the
-            // statistics here, and makes the next checkpoint rebuild the index and recount.
-            let prev = recovery::current(
-                &view.overlay,
-                view.index.as_ref(),
-                view.segment.bytes(),
-                r.key,
-                hash,
-                &self.seg_path,
-            )
-            .unwrap_or_else(|_| {
-                st.needs_repair = true;
-                None
-            });
-            recovery::count(&mut st.counters, r.kind, prev, r.len());
             let entry = match r.kind {
                 Kind::Put => Entry::Put(Loc {
                     offset: at,
@@ -233,7 +233,21 @@ impl Inner {
                 }),
                 _ => Entry::Tombstone(at),
             };
-            view.overlay.insert(r.key, entry);
+            // The record is written: publish it whatever happens. A damaged slot only costs the
+            // statistics here, and makes the next checkpoint rebuild the index and recount.
+            let prev = recovery::supersede(
+                &view.overlay,
+                view.index.as_ref(),
+                view.segment.bytes(),
+                (r.key, hashes.get(i).copied()),
+                entry,
+                &self.seg_path,
+            )
+            .unwrap_or_else(|_| {
+                st.needs_repair = true;
+                None
+            });
+            recovery::count(&mut st.counters, r.kind, prev, r.len());
             at += r.len();
         }
         st.end = at;

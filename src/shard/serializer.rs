@@ -25,6 +25,7 @@ use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::engine::platform;
 use crate::shard::value::{DecodeError, EncodeError, Value, validate_value, value_len};
 
 /// How a record's value is stored: the byte the engine keeps beside each record.
@@ -1132,30 +1133,11 @@ impl std::iter::FusedIterator for SampleBytes<'_> {}
 #[inline]
 pub(crate) fn prefetch_next_sample(rest: &[u8], len: usize) {
     if let Some(next) = rest.get(len..) {
-        prefetch(next);
+        platform::prefetch(next);
         if let Some(tail) = next.get(len.saturating_sub(128)..) {
-            prefetch(tail);
+            platform::prefetch(tail);
         }
     }
-}
-
-/// Asks the CPU to start loading the first two cache lines of `bytes`.
-#[inline]
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let p = bytes.as_ptr().cast::<i8>();
-        // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program, so
-        // any address is sound; this one lies in (or one past) a live slice.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
-        if let Some(second) = bytes.get(64..) {
-            // SAFETY: as above.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(second.as_ptr().cast::<i8>()) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
 }
 
 /// The samples of a payload, deserialized one at a time as `T`; stops after the first error.
