@@ -255,12 +255,17 @@ pub(crate) fn replay(
     let mut records = 0u64;
     let mut damaged = Vec::new();
     let apply = |key: &str, kind: Kind, loc: Loc, counters: &mut Counters| -> Result<()> {
+        // Looked up before the insert, not through `supersede`: a read-only `refresh` replays
+        // into the overlay readers use, and on an index error it must leave that key out, so
+        // that a retry meets the same error instead of finding the key's own record as its
+        // previous one.
+        let prev = current(overlay, index, segment, key, index::hash_key(key), path)?;
+        count(counters, kind, prev, loc.len);
         let entry = match kind {
             Kind::Put => Entry::Put(loc),
             _ => Entry::Tombstone(loc.offset),
         };
-        let prev = supersede(overlay, index, segment, (key, None), entry, path)?;
-        count(counters, kind, prev, loc.len);
+        overlay.insert(key, entry);
         Ok(())
     };
     let tail = scan::scan::<Error>(segment, from, synced_floor, reach, &mut |event| {
