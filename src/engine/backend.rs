@@ -7,6 +7,8 @@
 use std::fs::File;
 use std::io;
 
+use parking_lot::Mutex;
+
 use super::platform;
 
 /// File operations the engine performs on the segment file.
@@ -87,15 +89,81 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 }
 
 /// The real backend: a [`File`] with positional reads and writes.
+///
+/// On Linux, the space this backend allocated ahead of the writer (its last growth, by
+/// `fallocate`) is also mapped writable and shared: a write of up to [`MAP_WRITE_MAX`] bytes
+/// inside it is a copy into the page cache instead of a `pwrite`, which costs about as much as
+/// the rest of a small record's write. The guarantees are a `pwrite`'s: the bytes are in the
+/// page cache when `write_at` returns (they survive a killed process) and `fdatasync` writes
+/// them back (on Linux it covers pages dirtied through a map). Only blocks this backend
+/// allocated itself are written through the map, so a full disk can never surface as a
+/// `SIGBUS` there; a shrink, a hole punch or a failed allocation drops the map first, and writes
+/// go back to `pwrite` until the next growth.
 #[derive(Debug)]
 pub struct FileBackend {
     file: File,
+    /// The allocated, mapped range (Linux only; always `None` elsewhere).
+    allocated: Mutex<Option<Allocated>>,
+}
+
+/// Writes of at most this many bytes go through the map; longer ones are a `pwrite`, whose
+/// kernel copy takes no page fault per 4 KiB.
+pub(crate) const MAP_WRITE_MAX: usize = 64 << 10;
+
+/// A writable shared map of file bytes `[offset, offset + map.len())`, every block of which this
+/// backend allocated with `fallocate` since the file last shrank or had a hole punched.
+#[derive(Debug)]
+struct Allocated {
+    offset: u64,
+    map: memmap2::MmapRaw,
 }
 
 impl FileBackend {
     /// Wraps an open file; it must be open for reading and writing.
     pub fn new(file: File) -> Self {
-        FileBackend { file }
+        FileBackend {
+            file,
+            allocated: Mutex::new(None),
+        }
+    }
+
+    /// Writes `data` at `offset` through the map when it lies inside the allocated range;
+    /// `false` when it does not (nothing was written).
+    fn write_mapped(&self, data: &[u8], offset: u64) -> bool {
+        if data.len() > MAP_WRITE_MAX {
+            return false;
+        }
+        let guard = self.allocated.lock();
+        let Some(a) = guard.as_ref() else {
+            return false;
+        };
+        let Some(at) = offset
+            .checked_sub(a.offset)
+            .and_then(|at| usize::try_from(at).ok())
+            .filter(|at| {
+                at.checked_add(data.len())
+                    .is_some_and(|end| end <= a.map.len())
+            })
+        else {
+            return false;
+        };
+        // SAFETY: `[at, at + data.len())` lies inside the live map (checked just above), which
+        // the guard keeps mapped; the map is of file bytes inside the file's length whose blocks
+        // are allocated (`Allocated`), so touching them cannot fault for space; `data` is a
+        // separate allocation (no overlap); the lock serialises every write through the map.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), a.map.as_mut_ptr().add(at), data.len());
+        }
+        true
+    }
+
+    /// The allocated, mapped range, if any (tests).
+    #[cfg(test)]
+    fn mapped(&self) -> Option<(u64, u64)> {
+        self.allocated
+            .lock()
+            .as_ref()
+            .map(|a| (a.offset, a.offset + a.map.len() as u64))
     }
 }
 
@@ -109,11 +177,37 @@ impl Backend for FileBackend {
     }
 
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        if self.write_mapped(data, offset) {
+            return Ok(());
+        }
         platform::write_all_at(&self.file, data, offset)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        allocate(&self.file, len)
+        // The map goes first: a map reaching past the end of a shrunk file is a SIGBUS.
+        let mut allocated = self.allocated.lock();
+        *allocated = None;
+        let current = self.file.metadata()?.len();
+        if len > current && platform::allocate(&self.file, current, len - current)? {
+            if cfg!(target_os = "linux") {
+                // A map that cannot be made only costs speed: writes stay `pwrite`s.
+                *allocated = usize::try_from(len - current)
+                    .ok()
+                    .and_then(|n| {
+                        memmap2::MmapOptions::new()
+                            .offset(current)
+                            .len(n)
+                            .map_raw(&self.file)
+                            .ok()
+                    })
+                    .map(|map| Allocated {
+                        offset: current,
+                        map,
+                    });
+            }
+            return Ok(());
+        }
+        self.file.set_len(len)
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -129,6 +223,8 @@ impl Backend for FileBackend {
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        // A punched hole has no blocks: writing it through the map could fault on a full disk.
+        *self.allocated.lock() = None;
         if platform::punch_hole(&self.file, offset, len)? {
             return Ok(());
         }
@@ -180,4 +276,84 @@ pub(crate) fn allocate(file: &File, len: u64) -> io::Result<()> {
 /// cannot be allocated ahead, the file is left as it is.
 pub(crate) fn allocate_all(file: &File, len: u64) -> io::Result<()> {
     platform::allocate(file, 0, len).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(dir: &std::path::Path) -> FileBackend {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("f"))
+            .expect("open");
+        FileBackend::new(file)
+    }
+
+    fn read(b: &FileBackend, offset: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        b.read_at(&mut buf, offset).expect("read");
+        buf
+    }
+
+    #[test]
+    fn writes_inside_and_outside_the_mapped_growth_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = backend(dir.path());
+        b.write_at(b"head", 0).expect("write before any growth");
+        b.set_len(1 << 20).expect("grow");
+        if cfg!(target_os = "linux") {
+            assert_eq!(
+                b.mapped(),
+                Some((4, 1 << 20)),
+                "the growth is mapped, not before it"
+            );
+        }
+        // Inside the map, across its start, at its very end, and too long for it.
+        b.write_at(b"inside", 100).expect("inside");
+        b.write_at(b"across", 1).expect("across the start");
+        b.write_at(b"end!", (1 << 20) - 4).expect("at the end");
+        let long = vec![7u8; MAP_WRITE_MAX + 1];
+        b.write_at(&long, 4096).expect("long");
+        assert_eq!(read(&b, 0, 7), b"hacross");
+        assert_eq!(read(&b, 100, 6), b"inside");
+        assert_eq!(read(&b, (1 << 20) - 4, 4), b"end!");
+        assert_eq!(read(&b, 4096, long.len()), long);
+        // Past the end of the file: a pwrite that grows it, never a write past the map.
+        b.write_at(b"past", 1 << 20).expect("past the end");
+        assert_eq!(read(&b, 1 << 20, 4), b"past");
+        b.sync_data().expect("sync");
+        assert_eq!(
+            std::fs::read(dir.path().join("f")).expect("read file")[100..106],
+            *b"inside"
+        );
+    }
+
+    #[test]
+    fn a_shrink_or_a_punched_hole_drops_the_map() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = backend(dir.path());
+        b.set_len(1 << 20).expect("grow");
+        b.discard(4096, 8192).expect("discard");
+        assert_eq!(
+            b.mapped(),
+            None,
+            "a punched range must not be written through the map"
+        );
+        b.write_at(b"after", 5000).expect("write into the hole");
+        assert_eq!(read(&b, 5000, 5), b"after");
+        b.set_len(2 << 20).expect("grow again");
+        b.set_len(1 << 16).expect("shrink");
+        assert_eq!(
+            b.mapped(),
+            None,
+            "a map past the end of the file would fault"
+        );
+        b.write_at(b"still", 100).expect("write after the shrink");
+        assert_eq!(read(&b, 100, 5), b"still");
+        assert_eq!(b.len().expect("len"), 1 << 16);
+    }
 }
