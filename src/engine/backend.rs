@@ -91,7 +91,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 /// The real backend: a [`File`] with positional reads and writes.
 ///
 /// On Linux, the space this backend allocated ahead of the writer (its last growth, by
-/// `fallocate`) is also mapped writable and shared: a write of up to [`MAP_WRITE_MAX`] bytes
+/// `fallocate`) is also mapped writable and shared, on file systems that overwrite blocks in
+/// place (ext4, XFS, tmpfs; not btrfs or ZFS): a write of up to [`MAP_WRITE_MAX`] bytes
 /// inside it is a copy into the page cache instead of a `pwrite`, which costs about as much as
 /// the rest of a small record's write. The guarantees are a `pwrite`'s: the bytes are in the
 /// page cache when `write_at` returns (they survive a killed process) and `fdatasync` writes
@@ -104,6 +105,9 @@ pub struct FileBackend {
     file: File,
     /// The allocated, mapped range (Linux only; always `None` elsewhere).
     allocated: Mutex<Option<Allocated>>,
+    /// The file system overwrites blocks in place ([`platform::overwrites_in_place`]): without
+    /// that, a write through the map could need space, and nothing is written through one.
+    in_place: bool,
 }
 
 /// Writes of at most this many bytes go through the map; longer ones are a `pwrite`, whose
@@ -122,6 +126,7 @@ impl FileBackend {
     /// Wraps an open file; it must be open for reading and writing.
     pub fn new(file: File) -> Self {
         FileBackend {
+            in_place: platform::overwrites_in_place(&file),
             file,
             allocated: Mutex::new(None),
         }
@@ -189,7 +194,7 @@ impl Backend for FileBackend {
         *allocated = None;
         let current = self.file.metadata()?.len();
         if len > current && platform::allocate(&self.file, current, len - current)? {
-            if cfg!(target_os = "linux") {
+            if cfg!(target_os = "linux") && self.in_place {
                 // A map that cannot be made only costs speed: writes stay `pwrite`s.
                 *allocated = usize::try_from(len - current)
                     .ok()
@@ -305,11 +310,17 @@ mod tests {
         let b = backend(dir.path());
         b.write_at(b"head", 0).expect("write before any growth");
         b.set_len(1 << 20).expect("grow");
-        if cfg!(target_os = "linux") {
+        if cfg!(target_os = "linux") && platform::overwrites_in_place(&b.file) {
             assert_eq!(
                 b.mapped(),
                 Some((4, 1 << 20)),
                 "the growth is mapped, not before it"
+            );
+        } else {
+            assert_eq!(
+                b.mapped(),
+                None,
+                "no map where a write through it could need space"
             );
         }
         // Inside the map, across its start, at its very end, and too long for it.

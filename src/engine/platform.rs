@@ -78,6 +78,31 @@ pub(crate) fn allocate(file: &File, offset: u64, len: u64) -> io::Result<bool> {
     }
 }
 
+/// Whether `file`'s file system overwrites allocated blocks in place (ext4, XFS, tmpfs), so that
+/// writing into space allocated with [`allocate`] can never need more: then a write through a
+/// map of it cannot fault on a full disk. Copy-on-write file systems (btrfs, ZFS) allocate anew
+/// on every overwrite, where a full disk through a map is a `SIGBUS`. `false` when unknown, and
+/// off Linux.
+pub(crate) fn overwrites_in_place(file: &File) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        const EXT4: u64 = 0xEF53;
+        const XFS: u64 = 0x5846_5342;
+        const TMPFS: u64 = 0x0102_1994;
+        rustix::fs::fstatfs(file).is_ok_and(|s| {
+            // `f_type` is signed on some targets; the magic numbers are all positive.
+            #[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
+            let kind = s.f_type as u64;
+            matches!(kind, EXT4 | XFS | TMPFS)
+        })
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = file;
+        false
+    }
+}
+
 /// Starts writing back `len` bytes at `offset` of `file` to the disk without waiting
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that a later `fdatasync` finds less to do.
 /// Durability is unchanged: only `fdatasync` promises anything. A no-op elsewhere.
