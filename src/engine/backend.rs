@@ -92,7 +92,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 ///
 /// On Linux, the space this backend allocated ahead of the writer (its last growth, by
 /// `fallocate`) is also mapped writable and shared, on file systems that overwrite blocks in
-/// place (ext4, XFS, tmpfs; not btrfs or ZFS): a write of up to [`MAP_WRITE_MAX`] bytes
+/// place (ext4, XFS, tmpfs; not btrfs or ZFS): a write of up to 64 KiB
 /// inside it is a copy into the page cache instead of a `pwrite`, which costs about as much as
 /// the rest of a small record's write. The guarantees are a `pwrite`'s: the bytes are in the
 /// page cache when `write_at` returns (they survive a killed process) and `fdatasync` writes
