@@ -192,27 +192,23 @@ impl Backend for FileBackend {
         // The map goes first: a map reaching past the end of a shrunk file is a SIGBUS.
         let mut allocated = self.allocated.lock();
         *allocated = None;
-        let current = self.file.metadata()?.len();
-        if len > current && platform::allocate(&self.file, current, len - current)? {
-            if cfg!(target_os = "linux") && self.in_place {
-                // A map that cannot be made only costs speed: writes stay `pwrite`s.
-                *allocated = usize::try_from(len - current)
-                    .ok()
-                    .and_then(|n| {
-                        memmap2::MmapOptions::new()
-                            .offset(current)
-                            .len(n)
-                            .map_raw(&self.file)
-                            .ok()
-                    })
-                    .map(|map| Allocated {
-                        offset: current,
-                        map,
-                    });
-            }
+        let Some(from) = allocate(&self.file, len)? else {
             return Ok(());
+        };
+        if cfg!(target_os = "linux") && self.in_place {
+            // A map that cannot be made only costs speed: writes stay `pwrite`s.
+            *allocated = usize::try_from(len - from)
+                .ok()
+                .and_then(|n| {
+                    memmap2::MmapOptions::new()
+                        .offset(from)
+                        .len(n)
+                        .map_raw(&self.file)
+                        .ok()
+                })
+                .map(|map| Allocated { offset: from, map });
         }
-        self.file.set_len(len)
+        Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -267,13 +263,16 @@ impl FileBackend {
 
 /// Sets `file`'s length to `len`, allocating the blocks of any growth (`fallocate`) so that a full
 /// disk is reported here rather than when a mapped page is first touched. Falls back to a sparse
-/// `set_len` where blocks cannot be allocated ahead (see [`platform::allocate`]).
-pub(crate) fn allocate(file: &File, len: u64) -> io::Result<()> {
+/// `set_len` where blocks cannot be allocated ahead (see [`platform::allocate`]). Returns the
+/// file's old length when it grew with every new block allocated: then `[old, len)` is space
+/// a write can never fail to find.
+pub(crate) fn allocate(file: &File, len: u64) -> io::Result<Option<u64>> {
     let current = file.metadata()?.len();
     if len > current && platform::allocate(file, current, len - current)? {
-        return Ok(());
+        return Ok(Some(current));
     }
-    file.set_len(len)
+    file.set_len(len)?;
+    Ok(None)
 }
 
 /// Allocates every block of the first `len` bytes of `file` (holes included), so writes through
@@ -310,7 +309,7 @@ mod tests {
         let b = backend(dir.path());
         b.write_at(b"head", 0).expect("write before any growth");
         b.set_len(1 << 20).expect("grow");
-        if cfg!(target_os = "linux") && platform::overwrites_in_place(&b.file) {
+        if platform::overwrites_in_place(&b.file) {
             assert_eq!(
                 b.mapped(),
                 Some((4, 1 << 20)),
