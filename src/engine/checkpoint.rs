@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 
 use crate::engine::index::Counters;
 use crate::engine::manifest::{self, Index, Manifest, RunSet};
-use crate::engine::recovery::{self, Overlay};
+use crate::engine::overlay::Overlay;
+use crate::engine::recovery;
 use crate::engine::runs::{self, Run};
 use crate::engine::scan::Reach;
 use crate::engine::segment::{self};

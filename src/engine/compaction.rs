@@ -33,8 +33,9 @@ use std::sync::atomic::Ordering;
 
 use crate::engine::index::{self, Counters, Loc};
 use crate::engine::manifest::{self, Index, Manifest, RunSet};
+use crate::engine::overlay::Overlay;
 use crate::engine::record::{self, Header, Kind};
-use crate::engine::recovery::{self, Overlay};
+use crate::engine::recovery;
 use crate::engine::runs::{self, Run};
 use crate::engine::scan;
 use crate::engine::segment::{self, SegmentMap};

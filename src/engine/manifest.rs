@@ -338,7 +338,8 @@ impl RunSet {
     }
 }
 
-enum KeyOf<'a> {
+/// What the record at an index entry's offset says its key is.
+pub(crate) enum KeyOf<'a> {
     /// The record's header is valid: its key and location.
     Key(&'a [u8], Loc),
     /// The header fails its checksum: a location a read will report as damaged.
@@ -347,7 +348,8 @@ enum KeyOf<'a> {
     Past,
 }
 
-fn key_of(segment: &[u8], offset: u64) -> KeyOf<'_> {
+/// Reads the header at `offset` in `segment` (the caller's map) and the key it names.
+pub(crate) fn key_of(segment: &[u8], offset: u64) -> KeyOf<'_> {
     let Some(rest) = usize::try_from(offset).ok().and_then(|o| segment.get(o..)) else {
         return KeyOf::Past;
     };

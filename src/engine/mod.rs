@@ -33,10 +33,12 @@ pub(crate) mod runs;
 pub(crate) mod scan;
 pub(crate) mod segment;
 
-// Durability and recovery: file I/O, the writer lock, replay, saved bytes.
+// Durability and recovery: file I/O, the writer lock, the overlay of records since the last
+// checkpoint, replay, saved bytes.
 pub(crate) mod backend;
 pub(crate) mod lock;
 pub mod lost_found;
+pub(crate) mod overlay;
 pub(crate) mod platform;
 pub(crate) mod recovery;
 
@@ -61,8 +63,8 @@ use backend::Backend;
 use index::{Counters, Loc};
 use lock::WriterLock;
 use manifest::Index;
+use overlay::{Entry, Overlay};
 use record::{Kind, MAX_KEY_LEN};
-use recovery::{Entry, Overlay};
 use scan::Damaged;
 use segment::SegmentMap;
 use write::Pending;
@@ -476,6 +478,7 @@ impl Engine {
         let bytes = snap.view.segment.bytes();
         let mut keys: Vec<String> = snap
             .recent
+            .keyed
             .iter()
             .filter(|(_, e)| matches!(e, Entry::Put(_)))
             .map(|(k, _)| k.to_string())
@@ -489,7 +492,7 @@ impl Engine {
             if index::hash_key(key) != *hash {
                 continue;
             }
-            if !snap.recent.contains_key(key) {
+            if !snap.recent.shadows(key) {
                 keys.push(key.to_owned());
             }
         }
@@ -509,12 +512,15 @@ impl Engine {
         let snap = self.inner.snapshot()?;
         let mut locs: Vec<(Loc, bool)> = snap
             .recent
+            .keyed
             .values()
             .filter_map(|e| match e {
                 Entry::Put(loc) => Some((*loc, true)),
                 Entry::Tombstone(_) => None,
             })
             .collect();
+        // Records whose key cannot be read: each is an error when reached.
+        locs.extend(snap.recent.unknown.iter().map(|(_, loc)| (*loc, true)));
         locs.extend(snap.indexed.into_iter().map(|(_, loc)| (loc, false)));
         locs.sort_unstable_by_key(|(loc, _)| loc.offset);
         Ok(Iter {

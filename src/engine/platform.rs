@@ -273,21 +273,21 @@ pub(crate) fn is_device_without_driver(e: &io::Error) -> bool {
     }
 }
 
-/// Asks the CPU to start loading the first two cache lines of `bytes`.
+/// Asks the CPU to start loading the first two cache lines of `items` (one if they fit in one).
 #[inline]
-pub(crate) fn prefetch(bytes: &[u8]) {
+pub(crate) fn prefetch<T>(items: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let p = bytes.as_ptr().cast::<i8>();
+        let p = items.as_ptr().cast::<i8>();
         // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program, so
         // any address is sound; this one lies in (or one past) a live slice.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
-        if let Some(second) = bytes.get(64..) {
-            // SAFETY: as above.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(second.as_ptr().cast::<i8>()) };
+        if std::mem::size_of_val(items) > 64 {
+            // SAFETY: as above; `p + 64` lies inside the slice.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64)) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
+    let _ = items;
 }

@@ -7,8 +7,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::engine::index::{self, Loc, Probe};
+use crate::engine::overlay::{Entry, Found, Overlay};
 use crate::engine::record::{self, Header, Kind};
-use crate::engine::recovery::Entry;
 use crate::engine::segment::SegmentMap;
 use crate::error::{Error, IoContext, Result};
 
@@ -57,15 +57,50 @@ impl fmt::Debug for ValueRef {
 /// A consistent picture of every live entry: the view, the overlay's entries and the index's.
 pub(super) struct Snapshot {
     pub(super) view: Arc<View>,
-    pub(super) recent: HashMap<Box<str>, Entry>,
+    pub(super) recent: Recent,
     pub(super) indexed: Vec<(u64, Loc)>,
+}
+
+/// The overlay's entries as a snapshot reads them from the segment.
+#[derive(Default)]
+pub(super) struct Recent {
+    /// Entries whose record's header names their key.
+    pub(super) keyed: HashMap<Box<str>, Entry>,
+    /// Entries whose record cannot say its key (its header fails), with their hash: an indexed
+    /// record of the same hash may be an older record of that key, so it is not listed.
+    pub(super) unknown: Vec<(u64, Loc)>,
+}
+
+impl Recent {
+    /// Whether an indexed record of `key` is older than an overlay entry (or may be).
+    pub(super) fn shadows(&self, key: &str) -> bool {
+        self.keyed.contains_key(key)
+            || (!self.unknown.is_empty() && {
+                let hash = index::hash_key(key);
+                self.unknown.iter().any(|(h, _)| *h == hash)
+            })
+    }
+
+    /// Whether the overlay held nothing.
+    pub(super) fn is_empty(&self) -> bool {
+        self.keyed.is_empty() && self.unknown.is_empty()
+    }
+
+    /// Reads the overlay's entries from `segment`; `None` if one names a record past it.
+    fn read(overlay: &Overlay, segment: &[u8]) -> Option<Recent> {
+        let listing = overlay.list(segment)?;
+        Some(Recent {
+            keyed: listing.keyed.into_iter().collect(),
+            unknown: listing.unknown,
+        })
+    }
 }
 
 /// An iterator over a store's live keys and values; see [`Engine::iter`].
 pub struct Iter {
     pub(super) engine: Engine,
     pub(super) segment: Arc<SegmentMap>,
-    pub(super) recent: HashMap<Box<str>, Entry>,
+    pub(super) recent: Recent,
     pub(super) locs: std::vec::IntoIter<(Loc, bool)>,
 }
 
@@ -88,7 +123,7 @@ impl Iterator for Iter {
                 Err(e) => return Some(Err(e)),
             };
             // An index entry whose key was written again since the checkpoint is stale.
-            if !from_overlay && self.recent.contains_key(key.as_str()) {
+            if !from_overlay && self.recent.shadows(&key) {
                 continue;
             }
             let check = inner.config.verify_values;
@@ -113,10 +148,11 @@ impl Inner {
         for attempt in 0..3 {
             let view = self.view.load_full();
             // The overlay first: an entry leaves it only after its slot is written.
-            let mut recent: HashMap<Box<str>, Entry> = HashMap::with_capacity(view.overlay.len());
-            view.overlay.for_each(|key, e| {
-                recent.insert(Box::from(key), e);
-            });
+            let Some(recent) = Recent::read(&view.overlay, view.segment.bytes()) else {
+                // A writer in this process published records past this view's map.
+                self.remap_for_reader(&view)?;
+                continue;
+            };
             let Some(index) = &view.index else {
                 return Ok(Snapshot {
                     view,
@@ -168,10 +204,14 @@ impl Inner {
                 self.repair_index(&mut st)?;
             }
             let view = self.view.load();
-            let loc = match view.overlay.get(key) {
-                Some(Entry::Put(loc)) => loc,
-                Some(Entry::Tombstone(_)) => return Ok(None),
-                None => {
+            let loc = match view.overlay.get(key, hash, view.segment.bytes()) {
+                Found::Entry(Entry::Put(loc)) => loc,
+                Found::Entry(Entry::Tombstone(_)) => return Ok(None),
+                Found::Past => {
+                    self.remap_for_reader(&view)?;
+                    continue;
+                }
+                Found::Absent => {
                     let Some(index) = &view.index else {
                         return Ok(None);
                     };

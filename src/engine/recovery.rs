@@ -8,115 +8,14 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::Arc;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use compact_str::CompactString;
-use dashmap::DashMap;
-
 use crate::engine::index::{self, Counters, IndexMap, Loc, Probe};
 use crate::engine::manifest::{Index, Manifest, RunSet};
+use crate::engine::overlay::{Entry, Found, Overlay, OverlayWriter};
 use crate::engine::platform;
 use crate::engine::record::{Kind, MARK_LEN};
-use crate::engine::runs::TOMBSTONE;
 use crate::engine::scan::{self, Damaged, Event, Reach, Tail};
 use crate::engine::segment::{self, SegmentMap};
 use crate::error::{Error, IoContext, Result};
-
-/// What the overlay holds for a key written since the last checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Entry {
-    Put(Loc),
-    /// A delete, and the offset of its tombstone record (a delta run names it).
-    Tombstone(u64),
-}
-
-/// Keys written since the last checkpoint, newest record per key.
-///
-/// Hashed with foldhash (seeded per map) rather than the standard SipHash: every `set` looks its
-/// key up and inserts it, and SipHash cost more than the rest of a small record's bookkeeping.
-/// Keys are `CompactString`s, so a key of up to 24 bytes lives in the table itself: a bulk load
-/// of small keys then makes no allocation per key, and the checkpoint's pass over the overlay
-/// (and dropping it) reads the table sequentially instead of chasing one pointer per key.
-#[derive(Debug, Default)]
-pub(crate) struct Overlay {
-    map: DashMap<CompactString, Entry, foldhash::fast::RandomState>,
-    /// Keys in `map`, kept here because `DashMap::len` locks every shard, and the writer asks
-    /// after every append whether a checkpoint is due.
-    len: AtomicUsize,
-}
-
-impl Overlay {
-    /// An empty overlay.
-    pub(crate) fn new() -> Overlay {
-        Overlay::default()
-    }
-
-    /// An empty overlay with room for `records` keys before it regrows.
-    pub(crate) fn with_capacity(records: usize) -> Overlay {
-        Overlay {
-            map: DashMap::with_capacity_and_hasher(records, foldhash::fast::RandomState::default()),
-            len: AtomicUsize::new(0),
-        }
-    }
-
-    /// Makes `entry` the newest record of `key`; returns the entry it replaces.
-    pub(crate) fn insert(&self, key: &str, entry: Entry) -> Option<Entry> {
-        let old = self.map.insert(key.into(), entry);
-        if old.is_none() {
-            self.len.fetch_add(1, Ordering::Relaxed);
-        }
-        old
-    }
-
-    /// Keys held.
-    pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
-    }
-
-    /// Whether no key is held.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The newest entry of `key`, if the overlay has one.
-    pub(crate) fn get(&self, key: &str) -> Option<Entry> {
-        self.map.get(key).map(|e| *e)
-    }
-
-    /// Calls `f` with every key and its newest entry, in no order. Read-only on purpose: the
-    /// overlay has no removal (it is only ever replaced whole), so the count that
-    /// [`Overlay::insert`] keeps stays exact.
-    pub(crate) fn for_each(&self, mut f: impl FnMut(&str, Entry)) {
-        for e in self.map.iter() {
-            f(e.key().as_str(), *e.value());
-        }
-    }
-
-    /// The overlay as the entries of a run: `(hash, word)` sorted, a tombstone's word flagged
-    /// with [`TOMBSTONE`].
-    pub(crate) fn run_entries(&self) -> Vec<(u64, u64)> {
-        let mut out = Vec::with_capacity(self.len());
-        self.for_each(|key, e| {
-            let word = match e {
-                Entry::Put(loc) => loc.offset,
-                Entry::Tombstone(at) => at | TOMBSTONE,
-            };
-            out.push((index::hash_key(key), word));
-        });
-        out.sort_unstable();
-        out
-    }
-}
-
-impl Entry {
-    /// The live location this entry gives its key: none for a tombstone.
-    pub(crate) fn live(self) -> Option<Loc> {
-        match self {
-            Entry::Put(loc) => Some(loc),
-            Entry::Tombstone(_) => None,
-        }
-    }
-}
 
 /// The live location of `key`: overlay first, then the index.
 pub(crate) fn current(
@@ -127,30 +26,34 @@ pub(crate) fn current(
     hash: u64,
     path: &Path,
 ) -> Result<Option<Loc>> {
-    match overlay.get(key) {
-        Some(e) => Ok(e.live()),
-        None => indexed(index, segment, key, hash, path),
+    match overlay.get(key, hash, segment) {
+        Found::Entry(e) => Ok(e.live()),
+        Found::Absent => indexed(index, segment, key, hash, path),
+        // The writer's map (and a replay's) covers every record the overlay names.
+        Found::Past => Err(Error::corruption(
+            path,
+            0,
+            Some(key),
+            "overlay entry points past the segment",
+        )),
     }
 }
 
-/// Makes `entry` the newest record of `key` and returns the key's previous live location
-/// (overlay, then index): one overlay lookup, where [`current`] then [`Overlay::insert`] take
-/// two. The entry is inserted even when the index lookup then fails. `hash` is the key's
-/// [`index::hash_key`] when the caller has it already.
+/// Makes `entry` the newest record of `key` (hash `hash`) and returns the key's previous live
+/// location (overlay, then index): one overlay probe, where [`current`] then
+/// [`OverlayWriter::insert`] take two. The entry is inserted even when the index lookup then
+/// fails.
 pub(crate) fn supersede(
-    overlay: &Overlay,
+    overlay: &mut OverlayWriter<'_>,
     index: Option<&Index>,
     segment: &[u8],
-    (key, hash): (&str, Option<u64>),
+    (key, hash): (&str, u64),
     entry: Entry,
     path: &Path,
 ) -> Result<Option<Loc>> {
-    match overlay.insert(key, entry) {
+    match overlay.insert(key, hash, entry, segment) {
         Some(old) => Ok(old.live()),
-        None => {
-            let hash = hash.unwrap_or_else(|| index::hash_key(key));
-            indexed(index, segment, key, hash, path)
-        }
+        None => indexed(index, segment, key, hash, path),
     }
 }
 
@@ -254,20 +157,28 @@ pub(crate) fn replay(
 ) -> Result<Replayed> {
     let mut records = 0u64;
     let mut damaged = Vec::new();
-    let apply = |key: &str, kind: Kind, loc: Loc, counters: &mut Counters| -> Result<()> {
-        // Looked up before the insert, not through `supersede`: a read-only `refresh` replays
-        // into the overlay readers use, and on an index error it must leave that key out, so
-        // that a retry meets the same error instead of finding the key's own record as its
-        // previous one.
-        let prev = current(overlay, index, segment, key, index::hash_key(key), path)?;
-        count(counters, kind, prev, loc.len);
-        let entry = match kind {
-            Kind::Put => Entry::Put(loc),
-            _ => Entry::Tombstone(loc.offset),
+    let mut writer = overlay.writer();
+    // `damaged`: the record at `loc` is damaged, and `key` is what the scan could tell for certain.
+    let mut apply =
+        |key: &str, kind: Kind, loc: Loc, damaged: bool, counters: &mut Counters| -> Result<()> {
+            // Looked up before the insert, not through `supersede`: a read-only `refresh` replays
+            // into the overlay readers use, and on an index error it must leave that key out, so
+            // that a retry meets the same error instead of finding the key's own record as its
+            // previous one.
+            let hash = index::hash_key(key);
+            let prev = current(overlay, index, segment, key, hash, path)?;
+            count(counters, kind, prev, loc.len);
+            let entry = match kind {
+                Kind::Put => Entry::Put(loc),
+                _ => Entry::Tombstone(loc.offset),
+            };
+            if damaged {
+                writer.insert_damaged(key, hash, loc, segment);
+            } else {
+                writer.insert(key, hash, entry, segment);
+            }
+            Ok(())
         };
-        overlay.insert(key, entry);
-        Ok(())
-    };
     let tail = scan::scan::<Error>(segment, from, synced_floor, reach, &mut |event| {
         match event {
             Event::Record {
@@ -280,7 +191,7 @@ pub(crate) fn replay(
                     len: header.record_len().unwrap_or(0),
                     crc: header.crc,
                 };
-                apply(key, header.kind, loc, counters)?;
+                apply(key, header.kind, loc, false, counters)?;
                 records += 1;
             }
             Event::Mark => count(counters, Kind::Mark, None, MARK_LEN),
@@ -294,7 +205,7 @@ pub(crate) fn replay(
                         len: d.len,
                         crc: d.header.map_or(0, |h| h.crc),
                     };
-                    apply(key, Kind::Put, loc, counters)?;
+                    apply(key, Kind::Put, loc, true, counters)?;
                 } else {
                     count(counters, Kind::Mark, None, d.len);
                 }

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::engine::recovery::{self, IndexState, Overlay};
+use crate::engine::overlay::Overlay;
+use crate::engine::recovery::{self, IndexState};
 use crate::engine::scan::Reach;
 use crate::error::Result;
 

@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering;
 
 use crate::engine::backend::Backend;
 use crate::engine::index::{self, Loc};
+use crate::engine::overlay::Entry;
 use crate::engine::record::{self, Kind};
-use crate::engine::recovery::{self, Entry};
+use crate::engine::recovery;
 use crate::engine::segment::SegmentMap;
 use crate::error::{Error, Result};
 
@@ -207,18 +208,22 @@ impl Inner {
         }
         // Durable as promised: publish.
         let view = self.view.load();
-        // A batch of new keys each miss in the index's Bloom filters (a cache miss a key): the
-        // lines of the key PREFETCH_AHEAD records on are asked for while this one is published.
-        let hashes: Vec<u64> = match &view.index {
-            Some(_) if records.len() > PREFETCH_AHEAD => {
-                records.iter().map(|r| index::hash_key(r.key)).collect()
-            }
-            _ => Vec::new(),
+        // A batch of new keys each miss in the overlay's table and the index's Bloom filters (a
+        // cache miss a key in each): the lines of the key PREFETCH_AHEAD records on are asked for
+        // while this one is published.
+        let hashes: Vec<u64> = if records.len() > PREFETCH_AHEAD {
+            records.iter().map(|r| index::hash_key(r.key)).collect()
+        } else {
+            Vec::new()
         };
+        let mut overlay = view.overlay.writer();
         let mut at = start;
         for (i, r) in records.iter().enumerate() {
-            if let (Some(index), Some(&ahead)) = (&view.index, hashes.get(i + PREFETCH_AHEAD)) {
-                index.prefetch(ahead);
+            if let Some(&ahead) = hashes.get(i + PREFETCH_AHEAD) {
+                overlay.prefetch(ahead);
+                if let Some(index) = &view.index {
+                    index.prefetch(ahead);
+                }
             }
             if r.kind == Kind::Mark {
                 recovery::count(&mut st.counters, Kind::Mark, None, r.len());
@@ -235,11 +240,15 @@ impl Inner {
             };
             // The record is written: publish it whatever happens. A damaged slot only costs the
             // statistics here, and makes the next checkpoint rebuild the index and recount.
+            let hash = hashes
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| index::hash_key(r.key));
             let prev = recovery::supersede(
-                &view.overlay,
+                &mut overlay,
                 view.index.as_ref(),
                 view.segment.bytes(),
-                (r.key, hashes.get(i).copied()),
+                (r.key, hash),
                 entry,
                 &self.seg_path,
             )
@@ -250,6 +259,7 @@ impl Inner {
             recovery::count(&mut st.counters, r.kind, prev, r.len());
             at += r.len();
         }
+        drop(overlay);
         st.end = at;
         if self.config.durability == Durability::Fsync {
             st.synced = st.end;
