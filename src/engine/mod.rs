@@ -329,6 +329,10 @@ impl Engine {
         let mut records = Vec::with_capacity(items.len());
         for (i, (key, codec, value)) in items.into_iter().enumerate() {
             check_key(key)?;
+            let hash = index::hash_key(key);
+            if n <= write::PREFETCH_AHEAD {
+                self.inner.prefetch(hash);
+            }
             if value.len() as u64 > self.inner.config.max_value_len {
                 return Err(Error::ValueTooLarge {
                     key: key.into(),
@@ -345,6 +349,7 @@ impl Engine {
             );
             records.push(Pending {
                 key,
+                hash,
                 kind: Kind::Put,
                 enc,
                 value,
@@ -422,6 +427,7 @@ impl Engine {
         drop(view);
         let rec = Pending {
             key,
+            hash: index::hash_key(key),
             kind: Kind::Delete,
             enc,
             value: &[],

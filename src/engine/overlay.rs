@@ -21,13 +21,14 @@
 //!   read reports the damage instead of serving an older value or calling the key absent.
 //!   [`crate::engine::manifest::RunSet::probe`] decides the same way for runs.
 
+use std::collections::{HashMap, hash_map};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
-use crate::engine::index::{Loc, record_intact};
+use crate::engine::index::{self, Loc, record_intact};
 use crate::engine::manifest::{KeyOf, key_of};
 use crate::engine::platform;
 use crate::engine::runs::{OFFSET_MASK, TOMBSTONE};
@@ -46,6 +47,14 @@ impl Entry {
         match self {
             Entry::Put(loc) => Some(loc),
             Entry::Tombstone(_) => None,
+        }
+    }
+
+    /// The offset of the entry's record.
+    pub(crate) fn offset(self) -> u64 {
+        match self {
+            Entry::Put(loc) => loc.offset,
+            Entry::Tombstone(at) => at,
         }
     }
 
@@ -96,6 +105,14 @@ impl Table {
         }
     }
 
+    /// Asks the CPU for the first slot [`Table::probe`] visits for `mix`.
+    fn prefetch(&self, mix: u64) {
+        let first = (mix >> self.shift) as usize;
+        if let Some(slot) = self.slots.get(first..=first) {
+            platform::prefetch(slot);
+        }
+    }
+
     /// Slot indices in probe order for `hash`, all of them once.
     fn probe(&self, mix: u64) -> impl Iterator<Item = &Slot> {
         let mask = self.slots.len() - 1;
@@ -119,7 +136,7 @@ pub(crate) struct Overlay {
     writer: Mutex<()>,
     /// Damaged records whose key a replay told for certain, by offset: key and location as the
     /// replay found them. Readers take the lock only for a slot flagged [`NAMED`].
-    named: RwLock<std::collections::HashMap<u64, (Box<str>, Loc)>>,
+    named: RwLock<HashMap<u64, (Box<str>, Loc)>>,
 }
 
 impl std::fmt::Debug for Overlay {
@@ -173,6 +190,7 @@ impl Overlay {
         }
         let table = self.table.load();
         let mut unknown = None;
+        let mut newest: Option<Entry> = None;
         for slot in table.probe(self.mix(hash)) {
             let h = slot.hash.load(Ordering::Acquire);
             if h == 0 {
@@ -183,13 +201,25 @@ impl Overlay {
             }
             let word = slot.word.load(Ordering::Acquire);
             match self.identify(segment, key, word) {
-                Some(Match::Key(e)) => return Found::Entry(e),
+                // One slot per key is the rule; should there ever be two, the newest record
+                // wins, as in a run.
+                Some(Match::Key(e)) if newest.is_none_or(|n| n.offset() < e.offset()) => {
+                    newest = Some(e)
+                }
+                Some(Match::Key(_) | Match::Other) => {}
                 Some(Match::Unknown(e)) => unknown = unknown.or(Some(e)),
-                Some(Match::Other) => {}
                 None => return Found::Past,
             }
         }
-        unknown.map_or(Found::Absent, Found::Entry)
+        match newest.or(unknown) {
+            Some(e) => Found::Entry(e),
+            None => Found::Absent,
+        }
+    }
+
+    /// Asks the CPU for the slot a lookup or insert of `hash` probes first.
+    pub(crate) fn prefetch(&self, hash: u64) {
+        self.table.load().prefetch(self.mix(hash));
     }
 
     /// The writer's handle: inserts go through it, one writer at a time.
@@ -221,41 +251,61 @@ impl Overlay {
         out
     }
 
-    /// Every entry, read from `segment`: those whose key is known, and the hash and location of
+    /// Every entry, read from `segment`: each known key's newest, and the hash and location of
     /// those whose record cannot say its key. `None` if one names a record past `segment`.
     pub(crate) fn list(&self, segment: &[u8]) -> Option<Listing> {
-        let mut out = Listing::default();
+        let mut keyed: HashMap<Box<str>, Entry> = HashMap::with_capacity(self.len());
+        let mut unknown = Vec::new();
         let mut past = false;
-        let named = self.named.read();
         self.for_each(|hash, word| {
-            let tombstone = word & TOMBSTONE != 0;
-            if word & NAMED != 0 {
-                let offset = word & OFFSET_MASK;
-                match named.get(&offset) {
-                    Some((k, loc)) => out.keyed.push((k.clone(), Entry::Put(*loc))),
+            let offset = word & OFFSET_MASK;
+            let (key, entry) = if word & NAMED != 0 {
+                match self.named.read().get(&offset) {
+                    Some((k, loc)) => (k.clone(), Entry::Put(*loc)),
                     // Never: a name is kept before its slot is published.
-                    None => out.unknown.push((
-                        hash,
-                        Loc {
+                    None => {
+                        let loc = Loc {
                             offset,
                             len: 0,
                             crc: 0,
-                        },
-                    )),
+                        };
+                        return unknown.push((hash, loc));
+                    }
                 }
-                return;
-            }
-            match key_of(segment, word & OFFSET_MASK) {
-                KeyOf::Key(k, loc) => match std::str::from_utf8(k) {
-                    Ok(k) if tombstone => out.keyed.push((k.into(), Entry::Tombstone(loc.offset))),
-                    Ok(k) => out.keyed.push((k.into(), Entry::Put(loc))),
-                    Err(_) => out.unknown.push((hash, loc)),
-                },
-                KeyOf::Damaged(loc) => out.unknown.push((hash, loc)),
-                KeyOf::Past => past = true,
+            } else {
+                match key_of(segment, offset) {
+                    KeyOf::Key(k, loc) => match std::str::from_utf8(k) {
+                        // Key bytes that do not give the slot's hash were damaged after the
+                        // record was published: its key is not known.
+                        Ok(k) if index::hash_key(k) == hash => {
+                            let entry = if word & TOMBSTONE != 0 {
+                                Entry::Tombstone(offset)
+                            } else {
+                                Entry::Put(loc)
+                            };
+                            (Box::from(k), entry)
+                        }
+                        _ => return unknown.push((hash, loc)),
+                    },
+                    KeyOf::Damaged(loc) => return unknown.push((hash, loc)),
+                    KeyOf::Past => {
+                        past = true;
+                        return;
+                    }
+                }
+            };
+            // One slot per key is the rule; should there ever be two, the newest record wins.
+            match keyed.entry(key) {
+                hash_map::Entry::Vacant(v) => {
+                    v.insert(entry);
+                }
+                hash_map::Entry::Occupied(mut o) if o.get().offset() < entry.offset() => {
+                    o.insert(entry);
+                }
+                hash_map::Entry::Occupied(_) => {}
             }
         });
-        (!past).then_some(out)
+        (!past).then_some(Listing { keyed, unknown })
     }
 
     /// Whose record a slot names, as far as `key` is concerned; `None` if it lies past `segment`.
@@ -289,8 +339,8 @@ impl Overlay {
 /// The overlay's entries as [`Overlay::list`] read them.
 #[derive(Debug, Default)]
 pub(crate) struct Listing {
-    /// Entries whose key is known.
-    pub keyed: Vec<(Box<str>, Entry)>,
+    /// Each known key's newest entry.
+    pub keyed: HashMap<Box<str>, Entry>,
     /// Entries whose record cannot say its key (its header fails): hash and location.
     pub unknown: Vec<(u64, Loc)>,
 }
@@ -339,10 +389,7 @@ impl OverlayWriter<'_> {
     /// Asks the CPU for the slot a later insert of `hash` will probe first (a bulk load of new
     /// keys misses the cache once a key there).
     pub(crate) fn prefetch(&self, hash: u64) {
-        let first = (self.overlay.mix(hash) >> self.table.shift) as usize;
-        if let Some(slots) = self.table.slots.get(first..) {
-            platform::prefetch(&slots[..1]);
-        }
+        self.table.prefetch(self.overlay.mix(hash));
     }
 
     fn insert_word(&mut self, key: &str, hash: u64, word: u64, segment: &[u8]) -> Option<Entry> {
@@ -507,25 +554,27 @@ mod tests {
     #[test]
     fn a_record_damaged_after_publishing_is_handed_out_and_never_replaced() {
         let (mut seg, locs) = segment(&["a", "b"]);
+        // "a" filed under "b"'s hash: as if its key bytes had been "b"'s.
+        let h = hash_key("b");
         let o = Overlay::new();
         let mut w = o.writer();
-        w.insert("a", 99, Entry::Put(locs[0]), &seg);
+        w.insert("a", h, Entry::Put(locs[0]), &seg);
         // "a"'s value fails its checksum: its key bytes may be "b"'s, flipped.
         seg[locs[0].offset as usize + 1] ^= 0x40;
         assert!(
-            matches!(o.get("b", 99, &seg), Found::Entry(Entry::Put(l)) if l.offset == locs[0].offset)
+            matches!(o.get("b", h, &seg), Found::Entry(Entry::Put(l)) if l.offset == locs[0].offset)
         );
         seg[locs[0].offset as usize + 1] ^= 0x40;
-        assert_eq!(o.get("b", 99, &seg), Found::Absent);
+        assert_eq!(o.get("b", h, &seg), Found::Absent);
         // "a"'s header fails now (a length flipped): it may be any key of its hash.
         seg[locs[0].offset as usize + 20] ^= 0x40;
         assert!(
-            matches!(o.get("b", 99, &seg), Found::Entry(Entry::Put(l)) if l.offset == locs[0].offset)
+            matches!(o.get("b", h, &seg), Found::Entry(Entry::Put(l)) if l.offset == locs[0].offset)
         );
         // "b" goes beside it, and wins over it once there.
-        assert!(w.insert("b", 99, Entry::Put(locs[1]), &seg).is_some());
+        assert!(w.insert("b", h, Entry::Put(locs[1]), &seg).is_some());
         drop(w);
-        assert_eq!(o.get("b", 99, &seg), Found::Entry(Entry::Put(locs[1])));
+        assert_eq!(o.get("b", h, &seg), Found::Entry(Entry::Put(locs[1])));
         assert_eq!(o.len(), 2);
         let listing = o.list(&seg).expect("within the segment");
         assert_eq!(listing.unknown.len(), 1);
@@ -544,7 +593,8 @@ mod tests {
             Found::Entry(Entry::Put(locs[0]))
         );
         assert_eq!(
-            o.list(&seg).map(|l| l.keyed),
+            o.list(&seg)
+                .map(|l| l.keyed.into_iter().collect::<Vec<_>>()),
             Some(vec![(Box::from("a"), Entry::Put(locs[0]))])
         );
         // Written again (a repair deletes it): the damaged entry is replaced, not kept beside.
@@ -558,6 +608,25 @@ mod tests {
             o.run_entries(),
             vec![(hash_key("a"), locs[1].offset | TOMBSTONE)]
         );
+    }
+
+    #[test]
+    fn two_slots_of_one_key_serve_the_newest_record() {
+        let (seg, locs) = segment(&["a", "a"]);
+        let o = Overlay::new();
+        let mut w = o.writer();
+        w.insert("a", hash_key("a"), Entry::Put(locs[0]), &seg);
+        // A map that ends before the first record cannot tell its key: the second goes beside.
+        let short = &seg[..locs[0].offset as usize];
+        w.insert("a", hash_key("a"), Entry::Put(locs[1]), short);
+        drop(w);
+        assert_eq!(o.len(), 2);
+        assert_eq!(
+            o.get("a", hash_key("a"), &seg),
+            Found::Entry(Entry::Put(locs[1]))
+        );
+        let listing = o.list(&seg).expect("within the segment");
+        assert_eq!(listing.keyed.get("a"), Some(&Entry::Put(locs[1])));
     }
 
     #[test]

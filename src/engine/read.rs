@@ -14,6 +14,11 @@ use crate::error::{Error, IoContext, Result};
 
 use super::{Engine, Inner, LOOKUP_RETRIES, View};
 
+/// How many times a lookup looks again through a newer view when the one it loaded does not map
+/// what the overlay names (each time, the writer grew the file meanwhile: its map grows by at
+/// least a quarter each time, so this is never reached in practice).
+const NEWER_VIEWS: usize = 64;
+
 /// A value read from the store: derefs to the bytes inside the memory map (no copy).
 ///
 /// It keeps the mapping alive, so it stays valid while the store grows or is compacted.
@@ -90,7 +95,7 @@ impl Recent {
     fn read(overlay: &Overlay, segment: &[u8]) -> Option<Recent> {
         let listing = overlay.list(segment)?;
         Some(Recent {
-            keyed: listing.keyed.into_iter().collect(),
+            keyed: listing.keyed,
             unknown: listing.unknown,
         })
     }
@@ -146,13 +151,8 @@ impl Inner {
     /// index be rebuilt from the segment.
     pub(super) fn snapshot(&self) -> Result<Snapshot> {
         for attempt in 0..3 {
-            let view = self.view.load_full();
             // The overlay first: an entry leaves it only after its slot is written.
-            let Some(recent) = Recent::read(&view.overlay, view.segment.bytes()) else {
-                // A writer in this process published records past this view's map.
-                self.remap_for_reader(&view)?;
-                continue;
-            };
+            let (view, recent) = self.recent()?;
             let Some(index) = &view.index else {
                 return Ok(Snapshot {
                     view,
@@ -194,21 +194,32 @@ impl Inner {
     pub(super) fn locate(&self, key: &str) -> Result<Option<(Arc<SegmentMap>, Loc)>> {
         let hash = index::hash_key(key);
         let mut repaired = false;
-        for attempt in 0..LOOKUP_RETRIES * 2 {
-            if attempt == LOOKUP_RETRIES {
-                if repaired {
-                    break;
-                }
+        let mut attempt = 0;
+        let mut newer = 0;
+        while attempt < LOOKUP_RETRIES * 2 {
+            if attempt == LOOKUP_RETRIES && !repaired {
                 repaired = true;
                 let mut st = self.state.lock();
                 self.repair_index(&mut st)?;
             }
             let view = self.view.load();
+            // Past the view's map: a writer in this process published records after this view
+            // was loaded (its newer view covers them: look again, no attempt spent, no lock), or
+            // one in another process grew the file (map it anew).
+            let mut past = |view: &View, attempt: &mut usize| -> Result<()> {
+                if newer < NEWER_VIEWS && self.newer_view(view) {
+                    newer += 1;
+                } else {
+                    self.remap_for_reader(view)?;
+                    *attempt += 1;
+                }
+                Ok(())
+            };
             let loc = match view.overlay.get(key, hash, view.segment.bytes()) {
                 Found::Entry(Entry::Put(loc)) => loc,
                 Found::Entry(Entry::Tombstone(_)) => return Ok(None),
                 Found::Past => {
-                    self.remap_for_reader(&view)?;
+                    past(&view, &mut attempt)?;
                     continue;
                 }
                 Found::Absent => {
@@ -223,10 +234,11 @@ impl Inner {
                             std::thread::sleep(std::time::Duration::from_micros(
                                 20 << attempt.min(6),
                             ));
+                            attempt += 1;
                             continue;
                         }
                         Probe::PastSegment => {
-                            self.remap_for_reader(&view)?;
+                            past(&view, &mut attempt)?;
                             continue;
                         }
                     }
@@ -237,7 +249,7 @@ impl Inner {
                 .checked_add(loc.len)
                 .is_none_or(|e| e > view.segment.len())
             {
-                self.remap_for_reader(&view)?;
+                past(&view, &mut attempt)?;
                 continue;
             }
             return Ok(Some((view.segment.clone(), loc)));
@@ -250,9 +262,38 @@ impl Inner {
         ))
     }
 
+    /// Whether a view with another map of the segment was published since `seen` was loaded.
+    fn newer_view(&self, seen: &View) -> bool {
+        !Arc::ptr_eq(&self.view.load().segment, &seen.segment)
+    }
+
+    /// The current view and the overlay's entries read through it. A writer in this process may
+    /// publish records past the view's map while they are read (its newer view covers them):
+    /// read again through that one, without taking a lock.
+    fn recent(&self) -> Result<(Arc<View>, Recent)> {
+        for _ in 0..NEWER_VIEWS {
+            let view = self.view.load_full();
+            if let Some(recent) = Recent::read(&view.overlay, view.segment.bytes()) {
+                return Ok((view, recent));
+            }
+            if !self.newer_view(&view) {
+                self.remap_for_reader(&view)?;
+            }
+        }
+        Err(Error::corruption(
+            &self.seg_path,
+            0,
+            None,
+            "the overlay names records past the segment",
+        ))
+    }
+
     /// A read-only handle whose index (updated by a writer in another process) names records past
     /// its map: map the file as it is now.
     pub(super) fn remap_for_reader(&self, seen: &View) -> Result<()> {
+        if self.newer_view(seen) {
+            return Ok(());
+        }
         let mut st = self.state.lock();
         let current = self.view.load();
         if !Arc::ptr_eq(&current.segment, &seen.segment) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::engine::backend::Backend;
-use crate::engine::index::{self, Loc};
+use crate::engine::index::Loc;
 use crate::engine::overlay::Entry;
 use crate::engine::record::{self, Kind};
 use crate::engine::recovery;
@@ -17,6 +17,8 @@ use super::{Durability, Inner, State, View};
 /// A record ready to append.
 pub(super) struct Pending<'a> {
     pub(super) key: &'a str,
+    /// [`crate::engine::index::hash_key`] of `key` (0 for a mark), computed before the lock is taken.
+    pub(super) hash: u64,
     pub(super) kind: Kind,
     pub(super) enc: record::Encoded,
     pub(super) value: &'a [u8],
@@ -28,11 +30,23 @@ impl Pending<'_> {
     }
 }
 
+impl Inner {
+    /// Asks the CPU for the overlay slot and Bloom lines that publishing a record of `hash` will
+    /// probe, so they arrive while the record is encoded.
+    pub(super) fn prefetch(&self, hash: u64) {
+        let view = self.view.load();
+        view.overlay.prefetch(hash);
+        if let Some(index) = &view.index {
+            index.prefetch(hash);
+        }
+    }
+}
+
 /// Small records are coalesced into one write; large values are written from the caller's buffer.
 const COALESCE: usize = 256 << 10;
 
-/// How many records ahead of the one being published a batch prefetches Bloom filter lines.
-const PREFETCH_AHEAD: usize = 8;
+/// How many records ahead of the one being published a batch prefetches the lines it will probe.
+pub(super) const PREFETCH_AHEAD: usize = 8;
 
 /// Segment bytes written before the writer asks the kernel to start writing them back.
 pub(crate) const WRITEBACK_CHUNK: u64 = 4 << 20;
@@ -135,6 +149,7 @@ impl Inner {
                 0,
                 Pending {
                     key: "",
+                    hash: 0,
                     kind: Kind::Mark,
                     enc,
                     value: &[],
@@ -210,19 +225,14 @@ impl Inner {
         let view = self.view.load();
         // A batch of new keys each miss in the overlay's table and the index's Bloom filters (a
         // cache miss a key in each): the lines of the key PREFETCH_AHEAD records on are asked for
-        // while this one is published.
-        let hashes: Vec<u64> = if records.len() > PREFETCH_AHEAD {
-            records.iter().map(|r| index::hash_key(r.key)).collect()
-        } else {
-            Vec::new()
-        };
+        // while this one is published (a short batch asked for all of them before encoding).
         let mut overlay = view.overlay.writer();
         let mut at = start;
         for (i, r) in records.iter().enumerate() {
-            if let Some(&ahead) = hashes.get(i + PREFETCH_AHEAD) {
-                overlay.prefetch(ahead);
+            if let Some(ahead) = records.get(i + PREFETCH_AHEAD) {
+                overlay.prefetch(ahead.hash);
                 if let Some(index) = &view.index {
-                    index.prefetch(ahead);
+                    index.prefetch(ahead.hash);
                 }
             }
             if r.kind == Kind::Mark {
@@ -240,15 +250,11 @@ impl Inner {
             };
             // The record is written: publish it whatever happens. A damaged slot only costs the
             // statistics here, and makes the next checkpoint rebuild the index and recount.
-            let hash = hashes
-                .get(i)
-                .copied()
-                .unwrap_or_else(|| index::hash_key(r.key));
             let prev = recovery::supersede(
                 &mut overlay,
                 view.index.as_ref(),
                 view.segment.bytes(),
-                (r.key, hash),
+                (r.key, r.hash),
                 entry,
                 &self.seg_path,
             )
