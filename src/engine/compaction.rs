@@ -221,12 +221,9 @@ impl Inner {
             let mut st = self.state.lock();
             self.checkpoint(&mut st, false)?;
             let view = self.view.load_full();
-            let entries = match view.index.as_ref().map(|i| i.entries(view.segment.bytes())) {
+            let entries = match &view.index {
                 None => Some(Vec::new()),
-                Some(entries) => entries.filter(|e| {
-                    e.iter()
-                        .all(|(h, loc)| index::slot_matches(view.segment.bytes(), *h, *loc))
-                }),
+                Some(i) => i.entries_of_keys(view.segment.bytes()),
             };
             match entries {
                 Some(live) => {
@@ -495,14 +492,17 @@ impl Inner {
             index: Some(Index::Runs(Arc::new(new_set))),
             overlay: Arc::new(Overlay::new()),
         }));
-        Ok(CompactionReport {
+        let report = CompactionReport {
             segment_len_before,
             segment_len_after: new_end,
             segment_file_len_before,
             segment_file_len_after: new_end,
             live_records: counters.live_records,
             carried_records: tail.len() as u64,
-        })
+        };
+        drop(st);
+        release_in_background((view, current, tail_map, old_file));
+        Ok(report)
     }
 
     /// The bytes of the record at `loc`, checked: compaction never copies damage forward.
@@ -517,6 +517,19 @@ impl Inner {
         }
         Ok(rec)
     }
+}
+
+/// Drops the old segment's map and handles on a thread of their own. The last of them to go
+/// unmaps the old segment and makes the kernel evict the page cache of its file (unlinked by the
+/// switch): about a quarter of a compaction of 1 KiB records (`strace`: a 0.12 s `munmap` in a
+/// 0.44 s compaction of 200,000), which neither the caller nor the writer need wait for. The space
+/// is returned to the file system when that thread is done, or, if a reader still holds a value
+/// of the old segment, when the reader drops it. If no thread can be started, they are dropped
+/// here.
+fn release_in_background<T: Send + 'static>(old: T) {
+    let _ = std::thread::Builder::new()
+        .name("squirrel-store-release".into())
+        .spawn(move || drop(old));
 }
 
 fn simulated() -> Error {

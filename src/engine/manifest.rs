@@ -27,7 +27,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::engine::index::{Counters, IndexMap, Loc, Probe};
+use crate::engine::index::{Counters, IndexMap, Loc, Probe, hash_key};
 use crate::engine::record::{self, Header, Kind};
 use crate::engine::runs::{self, Run, RunMeta, TOMBSTONE};
 use crate::engine::segment;
@@ -300,8 +300,10 @@ impl RunSet {
         Probe::NotFound
     }
 
-    /// Every live key's hash and location; `None` if a run is damaged.
-    pub fn entries(&self, segment: &[u8]) -> Option<Vec<(u64, Loc)>> {
+    /// Every live key's hash and location; `None` if a run is damaged. `keys_checked`: also
+    /// `None` unless every record's header is intact and its key has the entry's hash (read
+    /// once, as the merge reads it).
+    pub fn entries(&self, segment: &[u8], keys_checked: bool) -> Option<Vec<(u64, Loc)>> {
         let sources: Vec<Source<'_>> = self
             .runs
             .iter()
@@ -309,16 +311,24 @@ impl RunSet {
             .collect::<std::result::Result<_, _>>()
             .ok()?;
         let mut out = Vec::with_capacity(self.base_len() as usize);
-        let mut past = false;
+        let mut bad = false;
         merge(&sources, segment, true, &mut |h, w| {
             match key_of(segment, w & runs::OFFSET_MASK) {
+                KeyOf::Key(k, loc) if keys_checked => {
+                    if std::str::from_utf8(k).is_ok_and(|k| hash_key(k) == h) {
+                        out.push((h, loc));
+                    } else {
+                        bad = true;
+                    }
+                }
+                KeyOf::Damaged(_) if keys_checked => bad = true,
                 KeyOf::Key(_, loc) | KeyOf::Damaged(loc) => out.push((h, loc)),
-                KeyOf::Past => past = true,
+                KeyOf::Past => bad = true,
             }
             Ok(())
         })
         .ok()?;
-        (!past).then_some(out)
+        (!bad).then_some(out)
     }
 
     /// Bytes of all the run files and the manifest.
@@ -544,7 +554,19 @@ impl Index {
     pub fn entries(&self, segment: &[u8]) -> Option<Vec<(u64, Loc)>> {
         match self {
             Index::Table(t) => t.entries(),
-            Index::Runs(r) => r.entries(segment),
+            Index::Runs(r) => r.entries(segment, false),
+        }
+    }
+
+    /// [`Index::entries`], and `None` too unless every entry names an intact header of a key
+    /// with the entry's hash ([`crate::engine::index::slot_matches`]).
+    pub fn entries_of_keys(&self, segment: &[u8]) -> Option<Vec<(u64, Loc)>> {
+        match self {
+            Index::Table(t) => t.entries().filter(|e| {
+                e.iter()
+                    .all(|(h, loc)| crate::engine::index::slot_matches(segment, *h, *loc))
+            }),
+            Index::Runs(r) => r.entries(segment, true),
         }
     }
 

@@ -642,6 +642,10 @@ impl Engine {
     /// meanwhile is carried into the new segment under the writer lock at the switch (writers wait
     /// only for that last part). Needs about the live bytes in free space, checked first.
     ///
+    /// The old segment's space goes back to the file system just after this returns: a
+    /// background thread unmaps it and lets the kernel drop its pages (or, while a reader holds a
+    /// [`ValueRef`] of it, once that is dropped).
+    ///
     /// # Errors
     /// [`Error::NoSpace`] before anything is written, [`Error::Corruption`] if a live record is
     /// damaged (nothing damaged is copied forward; the old store stays as it was),
