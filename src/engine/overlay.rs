@@ -640,6 +640,42 @@ mod tests {
         assert_eq!(o.list(old_map).map(|l| l.keyed.len()), None);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 64,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x0ce7_1a75),
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Against a map of each key's newest record, under a hash so coarse that most keys
+        /// share one with others (only the records tell them apart), through several growths.
+        #[test]
+        fn agrees_with_a_map_of_newest_records(
+            ops in proptest::collection::vec((0usize..300, proptest::bool::ANY), 1..2_000)
+        ) {
+            let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
+            // Every op appends one record; its key is `ops[i].0`.
+            let refs: Vec<&str> = ops.iter().map(|(k, _)| keys[*k].as_str()).collect();
+            let (seg, locs) = segment(&refs);
+            let coarse = |k: usize| 2 + (k % 5) as u64;
+            let o = Overlay::new();
+            let mut model = std::collections::HashMap::new();
+            let mut w = o.writer();
+            for (((k, delete), loc), key) in ops.iter().zip(&locs).zip(&refs) {
+                let entry = if *delete { Entry::Tombstone(loc.offset) } else { Entry::Put(*loc) };
+                let old = w.insert(key, coarse(*k), entry, &seg);
+                proptest::prop_assert_eq!(old, model.insert(*k, entry));
+            }
+            drop(w);
+            proptest::prop_assert_eq!(o.len(), model.len());
+            for (k, key) in keys.iter().enumerate() {
+                let want = model.get(&k).map_or(Found::Absent, |e| Found::Entry(*e));
+                proptest::prop_assert_eq!(o.get(key, coarse(k), &seg), want);
+            }
+        }
+    }
+
     #[test]
     fn readers_find_every_acknowledged_key_while_the_table_grows() {
         let keys: Vec<String> = (0..20_000).map(|i| format!("k{i}")).collect();
