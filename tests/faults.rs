@@ -170,6 +170,49 @@ fn a_real_full_disk_under_small_writes_is_a_clear_error_and_loses_nothing() {
     full_disk(1000, 10_000);
 }
 
+/// Compacting to get space back, then writing into that space at once: the old segment is
+/// released on a background thread, and the store waits for it before its file grows.
+#[test]
+fn space_freed_by_compaction_is_there_for_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("compaction space: cannot mount a tmpfs here");
+        return;
+    }
+    let _mount = Mount(dir.path().to_owned());
+    let store = dir.path().join("store");
+    let db = Engine::open(&store).unwrap();
+    // 2 MB live, 2 MB dead.
+    for version in 1..=2 {
+        for i in 0..20 {
+            let key = format!("k{i}");
+            db.set(&key, &value_for(&key, version, 100_000)).unwrap();
+        }
+    }
+    db.compact().unwrap();
+    // 3 MB more: only fits once the old segment's 4 MB (and its preallocated tail) are back.
+    for i in 0..30 {
+        let key = format!("new{i}");
+        db.set(&key, &value_for(&key, 1, 100_000)).unwrap();
+    }
+    db.close().unwrap();
+    let db = Engine::open_read_only(&store).unwrap();
+    for i in 0..20 {
+        let key = format!("k{i}");
+        assert_eq!(version_of(&key, &db.get(&key).unwrap().unwrap()), Some(2));
+    }
+    for i in 0..30 {
+        let key = format!("new{i}");
+        assert_eq!(version_of(&key, &db.get(&key).unwrap().unwrap()), Some(1));
+    }
+}
+
 /// Fills a 3 MiB tmpfs with `value_len`-byte values (at most `limit` of them), in `Fsync` mode.
 fn full_disk(value_len: usize, limit: usize) {
     let dir = tempfile::tempdir().unwrap();

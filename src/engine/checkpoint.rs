@@ -295,6 +295,7 @@ impl Inner {
     /// The end of a clean session: checkpoint, give back the preallocated space, and mark the
     /// index closed so the next open need not clean up after the last record.
     pub(super) fn close_cleanly(&self, st: &mut State) -> Result<()> {
+        self.await_release();
         if st.closed_mark {
             // Closed already, and nothing was appended since.
             return Ok(());

@@ -206,6 +206,8 @@ impl Inner {
             }
         }
         let _one = self.compaction.lock();
+        // The segment the last compaction replaced holds space the free-space check counts on.
+        self.await_release();
         let seg_tmp = self
             .dir
             .join(format!("{}.{COMPACT_SUFFIX}", segment::SEGMENT_FILE));
@@ -501,7 +503,7 @@ impl Inner {
             carried_records: tail.len() as u64,
         };
         drop(st);
-        release_in_background((view, current, tail_map, old_file));
+        *self.released.lock() = release_in_background((view, current, tail_map, old_file));
         Ok(report)
     }
 
@@ -523,13 +525,25 @@ impl Inner {
 /// unmaps the old segment and makes the kernel evict the page cache of its file (unlinked by the
 /// switch): about a quarter of a compaction of 1 KiB records (`strace`: a 0.12 s `munmap` in a
 /// 0.44 s compaction of 200,000), which neither the caller nor the writer need wait for. The space
-/// is returned to the file system when that thread is done, or, if a reader still holds a value
-/// of the old segment, when the reader drops it. If no thread can be started, they are dropped
-/// here.
-fn release_in_background<T: Send + 'static>(old: T) {
-    let _ = std::thread::Builder::new()
+/// is returned to the file system when that thread is done (or, if a reader still holds a value
+/// of the old segment, when the reader drops it); [`Inner::await_release`] waits for the thread.
+/// If no thread can be started, they are dropped here.
+fn release_in_background<T: Send + 'static>(old: T) -> Option<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
         .name("squirrel-store-release".into())
-        .spawn(move || drop(old));
+        .spawn(move || drop(old))
+        .ok()
+}
+
+impl Inner {
+    /// Waits for the thread releasing the segment the last compaction replaced, if any.
+    pub(crate) fn await_release(&self) {
+        let handle = self.released.lock().take();
+        if let Some(h) = handle {
+            // It only drops maps and handles; a panic there has nothing to report.
+            let _ = h.join();
+        }
+    }
 }
 
 fn simulated() -> Error {
@@ -558,4 +572,35 @@ pub(crate) fn remove_leftovers(dir: &std::path::Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::engine::Engine;
+
+    /// The store waits for a compaction's release thread before its file grows, so the space
+    /// that thread gives back is there for the growth.
+    #[test]
+    fn the_file_grows_only_once_the_old_segment_is_released() {
+        let dir = tempfile::tempdir().expect("test");
+        let db = Engine::open(dir.path()).expect("test");
+        db.set("a", b"1").expect("test");
+        db.compact().expect("test");
+        db.inner.await_release();
+        // A release that takes a while (as unmapping a large segment does).
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        *db.inner.released.lock() = Some(std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            flag.store(true, Ordering::Release);
+        }));
+        // The compacted file has no room to spare: this set grows it.
+        db.set("b", &[7u8; 4096]).expect("test");
+        assert!(done.load(Ordering::Acquire));
+        assert!(db.inner.released.lock().is_none());
+        db.close().expect("test");
+    }
 }

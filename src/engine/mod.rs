@@ -191,6 +191,10 @@ pub(crate) struct Inner {
     pub(crate) compaction: Mutex<()>,
     /// Set while an automatic compaction thread runs.
     pub(crate) auto_compacting: AtomicBool,
+    /// The thread dropping the segment the last compaction replaced (see
+    /// `compaction::release_in_background`): joined before the file next grows, before the next
+    /// compaction and at close, so the space is back before the store asks for more.
+    pub(crate) released: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// A [`checkpoint::CheckpointCrash`] a test asked for (0: none).
     pub(crate) checkpoint_crash: std::sync::atomic::AtomicU8,
     _lock: Option<WriterLock>,
@@ -642,9 +646,10 @@ impl Engine {
     /// meanwhile is carried into the new segment under the writer lock at the switch (writers wait
     /// only for that last part). Needs about the live bytes in free space, checked first.
     ///
-    /// The old segment's space goes back to the file system just after this returns: a
-    /// background thread unmaps it and lets the kernel drop its pages (or, while a reader holds a
-    /// [`ValueRef`] of it, once that is dropped).
+    /// The old segment's space goes back to the file system on a background thread that unmaps
+    /// it after this returns (or, while a reader holds a [`ValueRef`] of it, once that is
+    /// dropped); the store waits for that thread before its file next grows, before the next
+    /// compaction and at close.
     ///
     /// # Errors
     /// [`Error::NoSpace`] before anything is written, [`Error::Corruption`] if a live record is

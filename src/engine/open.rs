@@ -53,6 +53,7 @@ impl Engine {
             state: Mutex::new(state),
             compaction: Mutex::new(()),
             auto_compacting: AtomicBool::new(false),
+            released: Mutex::new(None),
             checkpoint_crash: std::sync::atomic::AtomicU8::new(0),
             config,
             _lock: lock,

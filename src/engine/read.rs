@@ -15,8 +15,8 @@ use crate::error::{Error, IoContext, Result};
 use super::{Engine, Inner, LOOKUP_RETRIES, View};
 
 /// How many times a lookup looks again through a newer view when the one it loaded does not map
-/// what the overlay names (each time, the writer grew the file meanwhile: its map grows by at
-/// least a quarter each time, so this is never reached in practice).
+/// what the overlay names (each time, the writer grew the file meanwhile, by at least 1 MiB and
+/// up to a quarter of it, so a lookup that needs this many has raced 64 growths).
 const NEWER_VIEWS: usize = 64;
 
 /// A value read from the store: derefs to the bytes inside the memory map (no copy).
@@ -87,6 +87,7 @@ impl Recent {
     }
 
     /// Whether the overlay held nothing.
+    #[cfg(feature = "remote")]
     pub(super) fn is_empty(&self) -> bool {
         self.keyed.is_empty() && self.unknown.is_empty()
     }
@@ -356,7 +357,9 @@ impl Inner {
             .get(loc.offset as usize..)
             .ok_or_else(|| bad("index entry points past the end of the segment"))?;
         let h = Header::decode(rec).map_err(|_| bad("record header checksum mismatch"))?;
-        let key = &rec[record::HEADER_LEN..record::HEADER_LEN + usize::from(h.key_len)];
+        let key = rec
+            .get(record::HEADER_LEN..record::HEADER_LEN + usize::from(h.key_len))
+            .ok_or_else(|| bad("record key lies past the end of the segment"))?;
         std::str::from_utf8(key).map_err(|_| bad("record key is not UTF-8"))
     }
 }

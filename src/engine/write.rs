@@ -287,6 +287,8 @@ impl Inner {
         if needed <= st.file_len {
             return Ok(());
         }
+        // A compaction's old segment may still be going: its space first.
+        self.await_release();
         let step = (st.file_len / 4).clamp(1 << 20, 1 << 30);
         let new_len = needed.max(st.file_len + step).next_multiple_of(64 << 10);
         let backend = self.backend(st)?;
