@@ -158,6 +158,24 @@ impl Drop for Mount {
     }
 }
 
+/// A temporary directory with a tmpfs of `size` mounted on it, or `None` where this process
+/// cannot mount one. Bound as `let Some((dir, _mount))`, the mount (declared last) is dropped,
+/// and unmounted, before the directory is removed.
+fn tmpfs(size: &str) -> Option<(tempfile::TempDir, Mount)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        return None;
+    }
+    let mount = Mount(dir.path().to_owned());
+    Some((dir, mount))
+}
+
 #[test]
 fn a_real_full_disk_is_a_clear_error_and_loses_nothing() {
     full_disk(100_000, 100);
@@ -174,18 +192,10 @@ fn a_real_full_disk_under_small_writes_is_a_clear_error_and_loses_nothing() {
 /// released on a background thread, and the store waits for it before its file grows.
 #[test]
 fn space_freed_by_compaction_is_there_for_the_next_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(dir.path())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some((dir, _mount)) = tmpfs("8m") else {
         println!("compaction space: cannot mount a tmpfs here");
         return;
-    }
-    let _mount = Mount(dir.path().to_owned());
+    };
     let store = dir.path().join("store");
     let db = Engine::open(&store).unwrap();
     // 2 MB live, 2 MB dead.
@@ -215,19 +225,11 @@ fn space_freed_by_compaction_is_there_for_the_next_write() {
 
 /// Fills a 3 MiB tmpfs with `value_len`-byte values (at most `limit` of them), in `Fsync` mode.
 fn full_disk(value_len: usize, limit: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(dir.path())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some((dir, _mount)) = tmpfs("3m") else {
         // Not root, or no mount(8): the injected ENOSPC above covers the same path.
         println!("full disk: cannot mount a tmpfs here; covered by the injected ENOSPC test");
         return;
-    }
-    let _mount = Mount(dir.path().to_owned());
+    };
     let store = dir.path().join("store");
     let db = Config::new(&store)
         .durability(Durability::Fsync)
