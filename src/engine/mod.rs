@@ -389,6 +389,7 @@ impl Engine {
         self.inner.writable()?;
         check_key(key)?;
         let enc = record::Encoded::new(Kind::Delete, 0, key.as_bytes(), &[], record::Batch::ALONE);
+        let hash = index::hash_key(key);
         let mut st = self.inner.state.lock();
         let view = self.inner.view.load();
         let prev = recovery::current(
@@ -396,7 +397,7 @@ impl Engine {
             view.index.as_ref(),
             view.segment.bytes(),
             key,
-            index::hash_key(key),
+            hash,
             &self.inner.seg_path,
         );
         let found = match prev {
@@ -431,7 +432,7 @@ impl Engine {
         drop(view);
         let rec = Pending {
             key,
-            hash: index::hash_key(key),
+            hash,
             kind: Kind::Delete,
             enc,
             value: &[],

@@ -58,6 +58,15 @@ impl Entry {
         }
     }
 
+    /// The entry a run word names, given its record's location.
+    fn from_word(word: u64, loc: Loc) -> Entry {
+        if word & TOMBSTONE != 0 {
+            Entry::Tombstone(loc.offset)
+        } else {
+            Entry::Put(loc)
+        }
+    }
+
     /// The entry as a run stores it: the record's offset, a tombstone flagged with [`TOMBSTONE`].
     pub(crate) fn word(self) -> u64 {
         match self {
@@ -263,14 +272,7 @@ impl Overlay {
                 match self.named.read().get(&offset) {
                     Some((k, loc)) => (k.clone(), Entry::Put(*loc)),
                     // Never: a name is kept before its slot is published.
-                    None => {
-                        let loc = Loc {
-                            offset,
-                            len: 0,
-                            crc: 0,
-                        };
-                        return unknown.push((hash, loc));
-                    }
+                    None => return unknown.push((hash, bare(offset))),
                 }
             } else {
                 match key_of(segment, offset) {
@@ -278,12 +280,7 @@ impl Overlay {
                         // Key bytes that do not give the slot's hash were damaged after the
                         // record was published: its key is not known.
                         Ok(k) if index::hash_key(k) == hash => {
-                            let entry = if word & TOMBSTONE != 0 {
-                                Entry::Tombstone(offset)
-                            } else {
-                                Entry::Put(loc)
-                            };
-                            (Box::from(k), entry)
+                            (Box::from(k), Entry::from_word(word, loc))
                         }
                         _ => return unknown.push((hash, loc)),
                     },
@@ -314,21 +311,12 @@ impl Overlay {
             return Some(match self.named.read().get(&(word & OFFSET_MASK)) {
                 Some((k, loc)) if **k == *key => Match::Key(Entry::Put(*loc)),
                 Some(_) => Match::Other,
-                None => Match::Unknown(Entry::Put(Loc {
-                    offset: word & OFFSET_MASK,
-                    len: 0,
-                    crc: 0,
-                })),
+                None => Match::Unknown(Entry::Put(bare(word & OFFSET_MASK))),
             });
         }
-        let tombstone = word & TOMBSTONE != 0;
         Some(match key_of(segment, word & OFFSET_MASK) {
             KeyOf::Past => return None,
-            KeyOf::Key(k, loc) if k == key.as_bytes() => Match::Key(if tombstone {
-                Entry::Tombstone(loc.offset)
-            } else {
-                Entry::Put(loc)
-            }),
+            KeyOf::Key(k, loc) if k == key.as_bytes() => Match::Key(Entry::from_word(word, loc)),
             KeyOf::Key(_, loc) if !record_intact(segment, loc) => Match::Unknown(Entry::Put(loc)),
             KeyOf::Key(_, _) => Match::Other,
             KeyOf::Damaged(loc) => Match::Unknown(Entry::Put(loc)),
@@ -336,13 +324,31 @@ impl Overlay {
     }
 }
 
-/// The overlay's entries as [`Overlay::list`] read them.
+/// The overlay's entries as [`Overlay::list`] read them (what `keys()` and `iter()` see).
 #[derive(Debug, Default)]
 pub(crate) struct Listing {
     /// Each known key's newest entry.
     pub keyed: HashMap<Box<str>, Entry>,
-    /// Entries whose record cannot say its key (its header fails): hash and location.
+    /// Entries whose record cannot say its key (its header fails), with their hash: an indexed
+    /// record of the same hash may be an older record of that key.
     pub unknown: Vec<(u64, Loc)>,
+}
+
+impl Listing {
+    /// Whether an indexed record of `key` is older than an overlay entry (or may be).
+    pub(crate) fn shadows(&self, key: &str) -> bool {
+        self.keyed.contains_key(key)
+            || (!self.unknown.is_empty() && {
+                let hash = index::hash_key(key);
+                self.unknown.iter().any(|(h, _)| *h == hash)
+            })
+    }
+
+    /// Whether the overlay held nothing.
+    #[cfg(feature = "remote")]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.keyed.is_empty() && self.unknown.is_empty()
+    }
 }
 
 /// The overlay's single writer; see [`Overlay::writer`].
@@ -420,13 +426,7 @@ impl OverlayWriter<'_> {
                 Some(Match::Other) => {}
                 // The writer's map covers every record it published; a slot past it is treated
                 // as damage (kept, the key's entry beside it).
-                None => {
-                    unknown = unknown.or(Some(Entry::Put(Loc {
-                        offset: old & OFFSET_MASK,
-                        len: 0,
-                        crc: 0,
-                    })))
-                }
+                None => unknown = unknown.or(Some(Entry::Put(bare(old & OFFSET_MASK)))),
             }
         }
         // The table is never full: it grows at three quarters.
@@ -454,6 +454,16 @@ impl OverlayWriter<'_> {
         // Published whole: a reader sees either table complete.
         o.table.store(table.clone());
         self.table = table;
+    }
+}
+
+/// The location of a record known only by its offset (its length and crc unknown): a read of
+/// it reports damage.
+fn bare(offset: u64) -> Loc {
+    Loc {
+        offset,
+        len: 0,
+        crc: 0,
     }
 }
 

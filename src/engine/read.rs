@@ -1,13 +1,12 @@
 //! The read path: find a key (overlay first, then the index), check its record, and hand out a
 //! [`ValueRef`] into the mapping; [`Iter`] and the snapshot behind `keys` and `iter`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::engine::index::{self, Loc, Probe};
-use crate::engine::overlay::{Entry, Found, Overlay};
+use crate::engine::overlay::{Entry, Found, Listing};
 use crate::engine::record::{self, Header, Kind};
 use crate::engine::segment::SegmentMap;
 use crate::error::{Error, IoContext, Result};
@@ -62,51 +61,15 @@ impl fmt::Debug for ValueRef {
 /// A consistent picture of every live entry: the view, the overlay's entries and the index's.
 pub(super) struct Snapshot {
     pub(super) view: Arc<View>,
-    pub(super) recent: Recent,
+    pub(super) recent: Listing,
     pub(super) indexed: Vec<(u64, Loc)>,
-}
-
-/// The overlay's entries as a snapshot reads them from the segment.
-#[derive(Default)]
-pub(super) struct Recent {
-    /// Entries whose record's header names their key.
-    pub(super) keyed: HashMap<Box<str>, Entry>,
-    /// Entries whose record cannot say its key (its header fails), with their hash: an indexed
-    /// record of the same hash may be an older record of that key, so it is not listed.
-    pub(super) unknown: Vec<(u64, Loc)>,
-}
-
-impl Recent {
-    /// Whether an indexed record of `key` is older than an overlay entry (or may be).
-    pub(super) fn shadows(&self, key: &str) -> bool {
-        self.keyed.contains_key(key)
-            || (!self.unknown.is_empty() && {
-                let hash = index::hash_key(key);
-                self.unknown.iter().any(|(h, _)| *h == hash)
-            })
-    }
-
-    /// Whether the overlay held nothing.
-    #[cfg(feature = "remote")]
-    pub(super) fn is_empty(&self) -> bool {
-        self.keyed.is_empty() && self.unknown.is_empty()
-    }
-
-    /// Reads the overlay's entries from `segment`; `None` if one names a record past it.
-    fn read(overlay: &Overlay, segment: &[u8]) -> Option<Recent> {
-        let listing = overlay.list(segment)?;
-        Some(Recent {
-            keyed: listing.keyed,
-            unknown: listing.unknown,
-        })
-    }
 }
 
 /// An iterator over a store's live keys and values; see [`Engine::iter`].
 pub struct Iter {
     pub(super) engine: Engine,
     pub(super) segment: Arc<SegmentMap>,
-    pub(super) recent: Recent,
+    pub(super) recent: Listing,
     pub(super) locs: std::vec::IntoIter<(Loc, bool)>,
 }
 
@@ -271,15 +234,13 @@ impl Inner {
     /// The current view and the overlay's entries read through it. A writer in this process may
     /// publish records past the view's map while they are read (its newer view covers them):
     /// read again through that one, without taking a lock.
-    fn recent(&self) -> Result<(Arc<View>, Recent)> {
+    fn recent(&self) -> Result<(Arc<View>, Listing)> {
         for _ in 0..NEWER_VIEWS {
             let view = self.view.load_full();
-            if let Some(recent) = Recent::read(&view.overlay, view.segment.bytes()) {
+            if let Some(recent) = view.overlay.list(view.segment.bytes()) {
                 return Ok((view, recent));
             }
-            if !self.newer_view(&view) {
-                self.remap_for_reader(&view)?;
-            }
+            self.remap_for_reader(&view)?;
         }
         Err(Error::corruption(
             &self.seg_path,
