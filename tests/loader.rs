@@ -448,3 +448,97 @@ fn at_most_prefetch_shards_are_decoded_ahead() {
         );
     }
 }
+
+/// A store that reads through a [`SquirrelStore`] and records, for each shard the loader decodes,
+/// the length and capacity of the `Vec` it was handed.
+#[derive(Clone)]
+struct Recording {
+    inner: SquirrelStore,
+    seen: Arc<Mutex<Vec<(usize, usize)>>>,
+}
+
+impl Store for Recording {
+    fn set_payload(&self, payload: &[u8], key: Option<&str>) -> squirrel_store::Result<String> {
+        self.inner.set_payload(payload, key)
+    }
+
+    fn get_payload(
+        &self,
+        key: &str,
+    ) -> squirrel_store::Result<Option<squirrel_store::store::Payload>> {
+        self.inner.get_payload(key)
+    }
+
+    fn keys(&self) -> squirrel_store::Result<Vec<String>> {
+        self.inner.keys()
+    }
+
+    fn get_into<T, U>(
+        &self,
+        key: &str,
+        out: &mut Vec<U>,
+        f: impl FnMut(T) -> U,
+    ) -> squirrel_store::Result<bool>
+    where
+        T: serde::de::DeserializeOwned,
+    {
+        self.seen
+            .lock()
+            .expect("not poisoned")
+            .push((out.len(), out.capacity()));
+        self.inner.get_into(key, out, f)
+    }
+}
+
+#[test]
+fn sample_buffers_come_back_empty_and_are_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inner = filled(dir.path());
+    // A shard that fails half-way (its second sample is not an `Item`) between good ones: what it
+    // decoded before failing must not turn up in the next shard.
+    let bad = rmp_serde::to_vec_named(&Item {
+        shard: 99,
+        index: 0,
+    })
+    .expect("encodes");
+    let mut payload = bad.clone();
+    payload.extend(rmp_serde::to_vec("not an item").expect("encodes"));
+    inner
+        .set_payload(&payload, Some("shard_20"))
+        .expect("set_payload");
+    for workers in [0, 1, 3] {
+        let store = Recording {
+            inner: inner.clone(),
+            seen: Arc::default(),
+        };
+        let out: Vec<_> = squirrel_store::Loader::new(store.clone())
+            .workers(workers)
+            .prefetch(2)
+            .samples::<Item>()
+            .expect("starts")
+            .collect();
+        let mut expected: Vec<Option<Item>> = all_items()
+            .into_iter()
+            .filter(|i| i.shard != 20)
+            .map(Some)
+            .collect();
+        let at = expected
+            .iter()
+            .position(|i| i.is_some_and(|i| i.shard > 20))
+            .expect("shards after 20");
+        expected.insert(at, None);
+        let got: Vec<Option<Item>> = out.into_iter().map(Result::ok).collect();
+        assert_eq!(got, expected, "workers {workers}");
+        let seen = store.seen.lock().expect("not poisoned").clone();
+        assert_eq!(seen.len(), SHARDS as usize);
+        assert!(seen.iter().all(|&(len, _)| len == 0), "{seen:?}");
+        // A new buffer is made only when no spare is left, which needs every buffer to be in
+        // use: the window's 2 shards, the consumer's current one and the one it is giving back.
+        // The failed shard's buffer is dropped with its error: one more.
+        let fresh = seen.iter().filter(|&&(_, capacity)| capacity == 0).count();
+        assert!(
+            fresh <= 5,
+            "workers {workers}: {fresh} fresh buffers, {seen:?}"
+        );
+    }
+}

@@ -11,7 +11,7 @@ use squirrel_store::serializer::{
     payload_from_samples,
 };
 use squirrel_store::value::{
-    DecodeError, IntMarker, Integer, LenWidth, MAX_DEPTH, Value, value_len,
+    DecodeError, IntMarker, Integer, LenWidth, MAX_DEPTH, Value, validate_value, value_len,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -504,6 +504,8 @@ proptest! {
             (Err(DecodeError::InvalidUtf8 { .. }), Ok(_)) | (Err(_), Err(_)) => {}
             (d, l) => prop_assert!(false, "decoder {:?} but skipper {:?}", d, l),
         }
+        // The checking skipper fails exactly as the decoder does, at the same offset.
+        prop_assert_eq!(validate_value(&bytes), decoded.map(|(_, used)| used));
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! is decoding and exits, and the drop waits for them, so no thread outlives the iterator. A
 //! panic in a caller's `map` function is re-raised on the consuming thread.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::panic::{self, AssertUnwindSafe};
@@ -267,12 +268,13 @@ impl<St: Store + Clone + 'static> Loader<St> {
         let keys = self.plan()?;
         let prefetch = self.prefetch_shards();
         let store = self.store;
-        let job = move |key: &str| -> Result<Vec<U>> {
-            match store.get::<T>(key)? {
-                Some(samples) => Ok(samples.into_iter().map(&f).collect()),
-                None => Err(Error::KeyNotFound {
+        let job = move |key: &str, out: &mut Vec<U>| -> Result<()> {
+            if store.get_into::<T, U>(key, out, &f)? {
+                Ok(())
+            } else {
+                Err(Error::KeyNotFound {
                     key: key.to_owned(),
-                }),
+                })
             }
         };
         Ok(ShardIter::start(
@@ -317,7 +319,7 @@ impl<St: Store + Clone + 'static> Loader<St> {
         let shards = self.shards_map(f)?;
         Ok(SampleIter {
             shards,
-            current: Vec::new().into_iter(),
+            current: VecDeque::new(),
             buffer: Vec::with_capacity(buffer.min(1 << 16)),
             capacity: buffer,
             rng,
@@ -334,7 +336,8 @@ pub struct Shard<T> {
     pub samples: Vec<T>,
 }
 
-type Job<U> = Arc<dyn Fn(&str) -> Result<Vec<U>> + Send + Sync>;
+/// Decodes the shard under a key into the (empty) `Vec` it is given.
+type Job<U> = Arc<dyn Fn(&str, &mut Vec<U>) -> Result<()> + Send + Sync>;
 
 /// What decoding shard `i` gave: the shard or its error, or the panic of the caller's function.
 type Outcome<U> = thread::Result<Result<Shard<U>>>;
@@ -361,6 +364,21 @@ struct State<U> {
     workers_waiting: usize,
     /// The iterator is being dropped: workers exit.
     stop: bool,
+    /// Emptied sample `Vec`s the consumer gave back, for the next shards to be decoded into.
+    ///
+    /// Without them each shard's `Vec` is allocated on a worker and freed on the consumer, and
+    /// with glibc's allocator that large allocation also merges every small block the consumer
+    /// freed back into the worker's heap (`malloc_consolidate`), so the worker's next small
+    /// allocations (a sample's strings) take the slow path: a fifth of the loader's CPU on the
+    /// seed workload.
+    spares: Vec<Vec<U>>,
+}
+
+impl<U> State<U> {
+    /// A `Vec` to decode a shard into: a spare, or a new one.
+    fn spare(&mut self) -> Vec<U> {
+        self.spares.pop().unwrap_or_default()
+    }
 }
 
 struct Shared<U> {
@@ -373,9 +391,10 @@ struct Shared<U> {
 }
 
 impl<U> Shared<U> {
-    fn decode(&self, index: usize) -> Result<Shard<U>> {
+    /// Decodes shard `index` into `samples` (empty).
+    fn decode(&self, index: usize, mut samples: Vec<U>) -> Result<Shard<U>> {
         let key = &self.keys[index];
-        (self.job)(key).map(|samples| Shard {
+        (self.job)(key, &mut samples).map(|()| Shard {
             key: key.clone(),
             samples,
         })
@@ -397,10 +416,11 @@ impl<U> Shared<U> {
             }
             let index = state.claimed;
             state.claimed += 1;
+            let spare = state.spare();
             drop(state);
             // A panic in the caller's function must reach the consumer, or it would wait
             // forever for this shard.
-            let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.decode(index)));
+            let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.decode(index, spare)));
             state = self.state.lock();
             state.slots[index % self.prefetch] = Some(outcome);
             if state.consumer_waiting && index == state.next {
@@ -421,6 +441,8 @@ pub struct ShardIter<T> {
     /// Whether there are workers; without, the consuming thread decodes every shard in turn.
     threaded: bool,
     workers: Vec<JoinHandle<()>>,
+    /// An emptied sample `Vec` given back (see [`State::spares`]), kept until the next turn.
+    given_back: Option<Vec<T>>,
 }
 
 impl<T> fmt::Debug for ShardIter<T> {
@@ -446,6 +468,7 @@ impl<T: Send + 'static> ShardIter<T> {
                 consumer_waiting: false,
                 workers_waiting: 0,
                 stop: false,
+                spares: Vec::new(),
             }),
             keys,
             consumer: Condvar::new(),
@@ -470,6 +493,16 @@ impl<T: Send + 'static> ShardIter<T> {
             next: 0,
             threaded: !handles.is_empty(),
             workers: handles,
+            given_back: None,
+        }
+    }
+
+    /// Takes back a shard's sample `Vec` once its samples were moved out, to decode a later
+    /// shard into. Any samples still in it are dropped.
+    fn give_back(&mut self, mut samples: Vec<T>) {
+        samples.clear();
+        if samples.capacity() > 0 {
+            self.given_back = Some(samples);
         }
     }
 }
@@ -485,10 +518,18 @@ impl<T: Send + 'static> Iterator for ShardIter<T> {
         }
         if !self.threaded {
             self.next += 1;
-            return Some(shared.decode(index));
+            return Some(shared.decode(index, self.given_back.take().unwrap_or_default()));
         }
         let prefetch = shared.prefetch;
         let mut state = shared.state.lock();
+        // At most `prefetch + 2` buffers are ever in use at once: the window's shards, the
+        // consumer's current one and the one it gives back. Keeping that many means a buffer is
+        // never dropped here only to be allocated again.
+        if let Some(spare) = self.given_back.take()
+            && state.spares.len() < prefetch + 2
+        {
+            state.spares.push(spare);
+        }
         let outcome = loop {
             if let Some(outcome) = state.slots[index % prefetch].take() {
                 break outcome;
@@ -499,10 +540,11 @@ impl<T: Send + 'static> Iterator for ShardIter<T> {
                 // holds up less. It counts against `prefetch` like a worker's.
                 let claim = state.claimed;
                 state.claimed += 1;
+                let spare = state.spare();
                 drop(state);
                 // Caught like a worker's, so that a panic comes out at its shard's turn and
                 // leaves the claimed shard accounted for.
-                let outcome = panic::catch_unwind(AssertUnwindSafe(|| shared.decode(claim)));
+                let outcome = panic::catch_unwind(AssertUnwindSafe(|| shared.decode(claim, spare)));
                 state = shared.state.lock();
                 if claim == index {
                     break outcome;
@@ -554,7 +596,10 @@ impl<T> Drop for ShardIter<T> {
 /// place of its samples, and iteration goes on after it.
 pub struct SampleIter<T> {
     shards: ShardIter<T>,
-    current: std::vec::IntoIter<T>,
+    /// The samples of the current shard not handed out yet. A deque rather than a `Vec`'s
+    /// `IntoIter`, so that its buffer, once empty, goes back to the workers (see
+    /// [`State::spares`]).
+    current: VecDeque<T>,
     buffer: Vec<T>,
     capacity: usize,
     rng: Rng,
@@ -570,6 +615,16 @@ impl<T> fmt::Debug for SampleIter<T> {
     }
 }
 
+impl<T: Send + 'static> SampleIter<T> {
+    /// The next shard, once the current one's emptied buffer is given back.
+    fn next_shard(&mut self) -> Option<Result<Shard<T>>> {
+        // Empty: the conversion moves nothing and keeps the buffer.
+        self.shards
+            .give_back(Vec::from(std::mem::take(&mut self.current)));
+        self.shards.next()
+    }
+}
+
 impl<T: Send + 'static> Iterator for SampleIter<T> {
     type Item = Result<T>;
 
@@ -578,22 +633,22 @@ impl<T: Send + 'static> Iterator for SampleIter<T> {
             // No mixing: hand samples out of the shard as they are, without a trip through the
             // buffer (the same order a buffer of one gives).
             loop {
-                if let Some(sample) = self.current.next() {
+                if let Some(sample) = self.current.pop_front() {
                     return Some(Ok(sample));
                 }
-                match self.shards.next()? {
-                    Ok(shard) => self.current = shard.samples.into_iter(),
+                match self.next_shard()? {
+                    Ok(shard) => self.current = VecDeque::from(shard.samples),
                     Err(e) => return Some(Err(e)),
                 }
             }
         }
         while self.buffer.len() < self.capacity {
-            if let Some(sample) = self.current.next() {
+            if let Some(sample) = self.current.pop_front() {
                 self.buffer.push(sample);
                 continue;
             }
-            match self.shards.next() {
-                Some(Ok(shard)) => self.current = shard.samples.into_iter(),
+            match self.next_shard() {
+                Some(Ok(shard)) => self.current = VecDeque::from(shard.samples),
                 // Errors pass the buffer: they are not samples to mix.
                 Some(Err(e)) => return Some(Err(e)),
                 None => break,

@@ -1185,9 +1185,8 @@ impl<'a, T: Deserialize<'a>> std::iter::FusedIterator for Samples<'a, T> {}
 /// Most samples a shard's `Vec` is sized for up front, whatever the estimate.
 const PRESIZE_LIMIT: usize = 1 << 16;
 
-/// Every sample of `payload`, into a `Vec` sized from the first sample's length, so that a shard
-/// of like-sized samples is collected without regrowing (each regrowth moves every sample so far).
-/// The estimate is at most one item per payload byte and at most [`PRESIZE_LIMIT`] items.
+/// Every sample of `payload`, into a `Vec` sized from the first sample's length (see
+/// [`extend_samples`]).
 ///
 /// # Errors
 ///
@@ -1195,18 +1194,36 @@ const PRESIZE_LIMIT: usize = 1 << 16;
 pub(crate) fn collect_samples<'a, T: Deserialize<'a>>(
     payload: &'a [u8],
 ) -> Result<Vec<T>, ShardError> {
+    let mut all = Vec::new();
+    extend_samples(payload, &mut all, |sample| sample)?;
+    Ok(all)
+}
+
+/// Pushes every sample of `payload`, passed through `f`, onto `out`, which is first grown to fit
+/// as many samples as the first one's length suggests, so that a shard of like-sized samples is
+/// collected without regrowing (each regrowth moves every sample so far). The estimate is at
+/// most one item per payload byte and at most [`PRESIZE_LIMIT`] items.
+///
+/// # Errors
+///
+/// As [`Samples`]: the first sample that fails. `out` then holds the samples before it.
+pub(crate) fn extend_samples<'a, T: Deserialize<'a>, U>(
+    payload: &'a [u8],
+    out: &mut Vec<U>,
+    mut f: impl FnMut(T) -> U,
+) -> Result<(), ShardError> {
     let mut samples = Samples::new(payload);
     let Some(first) = samples.next() else {
-        return Ok(Vec::new());
+        return Ok(());
     };
-    let first = first?;
+    let first = f(first?);
     let estimate = payload.len() / samples.bytes.offset.max(1);
-    let mut all = Vec::with_capacity(estimate.clamp(1, PRESIZE_LIMIT));
-    all.push(first);
+    out.reserve(estimate.clamp(1, PRESIZE_LIMIT));
+    out.push(first);
     for sample in samples {
-        all.push(sample?);
+        out.push(f(sample?));
     }
-    Ok(all)
+    Ok(())
 }
 
 #[cfg(test)]

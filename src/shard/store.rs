@@ -22,7 +22,7 @@ use crate::shard::keygen::random_key;
 use crate::shard::loader::Loader;
 use crate::shard::serializer::{
     Codec, Encoded, MessagepackSerializer, Serializer, ShardError, collect_samples, encode_values,
-    payload_from_samples,
+    extend_samples, payload_from_samples,
 };
 use crate::shard::value::Value;
 
@@ -78,6 +78,19 @@ impl Payload {
     /// [`ShardError::Msgpack`] or [`ShardError::Mismatch`] for the first sample that fails.
     pub fn samples<T: DeserializeOwned>(&self) -> std::result::Result<Vec<T>, ShardError> {
         crate::shard::value::sharing(self, || collect_samples(self))
+    }
+
+    /// [`Payload::samples`], each passed through `f` and pushed onto `out`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Payload::samples`]; `out` then holds the samples before the one that failed.
+    pub(crate) fn samples_into<T: DeserializeOwned, U>(
+        &self,
+        out: &mut Vec<U>,
+        f: impl FnMut(T) -> U,
+    ) -> std::result::Result<(), ShardError> {
+        crate::shard::value::sharing(self, || extend_samples(self, out, f))
     }
 
     /// Every sample as a [`Value`], byte-exact; bins share this payload's bytes.
@@ -259,6 +272,27 @@ pub trait Store: Send + Sync {
             return Ok(None);
         };
         payload.samples().map(Some).map_err(shard_error(key))
+    }
+
+    /// [`Store::get`] into a buffer the caller keeps: each sample of the shard under `key`,
+    /// passed through `f`, is pushed onto `out`. Returns whether there was a shard.
+    ///
+    /// A caller that reads shard after shard (as [`Loader`] does) reuses one `Vec` this way
+    /// rather than allocating one per shard. The default goes through [`Store::get`];
+    /// [`SquirrelStore`] decodes straight into `out`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::get`]. `out` may then hold some of the shard's samples after the ones it had.
+    fn get_into<T, U>(&self, key: &str, out: &mut Vec<U>, f: impl FnMut(T) -> U) -> Result<bool>
+    where
+        T: DeserializeOwned,
+    {
+        let Some(samples) = self.get::<T>(key)? else {
+            return Ok(false);
+        };
+        out.extend(samples.into_iter().map(f));
+        Ok(true)
     }
 
     /// Stores a shard of [`Value`] samples byte-exactly; otherwise as [`Store::set`].
@@ -560,6 +594,17 @@ impl<S: Serializer> Store for SquirrelStore<S> {
 
     fn keys(&self) -> Result<Vec<String>> {
         self.engine.keys()
+    }
+
+    fn get_into<T, U>(&self, key: &str, out: &mut Vec<U>, f: impl FnMut(T) -> U) -> Result<bool>
+    where
+        T: DeserializeOwned,
+    {
+        let Some(payload) = self.get_payload(key)? else {
+            return Ok(false);
+        };
+        payload.samples_into(out, f).map_err(shard_error(key))?;
+        Ok(true)
     }
 
     fn set<T: Serialize>(&self, shard: &[T], key: Option<&str>) -> Result<String> {

@@ -807,21 +807,16 @@ fn walk(bytes: &[u8], check_utf8: bool) -> Result<usize, DecodeError> {
         }
         *top -= 1;
         let offset = r.pos;
-        let children = match r.header()? {
-            Header::Array(n, _) => u64::from(n),
-            Header::Map(n, _) => u64::from(n) * 2,
-            Header::Str(n, _) => {
+        let children = match r.extent()? {
+            Extent::Children(n) => n,
+            Extent::Str(n) => {
                 let s = r.take(n as usize)?;
                 if check_utf8 && std::str::from_utf8(s).is_err() {
                     return Err(DecodeError::InvalidUtf8 { offset });
                 }
                 continue;
             }
-            Header::Bin(n, _) | Header::Ext(_, n, _) => {
-                r.take(n as usize)?;
-                continue;
-            }
-            Header::Scalar(_) => continue,
+            Extent::Leaf => continue,
         };
         // A container: the open levels (finished ones are popped before each read) are its
         // depth, counted as `Value::decode` counts it, empty containers included.
@@ -838,6 +833,18 @@ fn walk(bytes: &[u8], check_utf8: bool) -> Result<usize, DecodeError> {
         }
     }
     Ok(r.pos)
+}
+
+/// What [`walk`] needs of a value's start: no scalar is built, so the answer fits in two
+/// registers. (Going through [`Header`], whose scalars are whole [`Value`]s, made the walk spend
+/// most of its time on stack copies of the result that the CPU could not forward.)
+enum Extent {
+    /// A value read whole: a scalar, or a bin or ext whose payload was skipped.
+    Leaf,
+    /// A str of this many bytes, not read yet.
+    Str(u32),
+    /// An array or map with this many items to follow (a map's keys and values counted apart).
+    Children(u64),
 }
 
 /// The start of one value, as read from its marker and length field.
@@ -919,6 +926,72 @@ impl<'a> Reader<'a> {
             Err(_) => IntN::Neg(v),
         };
         self.int(n, marker)
+    }
+
+    /// Reads a marker with its length field, and skips what the walk does not look into: a
+    /// scalar's payload, a bin's or ext's bytes. Fails where [`Reader::header`] (plus the skip)
+    /// fails, with the same offsets.
+    #[inline(always)]
+    fn extent(&mut self) -> Result<Extent, DecodeError> {
+        let offset = self.pos;
+        let skip = |r: &mut Self, n: usize| r.take(n).map(|_| Extent::Leaf);
+        match Marker::from_u8(self.u8()?) {
+            Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => {
+                Ok(Extent::Leaf)
+            }
+            Marker::U8 | Marker::I8 => skip(self, 1),
+            Marker::U16 | Marker::I16 => skip(self, 2),
+            Marker::U32 | Marker::I32 | Marker::F32 => skip(self, 4),
+            Marker::U64 | Marker::I64 | Marker::F64 => skip(self, 8),
+            Marker::FixStr(n) => Ok(Extent::Str(n.into())),
+            Marker::Str8 => Ok(Extent::Str(self.u8()?.into())),
+            Marker::Str16 => Ok(Extent::Str(self.u16()?.into())),
+            Marker::Str32 => Ok(Extent::Str(self.u32()?)),
+            Marker::Bin8 => {
+                let n = self.u8()?;
+                skip(self, n.into())
+            }
+            Marker::Bin16 => {
+                let n = self.u16()?;
+                skip(self, n.into())
+            }
+            Marker::Bin32 => {
+                let n = self.u32()?;
+                skip(self, n as usize)
+            }
+            Marker::FixArray(n) => Ok(Extent::Children(n.into())),
+            Marker::Array16 => Ok(Extent::Children(self.u16()?.into())),
+            Marker::Array32 => Ok(Extent::Children(self.u32()?.into())),
+            Marker::FixMap(n) => Ok(Extent::Children(u64::from(n) * 2)),
+            Marker::Map16 => Ok(Extent::Children(u64::from(self.u16()?) * 2)),
+            Marker::Map32 => Ok(Extent::Children(u64::from(self.u32()?) * 2)),
+            Marker::FixExt1 => self.ext_skip(1),
+            Marker::FixExt2 => self.ext_skip(2),
+            Marker::FixExt4 => self.ext_skip(4),
+            Marker::FixExt8 => self.ext_skip(8),
+            Marker::FixExt16 => self.ext_skip(16),
+            Marker::Ext8 => {
+                let n = self.u8()?;
+                self.ext_skip(n.into())
+            }
+            Marker::Ext16 => {
+                let n = self.u16()?;
+                self.ext_skip(n.into())
+            }
+            Marker::Ext32 => {
+                let n = self.u32()?;
+                self.ext_skip(n as usize)
+            }
+            Marker::Reserved => Err(DecodeError::ReservedMarker { offset }),
+        }
+    }
+
+    /// Skips an ext's type byte and then its `n` bytes, reporting a short input where
+    /// [`Reader::ext_header`] and the skip after it would.
+    #[inline(always)]
+    fn ext_skip(&mut self, n: usize) -> Result<Extent, DecodeError> {
+        self.take(1)?;
+        self.take(n).map(|_| Extent::Leaf)
     }
 
     /// Reads a marker and its length field or scalar payload.
