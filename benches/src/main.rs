@@ -629,6 +629,14 @@ fn end_to_end_section(
                 rust.map(|r| r.loader_cpu_ratio),
             ),
             info(
+                "Loader ÷ plain loop, metadata as inline strings (×)".into(),
+                rust.map(|r| r.inline_loader_ratio),
+            ),
+            info(
+                "core-to-core round trip in this run (ns; ~80 shared cache, ~360 not)".into(),
+                rust.map(|r| r.core_round_trip_ns),
+            ),
+            info(
                 format!(
                     "shards the default kept compressed (of {})",
                     workload::SEED_SHARDS
