@@ -409,7 +409,10 @@ pub fn squirrel_layer_e2e(
             got += sample?.image.data().len() as u64;
         }
         best_inline_loader = best_inline_loader.min(t.elapsed().as_secs_f64());
-        anyhow::ensure!(got == raw, "inline loader read back {got} bytes, wrote {raw}");
+        anyhow::ensure!(
+            got == raw,
+            "inline loader read back {got} bytes, wrote {raw}"
+        );
         let t = Instant::now();
         let mut got = 0u64;
         for key in store.keys()? {
