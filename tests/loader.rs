@@ -542,3 +542,67 @@ fn sample_buffers_come_back_empty_and_are_reused() {
         );
     }
 }
+
+#[test]
+fn an_outsized_shards_buffer_does_not_stay_in_circulation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inner = open(dir.path());
+    // One shard of 20,000 items (160 KB of `Item`s, over the spare buffers' floor), then small
+    // ones: its buffer may serve one later shard, then must go back to the allocator.
+    let big: Vec<Item> = (0..20_000).map(|index| Item { shard: 0, index }).collect();
+    inner.set(&big, Some("s00")).expect("set");
+    for shard in 1..30 {
+        inner
+            .set(&[Item { shard, index: 0 }], Some(&format!("s{shard:02}")))
+            .expect("set");
+    }
+    for workers in [0, 1, 3] {
+        let store = Recording {
+            inner: inner.clone(),
+            seen: Arc::default(),
+        };
+        let out: Vec<Item> = squirrel_store::Loader::new(store.clone())
+            .workers(workers)
+            .prefetch(2)
+            .samples::<Item>()
+            .expect("starts")
+            .map(|item| item.expect("decodes"))
+            .collect();
+        assert_eq!(out.len(), 20_000 + 29);
+        assert_eq!(out[20_000], Item { shard: 1, index: 0 });
+        let seen = store.seen.lock().expect("not poisoned").clone();
+        assert_eq!(seen.len(), 30);
+        let outsized = seen
+            .iter()
+            .filter(|&&(_, capacity)| capacity >= 20_000)
+            .count();
+        assert!(outsized <= 1, "workers {workers}: {seen:?}");
+    }
+}
+
+#[test]
+fn shuffled_samples_through_reused_buffers_come_out_once_each() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inner = filled(dir.path());
+    for workers in [0, 1, 3] {
+        let store = Recording {
+            inner: inner.clone(),
+            seen: Arc::default(),
+        };
+        let out: Vec<Item> = squirrel_store::Loader::new(store.clone())
+            .workers(workers)
+            .prefetch(2)
+            .shuffle_samples(7)
+            .seed(3)
+            .samples::<Item>()
+            .expect("starts")
+            .map(|item| item.expect("decodes"))
+            .collect();
+        assert_ne!(out, all_items(), "workers {workers}: not mixed");
+        assert_eq!(sorted(out), sorted(all_items()), "workers {workers}");
+        let seen = store.seen.lock().expect("not poisoned").clone();
+        assert!(seen.iter().all(|&(len, _)| len == 0), "{seen:?}");
+        let reused = seen.iter().filter(|&&(_, capacity)| capacity > 0).count();
+        assert!(reused >= 30, "workers {workers}: {seen:?}");
+    }
+}

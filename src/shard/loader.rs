@@ -256,6 +256,11 @@ impl<St: Store + Clone + 'static> Loader<St> {
     /// per-sample preprocessing that should use the cores too): a worker, or the consuming
     /// thread when it decodes a shard itself rather than wait.
     ///
+    /// `f` may run as each sample is decoded (a [`SquirrelStore`](crate::SquirrelStore) decodes
+    /// straight into the shard's buffer, see [`Store::get_into`]): it can see samples of a shard
+    /// that then fails to decode, which still comes out as one `Err`, and a panic in `f` comes out
+    /// in place of a later sample's decoding error.
+    ///
     /// # Errors
     ///
     /// As [`Loader::shards`].
@@ -320,6 +325,7 @@ impl<St: Store + Clone + 'static> Loader<St> {
         Ok(SampleIter {
             shards,
             current: VecDeque::new(),
+            current_len: 0,
             buffer: Vec::with_capacity(buffer.min(1 << 16)),
             capacity: buffer,
             rng,
@@ -337,6 +343,10 @@ pub struct Shard<T> {
 }
 
 /// Decodes the shard under a key into the (empty) `Vec` it is given.
+/// Bytes of sample array a spare buffer may have whatever it last held (see
+/// [`ShardIter::give_back`]).
+const SPARE_FLOOR: usize = 64 << 10;
+
 type Job<U> = Arc<dyn Fn(&str, &mut Vec<U>) -> Result<()> + Send + Sync>;
 
 /// What decoding shard `i` gave: the shard or its error, or the panic of the caller's function.
@@ -371,8 +381,9 @@ struct State<U> {
     /// freed back into the worker's heap (`malloc_consolidate`), so the worker's next small
     /// allocations (a sample's strings) take the slow path. Reusing them took the loader's CPU
     /// time on the seed workload from 1.17–1.20× the plain loop's to 1.11–1.13×. At most
-    /// `prefetch + 2` are kept (see [`ShardIter::next`]), so they hold no more memory than the
-    /// shards in flight.
+    /// `prefetch + 2` are kept (see [`ShardIter::next`]), and a buffer only while it is small or
+    /// at most twice the size of the samples it last held (see [`ShardIter::give_back`]): after
+    /// one outsized shard its buffer goes back to the allocator rather than stay in circulation.
     spares: Vec<Vec<U>>,
 }
 
@@ -500,10 +511,16 @@ impl<T: Send + 'static> ShardIter<T> {
     }
 
     /// Takes back a shard's sample `Vec` once its samples were moved out, to decode a later
-    /// shard into. Any samples still in it are dropped.
-    fn give_back(&mut self, mut samples: Vec<T>) {
+    /// shard into; `held` is how many samples it held when it was handed out. Any samples still
+    /// in it are dropped. A buffer of more than [`SPARE_FLOOR`] bytes is kept only if it is at
+    /// most twice the size of those samples, so that a spare is never much larger than the
+    /// shards it serves.
+    fn give_back(&mut self, mut samples: Vec<T>, held: usize) {
         samples.clear();
-        if samples.capacity() > 0 {
+        let size = std::mem::size_of::<T>().max(1);
+        let bytes = samples.capacity().saturating_mul(size);
+        let keep = SPARE_FLOOR.max(held.saturating_mul(size).saturating_mul(2));
+        if samples.capacity() > 0 && bytes <= keep {
             self.given_back = Some(samples);
         }
     }
@@ -602,6 +619,8 @@ pub struct SampleIter<T> {
     /// `IntoIter`, so that its buffer, once empty, goes back to the workers (see
     /// [`State::spares`]).
     current: VecDeque<T>,
+    /// How many samples the current shard held when it arrived.
+    current_len: usize,
     buffer: Vec<T>,
     capacity: usize,
     rng: Rng,
@@ -621,9 +640,18 @@ impl<T: Send + 'static> SampleIter<T> {
     /// The next shard, once the current one's emptied buffer is given back.
     fn next_shard(&mut self) -> Option<Result<Shard<T>>> {
         // Empty: the conversion moves nothing and keeps the buffer.
-        self.shards
-            .give_back(Vec::from(std::mem::take(&mut self.current)));
+        self.shards.give_back(
+            Vec::from(std::mem::take(&mut self.current)),
+            self.current_len,
+        );
+        self.current_len = 0;
         self.shards.next()
+    }
+
+    /// Makes `shard`'s samples the ones handed out next.
+    fn start(&mut self, shard: Shard<T>) {
+        self.current_len = shard.samples.len();
+        self.current = VecDeque::from(shard.samples);
     }
 }
 
@@ -639,7 +667,7 @@ impl<T: Send + 'static> Iterator for SampleIter<T> {
                     return Some(Ok(sample));
                 }
                 match self.next_shard()? {
-                    Ok(shard) => self.current = VecDeque::from(shard.samples),
+                    Ok(shard) => self.start(shard),
                     Err(e) => return Some(Err(e)),
                 }
             }
@@ -650,7 +678,7 @@ impl<T: Send + 'static> Iterator for SampleIter<T> {
                 continue;
             }
             match self.next_shard() {
-                Some(Ok(shard)) => self.current = VecDeque::from(shard.samples),
+                Some(Ok(shard)) => self.start(shard),
                 // Errors pass the buffer: they are not samples to mix.
                 Some(Err(e)) => return Some(Err(e)),
                 None => break,

@@ -278,8 +278,9 @@ pub trait Store: Send + Sync {
     /// passed through `f`, is pushed onto `out`. Returns whether there was a shard.
     ///
     /// A caller that reads shard after shard (as [`Loader`] does) reuses one `Vec` this way
-    /// rather than allocating one per shard. The default goes through [`Store::get`];
-    /// [`SquirrelStore`] decodes straight into `out`.
+    /// rather than allocating one per shard. The default goes through [`Store::get`] (and, when
+    /// `out` is empty, replaces it with the shard's own `Vec`, mapped in place where `T` and `U`
+    /// allow); [`SquirrelStore`] decodes straight into `out`.
     ///
     /// # Errors
     ///
@@ -291,7 +292,14 @@ pub trait Store: Send + Sync {
         let Some(samples) = self.get::<T>(key)? else {
             return Ok(false);
         };
-        out.extend(samples.into_iter().map(f));
+        // Mapped in place where `T` and `U` allow it (the standard library reuses the buffer),
+        // rather than copied into `out`.
+        let mapped: Vec<U> = samples.into_iter().map(f).collect();
+        if out.is_empty() {
+            *out = mapped;
+        } else {
+            out.extend(mapped);
+        }
         Ok(true)
     }
 
@@ -554,8 +562,9 @@ impl<S: Serializer> SquirrelStore<S> {
 }
 
 // The writing methods are overridden so that a serializer's own `encode` (which may be faster than
-// going through a payload) is what runs. Reads keep the trait's methods: they decode from the
-// payload, which the decoded arrays and bins then share instead of copying their bytes.
+// going through a payload) is what runs. Reads decode from the payload, which the decoded arrays
+// and bins then share instead of copying their bytes: through the trait's methods, except
+// `get_into`, which decodes straight into the caller's buffer rather than into a `Vec` of its own.
 impl<S: Serializer> Store for SquirrelStore<S> {
     fn set_payload(&self, payload: &[u8], key: Option<&str>) -> Result<String> {
         let key = key_or_random(key);
