@@ -12,7 +12,9 @@
 //! At most [`Loader::prefetch`] decoded shards are held at once (decoding, or done and waiting
 //! for their turn), plus, for samples, the shard being handed out and the shuffle buffer: a
 //! shard is only started, by a worker or by the consuming thread, when it is fewer than
-//! `prefetch` positions ahead of the next one to hand out.
+//! `prefetch` positions ahead of the next one to hand out. A sample iterator also keeps up to
+//! `prefetch + 2` emptied sample buffers to decode later shards into, each no larger than
+//! 64 KiB or twice the samples it last held.
 //!
 //! # Determinism
 //! Given the same keys, seed and options the output order is the same on every run and machine,
