@@ -79,10 +79,11 @@ stop() {
 }
 
 case "${1:-}" in
+    install) install ;;
     start) start "${2:?usage: s3-server.sh start DIR [WATCH_PID]}" "${3:-}" ;;
     stop) stop "${2:?usage: s3-server.sh stop DIR}" ;;
     *)
-        echo "usage: s3-server.sh start DIR [WATCH_PID] | stop DIR" >&2
+        echo "usage: s3-server.sh install | start DIR [WATCH_PID] | stop DIR" >&2
         exit 2
         ;;
 esac

@@ -8,13 +8,31 @@
 # logic is tested with a stand-in for get_worker_info.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
+
+# What the tests need besides the package itself.
+deps=(maturin numpy pytest msgpack msgpack-numpy "squirrel-core==0.20.2")
+
+# make_venv DIR: a new virtual environment at DIR with `deps` installed.
+make_venv() {
+    python3 -m venv "$1"
+    "$1/bin/pip" --disable-pip-version-check -q install "${deps[@]}"
+}
+
+# `python/ci.sh prepare DIR` only makes that environment: .ci/run does it in the background
+# while Rust compiles (the installs wait on the network), then passes it in SQUIRREL_PY_VENV.
+if [[ "${1:-}" == prepare ]]; then
+    make_venv "${2:?usage: python/ci.sh prepare VENV_DIR}"
+    exit 0
+fi
+
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-venv="$work/venv"
-
-python3 -m venv "$venv"
+venv="${SQUIRREL_PY_VENV:-}"
+if [[ -z "$venv" ]]; then
+    venv="$work/venv"
+    make_venv "$venv"
+fi
 pip=("$venv/bin/pip" --disable-pip-version-check -q)
-"${pip[@]}" install maturin numpy pytest msgpack msgpack-numpy "squirrel-core==0.20.2"
 cd "$repo"
 # The dev profile, so that the build reuses what `cargo test` compiled instead of building every
 # dependency again in release (minutes on 2 cores); a user's `pip install ./python` is release.
