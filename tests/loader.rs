@@ -490,6 +490,29 @@ impl Store for Recording {
     }
 }
 
+/// Every sample of `inner` through a loader over a [`Recording`] of it (prefetch 2), with what
+/// the loader handed to `get_into` for each shard: `(len, capacity)`.
+fn load_recorded(
+    inner: &SquirrelStore,
+    workers: usize,
+    shuffle: usize,
+) -> (Vec<squirrel_store::Result<Item>>, Vec<(usize, usize)>) {
+    let store = Recording {
+        inner: inner.clone(),
+        seen: Arc::default(),
+    };
+    let out = squirrel_store::Loader::new(store.clone())
+        .workers(workers)
+        .prefetch(2)
+        .shuffle_samples(shuffle)
+        .seed(3)
+        .samples::<Item>()
+        .expect("starts")
+        .collect();
+    let seen = store.seen.lock().expect("not poisoned").clone();
+    (out, seen)
+}
+
 #[test]
 fn sample_buffers_come_back_empty_and_are_reused() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -507,16 +530,7 @@ fn sample_buffers_come_back_empty_and_are_reused() {
         .set_payload(&payload, Some("shard_20"))
         .expect("set_payload");
     for workers in [0, 1, 3] {
-        let store = Recording {
-            inner: inner.clone(),
-            seen: Arc::default(),
-        };
-        let out: Vec<_> = squirrel_store::Loader::new(store.clone())
-            .workers(workers)
-            .prefetch(2)
-            .samples::<Item>()
-            .expect("starts")
-            .collect();
+        let (out, seen) = load_recorded(&inner, workers, 1);
         let mut expected: Vec<Option<Item>> = all_items()
             .into_iter()
             .filter(|i| i.shard != 20)
@@ -529,7 +543,6 @@ fn sample_buffers_come_back_empty_and_are_reused() {
         expected.insert(at, None);
         let got: Vec<Option<Item>> = out.into_iter().map(Result::ok).collect();
         assert_eq!(got, expected, "workers {workers}");
-        let seen = store.seen.lock().expect("not poisoned").clone();
         assert_eq!(seen.len(), SHARDS as usize);
         assert!(seen.iter().all(|&(len, _)| len == 0), "{seen:?}");
         // A new buffer is made only when no spare is left, which needs every buffer to be in
@@ -557,20 +570,10 @@ fn an_outsized_shards_buffer_does_not_stay_in_circulation() {
             .expect("set");
     }
     for workers in [0, 1, 3] {
-        let store = Recording {
-            inner: inner.clone(),
-            seen: Arc::default(),
-        };
-        let out: Vec<Item> = squirrel_store::Loader::new(store.clone())
-            .workers(workers)
-            .prefetch(2)
-            .samples::<Item>()
-            .expect("starts")
-            .map(|item| item.expect("decodes"))
-            .collect();
+        let (out, seen) = load_recorded(&inner, workers, 1);
+        let out: Vec<Item> = out.into_iter().map(|item| item.expect("decodes")).collect();
         assert_eq!(out.len(), 20_000 + 29);
         assert_eq!(out[20_000], Item { shard: 1, index: 0 });
-        let seen = store.seen.lock().expect("not poisoned").clone();
         assert_eq!(seen.len(), 30);
         let outsized = seen
             .iter()
@@ -585,22 +588,10 @@ fn shuffled_samples_through_reused_buffers_come_out_once_each() {
     let dir = tempfile::tempdir().expect("tempdir");
     let inner = filled(dir.path());
     for workers in [0, 1, 3] {
-        let store = Recording {
-            inner: inner.clone(),
-            seen: Arc::default(),
-        };
-        let out: Vec<Item> = squirrel_store::Loader::new(store.clone())
-            .workers(workers)
-            .prefetch(2)
-            .shuffle_samples(7)
-            .seed(3)
-            .samples::<Item>()
-            .expect("starts")
-            .map(|item| item.expect("decodes"))
-            .collect();
+        let (out, seen) = load_recorded(&inner, workers, 7);
+        let out: Vec<Item> = out.into_iter().map(|item| item.expect("decodes")).collect();
         assert_ne!(out, all_items(), "workers {workers}: not mixed");
         assert_eq!(sorted(out), sorted(all_items()), "workers {workers}");
-        let seen = store.seen.lock().expect("not poisoned").clone();
         assert!(seen.iter().all(|&(len, _)| len == 0), "{seen:?}");
         let reused = seen.iter().filter(|&&(_, capacity)| capacity > 0).count();
         assert!(reused >= 30, "workers {workers}: {seen:?}");
