@@ -505,3 +505,65 @@ fn growth_keeps_what_was_checked_and_checks_what_was_not() {
     assert!(matches!(db.get("b"), Err(Error::Corruption { .. })));
     assert!(matches!(db.get("b"), Err(Error::Corruption { .. })));
 }
+
+/// Records the length of every segment write.
+#[derive(Debug)]
+struct WriteSizes {
+    inner: squirrel_store::FileBackend,
+    sizes: std::sync::Arc<parking_lot::Mutex<Vec<usize>>>,
+}
+
+impl squirrel_store::Backend for WriteSizes {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        self.sizes.lock().push(data.len());
+        self.inner.write_at(data, offset)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+}
+
+#[test]
+fn a_long_batch_is_written_without_a_short_remainder() {
+    // A short write goes through the backend's map, whose page faults read ahead and zero the
+    // pages after it, which the next long write then overwrites: a bulk load of many batches
+    // zeroed its whole segment once for nothing. A batch's remainder goes out with its last
+    // long write instead.
+    let dir = tempdir().unwrap();
+    let sizes = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let s = sizes.clone();
+    let db = Config::new(dir.path())
+        .durability(Durability::Buffered)
+        .wrap_backend(move |fb| {
+            Box::new(WriteSizes {
+                inner: fb,
+                sizes: s.clone(),
+            })
+        })
+        .open()
+        .unwrap();
+    let value = vec![7u8; 1000];
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i:04}")).collect();
+    sizes.lock().clear();
+    db.set_many(keys.iter().map(|k| (k.as_str(), &value[..])))
+        .unwrap();
+    let written = sizes.lock().clone();
+    // 300 records of 1029 bytes: one write past 256 KiB would leave 45 records (46 KiB) behind.
+    assert_eq!(written.iter().sum::<usize>(), 300 * 1029);
+    assert!(
+        written.iter().all(|&n| n > 64 << 10),
+        "every write of the batch is long: {written:?}"
+    );
+    for k in &keys {
+        assert_eq!(db.get(k).unwrap().as_deref(), Some(&value[..]));
+    }
+}

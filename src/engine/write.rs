@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::engine::backend::Backend;
+use crate::engine::backend::{Backend, MAP_WRITE_MAX};
 use crate::engine::index::Loc;
 use crate::engine::overlay::Entry;
 use crate::engine::record::{self, Kind};
@@ -164,15 +164,17 @@ impl Inner {
         self.ensure_capacity(st, needed)?;
         let backend = self.backend(st)?;
         let mut at = start;
-        // Sized for the records it coalesces (it is flushed once past COALESCE), so it never
-        // regrows.
         let small: usize = records
             .iter()
             .filter(|r| r.value.len() <= COALESCE)
             .map(|r| r.enc.head.len() + r.value.len())
             .sum();
-        let mut buf: Vec<u8> = Vec::with_capacity(small.min(2 * COALESCE));
+        // Sized for the records it coalesces (it is flushed once past COALESCE, or once past it
+        // plus a short remainder), so it never regrows.
+        let mut buf: Vec<u8> = Vec::with_capacity(small.min(2 * COALESCE + MAP_WRITE_MAX));
         let mut buf_at = at;
+        // Bytes of small records not yet in `buf`.
+        let mut small_left = small;
         for r in &records {
             if r.value.len() <= COALESCE {
                 if buf.is_empty() {
@@ -180,7 +182,13 @@ impl Inner {
                 }
                 buf.extend_from_slice(&r.enc.head);
                 buf.extend_from_slice(r.value);
-                if buf.len() >= COALESCE {
+                small_left -= r.enc.head.len() + r.value.len();
+                // A short remainder goes out with this write rather than after it: written alone
+                // it would go through the backend's map, whose page faults read ahead and zero
+                // pages the next long write then overwrites (a bulk load's pages were all zeroed
+                // twice that way).
+                let short_rest = small_left > 0 && small_left <= MAP_WRITE_MAX;
+                if buf.len() >= COALESCE && !short_rest {
                     self.io(backend.write_at(&buf, buf_at))?;
                     buf.clear();
                 }
