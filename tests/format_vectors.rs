@@ -550,8 +550,9 @@ fn a_v3_store_is_written_then_merged_into_v4() {
     let tmp = copy_vector("v3-runs");
     let mut want: Vec<String> = vec!["bravo".into(), "charlie".into()];
     want.extend((0..16).map(|i| format!("k{i:02}")));
-    // One new key: a second delta (2 delta entries are not more than 1/4 of the base's 19)
-    // beside the untouched version-3 base.
+    // One new key: a delta (2 delta entries are not more than 1/2 of the base's 19) beside the
+    // untouched version-3 base. It is the vector's version-3 delta (one tombstone) merged with the
+    // new entry, which is no smaller.
     let db = Engine::open(tmp.path()).unwrap();
     db.set("new0", b"n0").unwrap();
     db.checkpoint().unwrap();
@@ -565,8 +566,10 @@ fn a_v3_store_is_written_then_merged_into_v4() {
         3,
         "the version-3 base is kept until a merge"
     );
-    // Enough new keys that the deltas pass 1/4 of the base: a new base, version 4.
-    for i in 1..8 {
+    let m = std::fs::read(tmp.path().join("index.sqm")).unwrap();
+    assert_eq!(u32_at(&m, 72), 2, "the version-3 base and one delta");
+    // Enough new keys that the deltas pass 1/2 of the base: a new base, version 4.
+    for i in 1..10 {
         db.set(&format!("new{i}"), format!("n{i}").as_bytes())
             .unwrap();
         want.push(format!("new{i}"));

@@ -42,8 +42,8 @@ pub enum CheckpointCrash {
 enum Plan {
     /// One new delta run after the existing ones.
     Delta,
-    /// The deltas (and the overlay) merged into one delta.
-    MergeDeltas,
+    /// The newest this many deltas and the overlay merged into one delta.
+    MergeDeltas(usize),
     /// Everything merged into a new base run.
     Base,
 }
@@ -77,14 +77,15 @@ impl Inner {
         let seq = self.next_seq(old_set.as_deref())?;
         let plan = match &old_set {
             Some(set) if !rebuild => {
-                let deltas = set.runs.len() - 1 + 1;
                 let delta_entries = set.delta_len() + delta.len() as u64;
                 if delta_entries.saturating_mul(manifest::BASE_FRACTION) > set.base_len() {
                     Plan::Base
-                } else if deltas > manifest::MAX_DELTAS {
-                    Plan::MergeDeltas
                 } else {
-                    Plan::Delta
+                    let sizes: Vec<u64> = set.runs[1..].iter().map(|r| r.len()).collect();
+                    match deltas_to_merge(&sizes, delta.len() as u64) {
+                        0 => Plan::Delta,
+                        n => Plan::MergeDeltas(n),
+                    }
                 }
             }
             _ => Plan::Base,
@@ -103,19 +104,20 @@ impl Inner {
                 ))?;
                 (set.runs.clone(), meta)
             }
-            (Plan::MergeDeltas, Some(set)) => {
+            (Plan::MergeDeltas(n), Some(set)) => {
+                let first = set.runs.len() - n;
                 let mut sources = Vec::new();
-                for r in &set.runs[1..] {
+                for r in &set.runs[first..] {
                     match manifest::Source::run(r) {
                         Ok(s) => sources.push(s),
                         Err(runs::Damaged) => return self.repair_index(st),
                     }
                 }
                 sources.push(manifest::Source::List(&delta));
-                let from = set.runs[1].meta.from;
+                let from = set.runs[first].meta.from;
                 let meta =
                     self.write_merged(&path, seq, runs::KIND_DELTA, st, from, &sources, seg)?;
-                (vec![set.runs[0].clone()], meta)
+                (set.runs[..first].to_vec(), meta)
             }
             _ => {
                 let mut table_entries = Vec::new();
@@ -360,5 +362,81 @@ impl Inner {
         } else {
             self.checkpoint(st, true)
         }
+    }
+}
+
+/// How many of the newest deltas (`deltas`: their entry counts, oldest first) a checkpoint of
+/// `new` entries merges with them: those no larger than what is merged so far, so the runs grow
+/// like a binary counter and an entry goes through O(log(deltas' entries / checkpoint)) delta
+/// merges (merging every delta each time, as before, rewrote an entry once every few
+/// checkpoints); and as many more as leave at most [`manifest::MAX_DELTAS`] deltas.
+fn deltas_to_merge(deltas: &[u64], new: u64) -> usize {
+    let mut merged = new;
+    let mut n = 0;
+    while let Some(&next) = deltas.len().checked_sub(n + 1).map(|i| &deltas[i]) {
+        if next > merged && deltas.len() - n < manifest::MAX_DELTAS {
+            break;
+        }
+        merged += next;
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checkpoints of `c` entries each into deltas as a bulk load makes them (no base merge):
+    /// the deltas' entry counts after each, and the entries the delta merges wrote in all.
+    fn load(checkpoints: usize, c: u64) -> (Vec<Vec<u64>>, u64) {
+        let mut deltas: Vec<u64> = Vec::new();
+        let mut written = 0;
+        let mut states = Vec::new();
+        for _ in 0..checkpoints {
+            let n = deltas_to_merge(&deltas, c);
+            let merged: u64 = deltas.drain(deltas.len() - n..).sum::<u64>() + c;
+            written += merged;
+            deltas.push(merged);
+            states.push(deltas.clone());
+        }
+        (states, written)
+    }
+
+    #[test]
+    fn deltas_grow_like_a_binary_counter() {
+        let (states, _) = load(7, 10);
+        assert_eq!(states[0], [10]);
+        assert_eq!(states[1], [20]);
+        assert_eq!(states[2], [20, 10]);
+        assert_eq!(states[3], [40]);
+        assert_eq!(states[6], [40, 20, 10]);
+    }
+
+    #[test]
+    fn the_deltas_stay_within_the_limit_and_each_entry_is_merged_log_times() {
+        // A base merge comes once the deltas hold half the base: for a 3.2M-entry base and
+        // checkpoints of 16,384 entries, after about 100 checkpoints.
+        let checkpoints = 100;
+        let (states, written) = load(checkpoints, 1);
+        assert!(states.iter().all(|d| d.len() <= manifest::MAX_DELTAS));
+        assert!(states.iter().all(|d| d.is_sorted_by(|a, b| a >= b)));
+        let n = checkpoints as u64;
+        let log = u64::from(n.ilog2()) + 1;
+        assert!(written <= n * log, "{written} entries written for {n}");
+        // The former policy (every delta merged once there were more than three) wrote an
+        // entry once every few checkpoints: quadratic in the checkpoints.
+        let (mut deltas, mut former) = (Vec::<u64>::new(), 0);
+        for _ in 0..checkpoints {
+            if deltas.len() + 1 > 3 {
+                let merged = deltas.drain(..).sum::<u64>() + 1;
+                former += merged;
+                deltas.push(merged);
+            } else {
+                former += 1;
+                deltas.push(1);
+            }
+        }
+        assert!(written * 2 < former, "{written} against {former}");
     }
 }

@@ -40,10 +40,10 @@ pub(crate) const MAGIC: [u8; 8] = *b"\x89SQMAN\r\n";
 /// Most runs a manifest may name: the base and at most `MAX_DELTAS` deltas, plus one a
 /// checkpoint adds before merging.
 pub(crate) const MAX_RUNS: usize = 8;
-/// Delta runs kept before they are merged into one.
-pub(crate) const MAX_DELTAS: usize = 3;
+/// Most delta runs a checkpoint leaves (it merges the newest ones to stay within).
+pub(crate) const MAX_DELTAS: usize = 4;
 /// The deltas are merged into the base once they hold more than base / `BASE_FRACTION` entries.
-pub(crate) const BASE_FRACTION: u64 = 4;
+pub(crate) const BASE_FRACTION: u64 = 2;
 const HEAD_LEN: usize = 80;
 const RUN_LEN: usize = 48;
 const STATE_CLEAN: u32 = 0;
