@@ -175,8 +175,19 @@ impl Inner {
         let mut buf_at = at;
         // Bytes of small records not yet in `buf`.
         let mut small_left = small;
+        // A run of long records back to back, heads and values from where they are: written as
+        // one vectored write, so the kernel sees one long write. Written one by one, a 1 MiB
+        // value sat in some 15 page-cache folios (they must be aligned to their size, so a write
+        // at an unaligned offset starts and ends in small ones), and hot gets of it read ~6%
+        // slower than of one written as part of a longer write.
+        let mut long: Vec<&[u8]> = Vec::new();
+        let mut long_at = at;
         for r in &records {
             if r.value.len() <= COALESCE {
+                if !long.is_empty() {
+                    self.io(backend.write_vectored_at(&long, long_at))?;
+                    long.clear();
+                }
                 if buf.is_empty() {
                     buf_at = at;
                 }
@@ -197,13 +208,19 @@ impl Inner {
                     self.io(backend.write_at(&buf, buf_at))?;
                     buf.clear();
                 }
-                self.io(backend.write_at(&r.enc.head, at))?;
-                self.io(backend.write_at(r.value, at + r.enc.head.len() as u64))?;
+                if long.is_empty() {
+                    long_at = at;
+                }
+                long.push(&r.enc.head);
+                long.push(r.value);
             }
             at += r.len();
         }
         if !buf.is_empty() {
             self.io(backend.write_at(&buf, buf_at))?;
+        }
+        if !long.is_empty() {
+            self.io(backend.write_vectored_at(&long, long_at))?;
         }
         let written_back = st.written_back.min(at);
         let start_writeback =
