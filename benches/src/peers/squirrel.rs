@@ -14,6 +14,9 @@ use squirrel_store::array::NdArray;
 use squirrel_store::serializer::MessagepackSerializer;
 use squirrel_store::{Config, Durability, Engine, SquirrelStore, Store};
 
+/// Bytes of values in one `set_many` of [`SquirrelPeer`]'s load.
+const LOAD_BATCH: usize = 64 << 20;
+
 /// A squirrel-store engine.
 pub struct SquirrelPeer {
     engine: Engine,
@@ -34,9 +37,21 @@ impl SquirrelPeer {
 
 impl super::Peer for SquirrelPeer {
     fn load(&mut self, items: &mut dyn Iterator<Item = (&str, &[u8])>) -> Result<()> {
+        // The bulk path, as LMDB and redb load in one write transaction: `set_many` batches of up
+        // to LOAD_BATCH bytes. The page cache then holds the values as one long write leaves
+        // them (large folios), which later hot gets read faster than values written one `set`
+        // at a time (see the README).
+        let mut batch: Vec<(&str, &[u8])> = Vec::new();
+        let mut bytes = 0;
         for (k, v) in items {
-            self.engine.set(k, v)?;
+            batch.push((k, v));
+            bytes += v.len();
+            if bytes >= LOAD_BATCH {
+                self.engine.set_many(batch.drain(..))?;
+                bytes = 0;
+            }
         }
+        self.engine.set_many(batch)?;
         self.engine.sync()?;
         Ok(())
     }
