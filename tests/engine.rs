@@ -355,10 +355,12 @@ fn iter_yields_every_live_pair_once_in_segment_order() {
     }
 }
 
+/// Counts syncs and records the length of every segment write.
 #[derive(Debug)]
 struct Counting {
     inner: squirrel_store::FileBackend,
     syncs: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    sizes: std::sync::Arc<parking_lot::Mutex<Vec<usize>>>,
 }
 
 impl squirrel_store::Backend for Counting {
@@ -369,6 +371,7 @@ impl squirrel_store::Backend for Counting {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        self.sizes.lock().push(data.len());
         self.inner.write_at(data, offset)
     }
     fn set_len(&self, len: u64) -> std::io::Result<()> {
@@ -396,6 +399,7 @@ fn a_clean_close_makes_the_next_open_write_nothing_and_a_crash_does_not() {
                 Box::new(Counting {
                     inner: fb,
                     syncs: s.clone(),
+                    sizes: Default::default(),
                 })
             })
             .open()
@@ -506,32 +510,6 @@ fn growth_keeps_what_was_checked_and_checks_what_was_not() {
     assert!(matches!(db.get("b"), Err(Error::Corruption { .. })));
 }
 
-/// Records the length of every segment write.
-#[derive(Debug)]
-struct WriteSizes {
-    inner: squirrel_store::FileBackend,
-    sizes: std::sync::Arc<parking_lot::Mutex<Vec<usize>>>,
-}
-
-impl squirrel_store::Backend for WriteSizes {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
-        self.sizes.lock().push(data.len());
-        self.inner.write_at(data, offset)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.inner.sync_data()
-    }
-}
-
 #[test]
 fn a_long_batch_is_written_without_a_short_remainder() {
     // A short write goes through the backend's map, whose page faults read ahead and zero the
@@ -544,8 +522,9 @@ fn a_long_batch_is_written_without_a_short_remainder() {
     let db = Config::new(dir.path())
         .durability(Durability::Buffered)
         .wrap_backend(move |fb| {
-            Box::new(WriteSizes {
+            Box::new(Counting {
                 inner: fb,
+                syncs: Default::default(),
                 sizes: s.clone(),
             })
         })

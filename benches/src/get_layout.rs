@@ -17,11 +17,13 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use heed::types::{Bytes, Str};
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions};
+use heed::{Database, Env};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use squirrel_store::{Config, Durability, Engine};
 
+#[path = "peers/lmdb_env.rs"]
+mod lmdb_env;
 #[path = "workload.rs"]
 #[allow(dead_code)]
 mod workload;
@@ -91,17 +93,7 @@ impl Loaded {
             }
             Load::LmdbOneTxn | Load::LmdbCommitPerPut => {
                 std::fs::create_dir_all(dir)?;
-                // SAFETY: the directory is private to this run and opened by this handle only,
-                // so nothing else maps or truncates the file under us.
-                let env = unsafe { EnvOpenOptions::new().map_size(64 << 30).open(dir)? };
-                let wtxn = env.write_txn()?;
-                let db = env
-                    .create_databases_and_commit(wtxn, |opener, wtxn| {
-                        opener
-                            .create_database::<Str, Bytes>(wtxn, None)
-                            .map(CommitOrAbort::<_, ()>::Commit)
-                    })?
-                    .unwrap_commit();
+                let (env, db) = lmdb_env::open(dir)?;
                 if matches!(load, Load::LmdbOneTxn) {
                     let mut wtxn = env.write_txn()?;
                     for (k, v) in keys.iter().zip(values) {

@@ -4,10 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use heed::types::{Bytes, Str};
-use heed::{CommitOrAbort, Database, Env, EnvOpenOptions};
-
-/// The map size: the largest the store may grow to. Sparse, so it costs nothing on disk.
-const MAP_SIZE: usize = 256 << 30;
+use heed::{Database, Env};
 
 /// An LMDB environment with one unnamed database.
 pub struct LmdbPeer {
@@ -18,22 +15,7 @@ pub struct LmdbPeer {
 impl LmdbPeer {
     /// Opens the environment in `dir` with default (fully synchronous) commit flags.
     pub fn open(dir: &Path) -> Result<Self> {
-        // SAFETY: the directory is private to this benchmark and opened by one handle at a time,
-        // so nothing else maps or truncates the file under us.
-        let env = unsafe {
-            EnvOpenOptions::new()
-                .map_size(MAP_SIZE)
-                .max_dbs(1)
-                .open(dir)?
-        };
-        let wtxn = env.write_txn()?;
-        let db = env
-            .create_databases_and_commit(wtxn, |opener, wtxn| {
-                opener
-                    .create_database::<Str, Bytes>(wtxn, None)
-                    .map(CommitOrAbort::<_, ()>::Commit)
-            })?
-            .unwrap_commit();
+        let (env, db) = super::lmdb_env::open(dir)?;
         Ok(LmdbPeer { env, db })
     }
 }

@@ -10,6 +10,7 @@ use anyhow::Result;
 mod files;
 mod fjall_peer;
 mod lmdb;
+mod lmdb_env;
 mod redb_peer;
 mod sled_peer;
 pub mod squirrel;
