@@ -34,9 +34,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// The I/O error of the underlying call.
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
     /// Writes `parts` one after another from `offset`, like one [`Backend::write_at`] of their
-    /// concatenation. The default writes them one by one; [`FileBackend`] hands them to the
-    /// kernel as one long write (`pwritev`), which also lets the page cache hold them in large
-    /// folios.
+    /// concatenation. The default writes them one by one; [`FileBackend`] on Linux hands them
+    /// to the kernel as one long write (`pwritev`, up to 1024 parts a call), which also lets the
+    /// page cache hold them in large folios; elsewhere it writes them one by one.
     ///
     /// # Errors
     /// The I/O error of the underlying call.

@@ -366,10 +366,14 @@ impl Inner {
 }
 
 /// How many of the newest deltas (`deltas`: their entry counts, oldest first) a checkpoint of
-/// `new` entries merges with them: those no larger than what is merged so far, so the runs grow
-/// like a binary counter and an entry goes through O(log(deltas' entries / checkpoint)) delta
-/// merges (merging every delta each time, as before, rewrote an entry once every few
-/// checkpoints); and as many more as leave at most [`manifest::MAX_DELTAS`] deltas.
+/// `new` entries merges with them: those no larger than what is merged so far, and as many more
+/// as leave at most [`manifest::MAX_DELTAS`] deltas.
+///
+/// The runs grow like a binary counter: while the deltas span fewer than about
+/// 2^`MAX_DELTAS` checkpoints, an entry goes through O(log) delta merges. Past that, the newest
+/// delta takes in one checkpoint at a time until it is as large as the one before it, so the
+/// cost grows linearly again, though more slowly than merging every delta each time, as before.
+/// The deltas span at most base / (2 · checkpoint) checkpoints before the base takes them in.
 fn deltas_to_merge(deltas: &[u64], new: u64) -> usize {
     let mut merged = new;
     let mut n = 0;
@@ -413,30 +417,39 @@ mod tests {
         assert_eq!(states[6], [40, 20, 10]);
     }
 
-    #[test]
-    fn the_deltas_stay_within_the_limit_and_each_entry_is_merged_log_times() {
-        // A base merge comes once the deltas hold half the base: for a 3.2M-entry base and
-        // checkpoints of 16,384 entries, after about 100 checkpoints.
-        let checkpoints = 100;
-        let (states, written) = load(checkpoints, 1);
-        assert!(states.iter().all(|d| d.len() <= manifest::MAX_DELTAS));
-        assert!(states.iter().all(|d| d.is_sorted_by(|a, b| a >= b)));
-        let n = checkpoints as u64;
-        let log = u64::from(n.ilog2()) + 1;
-        assert!(written <= n * log, "{written} entries written for {n}");
-        // The former policy (every delta merged once there were more than three) wrote an
-        // entry once every few checkpoints: quadratic in the checkpoints.
-        let (mut deltas, mut former) = (Vec::<u64>::new(), 0);
+    /// Entries written by the former policy's delta merges (every delta merged once there were
+    /// more than three) over `checkpoints` checkpoints of one entry.
+    fn former(checkpoints: usize) -> u64 {
+        let (mut deltas, mut written) = (Vec::<u64>::new(), 0);
         for _ in 0..checkpoints {
             if deltas.len() + 1 > 3 {
                 let merged = deltas.drain(..).sum::<u64>() + 1;
-                former += merged;
+                written += merged;
                 deltas.push(merged);
             } else {
-                former += 1;
+                written += 1;
                 deltas.push(1);
             }
         }
-        assert!(written * 2 < former, "{written} against {former}");
+        written
+    }
+
+    #[test]
+    fn the_deltas_stay_within_the_limit_and_are_merged_less_than_before() {
+        // The deltas span at most base / (2 · checkpoint) checkpoints: 100 for a 26M-entry base
+        // at the default 131,072 records a checkpoint, 1000 for a 262M-entry one.
+        for checkpoints in [100, 1000] {
+            let (states, written) = load(checkpoints, 1);
+            assert!(states.iter().all(|d| d.len() <= manifest::MAX_DELTAS));
+            assert!(states.iter().all(|d| d.is_sorted_by(|a, b| a >= b)));
+            let n = checkpoints as u64;
+            if n <= 100 {
+                // Still in the binary counter's range: O(log) merges an entry.
+                let log = u64::from(n.ilog2()) + 1;
+                assert!(written <= n * log, "{written} entries written for {n}");
+            }
+            let former = former(checkpoints);
+            assert!(written * 2 < former, "{written} against {former}");
+        }
     }
 }

@@ -34,7 +34,7 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Res
     }
 }
 
-/// Most buffers one `pwritev` takes (`IOV_MAX` on Linux and the BSDs).
+/// Most buffers one `pwritev` takes (`IOV_MAX` on Linux).
 #[cfg(target_os = "linux")]
 const IOV_MAX: usize = 1024;
 

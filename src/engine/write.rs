@@ -170,8 +170,10 @@ impl Inner {
             .map(|r| r.enc.head.len() + r.value.len())
             .sum();
         // Sized for the records it coalesces (it is flushed once past COALESCE, or once past it
-        // plus a short remainder), so it never regrows.
-        let mut buf: Vec<u8> = Vec::with_capacity(small.min(2 * COALESCE + MAP_WRITE_MAX));
+        // plus a short remainder; the record that passes COALESCE is at most a header, a key
+        // and COALESCE bytes), so it never regrows.
+        let most = 2 * COALESCE + record::HEADER_LEN + record::MAX_KEY_LEN + MAP_WRITE_MAX;
+        let mut buf: Vec<u8> = Vec::with_capacity(small.min(most));
         let mut buf_at = at;
         // Bytes of small records not yet in `buf`.
         let mut small_left = small;
