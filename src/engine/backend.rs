@@ -203,6 +203,8 @@ impl Backend for FileBackend {
         platform::write_all_at(&self.file, data, offset)
     }
 
+    // Elsewhere the trait's default: one write a part.
+    #[cfg(target_os = "linux")]
     fn write_vectored_at(&self, parts: &[&[u8]], offset: u64) -> io::Result<()> {
         platform::write_vectored_all_at(&self.file, parts, offset)
     }

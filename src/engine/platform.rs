@@ -38,38 +38,27 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Res
 #[cfg(target_os = "linux")]
 const IOV_MAX: usize = 1024;
 
-/// Writes `parts` one after another from `offset` of `file`: on Linux as few `pwritev` calls as
-/// `IOV_MAX` allows, so the kernel sees one long write; elsewhere one write each.
+/// Writes `parts` one after another from `offset` of `file`, in as few `pwritev` calls as
+/// `IOV_MAX` allows, so the kernel sees one long write.
+#[cfg(target_os = "linux")]
 pub(crate) fn write_vectored_all_at(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
-        let mut rest = &mut slices[..];
-        io::IoSlice::advance_slices(&mut rest, 0);
-        let mut at = offset;
-        while !rest.is_empty() {
-            let n = rest.len().min(IOV_MAX);
-            match rustix::io::pwritev(file, &rest[..n], at) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(written) => {
-                    at += written as u64;
-                    io::IoSlice::advance_slices(&mut rest, written);
-                }
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
+    let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    io::IoSlice::advance_slices(&mut rest, 0);
+    let mut at = offset;
+    while !rest.is_empty() {
+        let n = rest.len().min(IOV_MAX);
+        match rustix::io::pwritev(file, &rest[..n], at) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => {
+                at += written as u64;
+                io::IoSlice::advance_slices(&mut rest, written);
             }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
-        Ok(())
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let mut at = offset;
-        for part in parts {
-            write_all_at(file, part, at)?;
-            at += part.len() as u64;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// Writes all of `data` at `offset` of `file`.
