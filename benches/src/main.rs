@@ -121,21 +121,14 @@ fn main() -> Result<()> {
     for w in which {
         eprintln!("generating workload {w:?}…");
         let w = workload::build(w, args.quick);
-        let mut figures = Vec::new();
-        for &kind in &kinds {
-            eprintln!("  {} on {}…", w.name, kind.name());
-            let t = Instant::now();
-            let f = measure::run_engine(kind, &w, root.path(), threads);
-            eprintln!(
-                "    {:.1} s{}",
-                t.elapsed().as_secs_f64(),
-                f.error
-                    .as_ref()
-                    .map(|e| format!(" — error: {e}"))
-                    .unwrap_or_default()
-            );
-            figures.push(f);
+        let t = Instant::now();
+        let figures = measure::run_workload(&kinds, &w, root.path(), threads);
+        for (kind, f) in kinds.iter().zip(&figures) {
+            if let Some(e) = &f.error {
+                eprintln!("    {} on {}: error: {e}", w.name, kind.name());
+            }
         }
+        eprintln!("  {}: {:.1} s", w.name, t.elapsed().as_secs_f64());
         references.push((w.name, measure::reference(&w, root.path())?));
         panels.extend(plot_panels(&w, &kinds, &figures));
         let seq = references.last().map(|(_, r)| r.seq_write_mbps);

@@ -66,29 +66,67 @@ pub struct Figures {
     pub error: Option<String>,
 }
 
-/// Runs every measure of one engine on one workload. Stores live in temporary directories under
-/// `root`, removed before returning.
-pub fn run_engine(kind: Kind, w: &Workload, root: &Path, threads: usize) -> Figures {
-    let mut fig = Figures::default();
-    if let Err(e) = run_engine_inner(kind, w, root, threads, &mut fig) {
-        fig.error = Some(format!("{e:#}"));
-    }
-    if kind == Kind::Squirrel
-        && fig.error.is_none()
-        && let Err(e) = compaction(w, root, &mut fig)
-    {
-        fig.error.get_or_insert(format!("compaction: {e:#}"));
-    }
-    fig
+/// How many rounds of hot random gets each engine runs; its get rows are the median round.
+const GET_ROUNDS: usize = 5;
+
+/// One engine's store, written, reopened and scanned, kept open for the get rounds.
+struct Loaded {
+    kind: Kind,
+    dir: tempfile::TempDir,
+    peer: Box<dyn peers::Peer>,
 }
 
-fn run_engine_inner(
-    kind: Kind,
-    w: &Workload,
-    root: &Path,
-    threads: usize,
-    fig: &mut Figures,
-) -> Result<()> {
+/// Runs every measure of every engine in `kinds` on one workload; the figures come back in the
+/// order of `kinds`. Stores live in temporary directories under `root`, removed before returning.
+///
+/// Each engine is written, reopened and scanned in turn. Then the stores all stay open for the
+/// hot random gets, which run in [`GET_ROUNDS`] rounds, the engines alternating within each
+/// round (the first one rotating), and each get row is the engine's median round: on a shared
+/// VM, the machine's speed drifts over the minutes one engine's measures take, by more than
+/// the gaps being measured, and alternating makes every engine see the same drift.
+pub fn run_workload(kinds: &[Kind], w: &Workload, root: &Path, threads: usize) -> Vec<Figures> {
+    let mut figures = vec![Figures::default(); kinds.len()];
+    let mut loaded = Vec::new();
+    for (i, &kind) in kinds.iter().enumerate() {
+        eprintln!("  {} on {}: write, open, scan…", w.name, kind.name());
+        match prepare(kind, w, root, &mut figures[i]) {
+            Ok(l) => loaded.push((i, l)),
+            Err(e) => figures[i].error = Some(format!("{e:#}")),
+        }
+    }
+    eprintln!(
+        "  {}: {GET_ROUNDS} rounds of gets, engines alternating…",
+        w.name
+    );
+    let failed = get_rounds(&loaded, w, threads, &mut figures);
+    for (i, l) in loaded {
+        let fig = &mut figures[i];
+        if let Some(e) = failed.iter().find(|(j, _)| *j == i).map(|(_, e)| e) {
+            fig.error.get_or_insert_with(|| e.clone());
+        }
+        eprintln!(
+            "  {} on {}: close, size, durable writes…",
+            w.name,
+            l.kind.name()
+        );
+        if let Err(e) = finish(l, w, root, fig) {
+            fig.error.get_or_insert(format!("{e:#}"));
+        }
+    }
+    for (i, &kind) in kinds.iter().enumerate() {
+        let fig = &mut figures[i];
+        if kind == Kind::Squirrel
+            && fig.error.is_none()
+            && let Err(e) = compaction(w, root, fig)
+        {
+            fig.error.get_or_insert(format!("compaction: {e:#}"));
+        }
+    }
+    figures
+}
+
+/// Writes the workload into a fresh store, reopens it (timed, median of 3) and scans it (hot).
+fn prepare(kind: Kind, w: &Workload, root: &Path, fig: &mut Figures) -> Result<Loaded> {
     let raw = w.raw_bytes();
     let dir = tempfile::Builder::new()
         .prefix(kind.id())
@@ -143,24 +181,33 @@ fn run_engine_inner(
     fig.scan_mbps = Some(mbps(scanned, t.elapsed()));
     black_box(sum);
     phase("scan x2", t0);
+    Ok(Loaded { kind, dir, peer })
+}
 
-    // Hot random gets, one thread.
-    let keys = w.random_keys(w.gets, 0);
-    let (took, bytes) = timed_gets(&*peer, &keys)?;
-    fig.get_us_1 = Some(took.as_secs_f64() * 1e6 / keys.len() as f64);
-    fig.get_mbps_1 = Some(mbps(bytes, took));
-    eprintln!("      get, 1 thread: {:.2} s", took.as_secs_f64());
+/// What one round of gets measured: µs a get (per thread) and MB/s (all threads).
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    us: f64,
+    mbps: f64,
+}
 
-    // Hot random gets, every core at once.
-    let per_thread: Vec<Vec<&str>> = (0..threads)
-        .map(|t| w.random_keys(w.gets, t as u64 + 1))
-        .collect();
-    let barrier = Barrier::new(threads + 1);
+/// One engine's round of hot random gets: on one thread, then on every thread at once.
+fn get_round(
+    peer: &dyn peers::Peer,
+    single: &[&str],
+    per_thread: &[Vec<&str>],
+) -> Result<[Rate; 2]> {
+    let (took, bytes) = timed_gets(peer, single)?;
+    let one = Rate {
+        us: took.as_secs_f64() * 1e6 / single.len() as f64,
+        mbps: mbps(bytes, took),
+    };
+    let barrier = Barrier::new(per_thread.len() + 1);
     let (wall, total) = std::thread::scope(|s| -> Result<(Duration, u64)> {
         let handles: Vec<_> = per_thread
             .iter()
             .map(|keys| {
-                let (peer, barrier) = (&*peer, &barrier);
+                let barrier = &barrier;
                 s.spawn(move || {
                     barrier.wait();
                     timed_gets(peer, keys).map(|(_, b)| b)
@@ -175,9 +222,74 @@ fn run_engine_inner(
         }
         Ok((t.elapsed(), total))
     })?;
-    fig.get_us_n = Some(wall.as_secs_f64() * 1e6 / w.gets as f64);
-    fig.get_mbps_n = Some(mbps(total, wall));
-    eprintln!("      get, {threads} threads: {:.2} s", wall.as_secs_f64());
+    let per = per_thread.first().map_or(1, Vec::len);
+    let all = Rate {
+        us: wall.as_secs_f64() * 1e6 / per as f64,
+        mbps: mbps(total, wall),
+    };
+    Ok([one, all])
+}
+
+/// [`GET_ROUNDS`] rounds of [`get_round`] over the open stores, engines alternating, every engine
+/// getting the same keys in a round; fills in each one's median round. Returns the engines
+/// (index into `figures`) whose gets failed, with the error.
+fn get_rounds(
+    loaded: &[(usize, Loaded)],
+    w: &Workload,
+    threads: usize,
+    figures: &mut [Figures],
+) -> Vec<(usize, String)> {
+    let mut rounds: Vec<Vec<[Rate; 2]>> = vec![Vec::new(); loaded.len()];
+    let mut failed: Vec<(usize, String)> = Vec::new();
+    // Warm: every store's values read once before the first timed round.
+    let warm = w.random_keys(w.gets, 0);
+    for (i, l) in loaded {
+        if let Err(e) = timed_gets(&*l.peer, &warm) {
+            failed.push((*i, format!("{e:#}")));
+        }
+    }
+    for round in 0..GET_ROUNDS {
+        let seed = (round * (threads + 1)) as u64;
+        let single = w.random_keys(w.gets, seed + 1);
+        let per_thread: Vec<Vec<&str>> = (0..threads)
+            .map(|t| w.random_keys(w.gets, seed + 2 + t as u64))
+            .collect();
+        let t = Instant::now();
+        for k in 0..loaded.len() {
+            let at = (k + round) % loaded.len();
+            let (i, l) = &loaded[at];
+            if failed.iter().any(|(j, _)| j == i) {
+                continue;
+            }
+            match get_round(&*l.peer, &single, &per_thread) {
+                Ok(r) => rounds[at].push(r),
+                Err(e) => failed.push((*i, format!("{e:#}"))),
+            }
+        }
+        phase(&format!("get round {}", round + 1), t);
+    }
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    for ((i, _), rs) in loaded.iter().zip(rounds) {
+        if rs.is_empty() {
+            continue;
+        }
+        let fig = &mut figures[*i];
+        fig.get_us_1 = median(rs.iter().map(|r| r[0].us).collect());
+        fig.get_mbps_1 = median(rs.iter().map(|r| r[0].mbps).collect());
+        fig.get_us_n = median(rs.iter().map(|r| r[1].us).collect());
+        fig.get_mbps_n = median(rs.iter().map(|r| r[1].mbps).collect());
+    }
+    failed
+}
+
+/// Closes a store, measures its size on disk and removes it; then times durable commits on a
+/// fresh store.
+fn finish(l: Loaded, w: &Workload, root: &Path, fig: &mut Figures) -> Result<()> {
+    let raw = w.raw_bytes();
+    let Loaded { kind, dir, peer } = l;
     let t = Instant::now();
     peer.close()?;
     phase("close", t);
