@@ -98,12 +98,9 @@ pub fn run_workload(kinds: &[Kind], w: &Workload, root: &Path, threads: usize) -
         "  {}: {GET_ROUNDS} rounds of gets, engines alternating…",
         w.name
     );
-    let failed = get_rounds(&loaded, w, threads, &mut figures);
+    get_rounds(&loaded, w, threads, &mut figures);
     for (i, l) in loaded {
         let fig = &mut figures[i];
-        if let Some(e) = failed.iter().find(|(j, _)| *j == i).map(|(_, e)| e) {
-            fig.error.get_or_insert_with(|| e.clone());
-        }
         eprintln!(
             "  {} on {}: close, size, durable writes…",
             w.name,
@@ -231,21 +228,16 @@ fn get_round(
 }
 
 /// [`GET_ROUNDS`] rounds of [`get_round`] over the open stores, engines alternating, every engine
-/// getting the same keys in a round; fills in each one's median round. Returns the engines
-/// (index into `figures`) whose gets failed, with the error.
-fn get_rounds(
-    loaded: &[(usize, Loaded)],
-    w: &Workload,
-    threads: usize,
-    figures: &mut [Figures],
-) -> Vec<(usize, String)> {
+/// getting the same keys in a round; fills in each one's median round (`loaded` holds each
+/// store with its index into `figures`). An engine whose gets fail gets its error and is left
+/// out of the later rounds.
+fn get_rounds(loaded: &[(usize, Loaded)], w: &Workload, threads: usize, figures: &mut [Figures]) {
     let mut rounds: Vec<Vec<[Rate; 2]>> = vec![Vec::new(); loaded.len()];
-    let mut failed: Vec<(usize, String)> = Vec::new();
     // Warm: every store's values read once before the first timed round.
     let warm = w.random_keys(w.gets, 0);
     for (i, l) in loaded {
         if let Err(e) = timed_gets(&*l.peer, &warm) {
-            failed.push((*i, format!("{e:#}")));
+            figures[*i].error = Some(format!("{e:#}"));
         }
     }
     for round in 0..GET_ROUNDS {
@@ -258,12 +250,12 @@ fn get_rounds(
         for k in 0..loaded.len() {
             let at = (k + round) % loaded.len();
             let (i, l) = &loaded[at];
-            if failed.iter().any(|(j, _)| j == i) {
+            if figures[*i].error.is_some() {
                 continue;
             }
             match get_round(&*l.peer, &single, &per_thread) {
                 Ok(r) => rounds[at].push(r),
-                Err(e) => failed.push((*i, format!("{e:#}"))),
+                Err(e) => figures[*i].error = Some(format!("{e:#}")),
             }
         }
         phase(&format!("get round {}", round + 1), t);
@@ -282,7 +274,6 @@ fn get_rounds(
         fig.get_us_n = median(rs.iter().map(|r| r[1].us).collect());
         fig.get_mbps_n = median(rs.iter().map(|r| r[1].mbps).collect());
     }
-    failed
 }
 
 /// Closes a store, measures its size on disk and removes it; then times durable commits on a
